@@ -1,0 +1,285 @@
+"""`lens-eval`: results without the UI (SPEC §14).
+
+  lens-eval score   --hits H --qrels Q [--agg A] --out DIR   metrics per query + CIs
+  lens-eval compare --per-query P --control C --test T       deltas, CIs, Holm
+  lens-eval verify  BUNDLE                                   re-hash and re-score a bundle
+  lens-eval run     [--source sim|local|prod]                the weekly chain, in-process
+  lens-eval lvm ...                                          LVM champion registry
+
+Errors are one clear line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import polars as pl
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit 2."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Input readers: Parquet, or TREC run/qrels whose docno carries a line span
+# ----------------------------------------------------------------------------------------------
+_DOCNO = r"^(?P<repo>[^:]+):(?P<path>.+):(?P<start_line>\d+)-(?P<end_line>\d+)$"
+
+
+def _whitespace_table(path: Path, names: list[str]) -> pl.DataFrame:
+    lines = pl.read_csv(path, has_header=False, separator="\x1f", new_columns=["line"], quote_char=None,
+                        schema_overrides={"line": pl.String})
+    lines = lines.with_row_index("lineno", offset=1).filter(pl.col("line").str.strip_chars() != "")
+    parts = lines.with_columns(pl.col("line").str.strip_chars().str.split(by=" ").list.eval(
+        pl.element().filter(pl.element() != "")).alias("f"))
+    bad = parts.filter(pl.col("f").list.len() != len(names))
+    if bad.height:
+        r = bad.row(0, named=True)
+        raise CliError(f"{path}:{r['lineno']}: expected {len(names)} whitespace-separated fields "
+                       f"({' '.join(names)}), got {len(r['f'])}")
+    return parts.select("lineno", *[pl.col("f").list.get(i).alias(n) for i, n in enumerate(names)])
+
+
+def _split_docno(df: pl.DataFrame, path: Path) -> pl.DataFrame:
+    ext = df.with_columns(pl.col("docno").str.extract_groups(_DOCNO).alias("_d")).unnest("_d")
+    bad = ext.filter(pl.col("repo").is_null())
+    if bad.height:
+        r = bad.row(0, named=True)
+        raise CliError(f"{path}:{r['lineno']}: docno {r['docno']!r} is not repo:path:start-end")
+    return ext.with_columns(pl.col("start_line", "end_line").cast(pl.Int32))
+
+
+def read_trec_run(path: Path) -> pl.DataFrame:
+    """TREC run `qid Q0 repo:path:start-end rank score tag` -> hits (rank re-derived by score)."""
+    t = _split_docno(_whitespace_table(path, ["qid", "q0", "docno", "rank", "score", "system"]), path)
+    t = t.with_columns(pl.col("score").cast(pl.Float64, strict=False))
+    if t["score"].null_count():
+        r = t.filter(pl.col("score").is_null()).row(0, named=True)
+        raise CliError(f"{path}:{r['lineno']}: score is not a number")
+    # trec_eval ranks by score descending (ties by docno descending).
+    t = t.sort(["system", "qid", "score", "docno"], descending=[False, False, True, True])
+    return t.with_columns(
+        pl.lit("trec").alias("run_id"),
+        pl.int_range(1, pl.len() + 1).over("system", "qid").cast(pl.Int32).alias("rank"),
+        pl.lit(True).alias("in_sla"), pl.lit(False).alias("why_lex"), pl.lit(False).alias("why_struct"),
+        pl.lit(False).alias("why_sem"), pl.lit(None, pl.Int32).alias("shard"),
+    ).select("run_id", "system", "qid", "rank", "repo", "path", "start_line", "end_line", "score",
+             "why_lex", "why_struct", "why_sem", "shard", "in_sla")
+
+
+def read_trec_qrels(path: Path) -> pl.DataFrame:
+    t = _split_docno(_whitespace_table(path, ["qid", "iter", "docno", "rel"]), path)
+    t = t.with_columns(pl.col("rel").cast(pl.Int32, strict=False))
+    if t["rel"].null_count():
+        r = t.filter(pl.col("rel").is_null()).row(0, named=True)
+        raise CliError(f"{path}:{r['lineno']}: rel is not an integer")
+    return t.with_columns(pl.lit("trec").alias("source")).select(
+        "qid", "repo", "path", "start_line", "end_line", "rel", "source")
+
+
+def _read_table(path: str, kind: str) -> pl.DataFrame:
+    from lens_core import contracts
+    from lens_core.tables import read_parquet
+
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(f"{p}: no such file")
+    if p.suffix == ".parquet":
+        schema = {"hits": contracts.HITS_SCHEMA, "qrels": contracts.QRELS_SCHEMA, "agg": contracts.AGG_SCHEMA}.get(kind)
+        return read_parquet(p, schema=schema)
+    if kind == "hits":
+        return read_trec_run(p)
+    if kind == "qrels":
+        return read_trec_qrels(p)
+    raise CliError(f"{p}: {kind} must be a .parquet file")
+
+
+def _agg_from_hits(hits: pl.DataFrame, qrels: pl.DataFrame) -> pl.DataFrame:
+    """Without an agg table: every (system, qid) of the run, plus every judged query with no
+    hits (they score 0, as trec_eval -c would)."""
+    systems = hits.select("run_id", "system").unique()
+    qids = pl.concat([hits.select("qid"), qrels.select("qid")]).unique()
+    return systems.join(qids, how="cross").with_columns(
+        pl.lit("all").alias("suite"), pl.lit("all").alias("intent"), pl.lit("all").alias("language"),
+        pl.lit(None, pl.Float64).alias("lat_ms"), pl.lit(True).alias("within_sla"),
+        pl.lit(0, pl.Int32).alias("probes"), pl.lit(0.0).alias("cpu_ms"), pl.lit(None, pl.String).alias("error"))
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from lens_core.contracts import PER_QUERY_SCHEMA
+    from lens_core.metrics import per_query_metrics
+    from lens_core.scoring import hero_markdown, hero_table, score
+    from lens_core.tables import write_parquet
+
+    t0 = time.monotonic()
+    hits = _read_table(args.hits, "hits")
+    qrels = _read_table(args.qrels, "qrels")
+    agg = _read_table(args.agg, "agg") if args.agg else _agg_from_hits(hits, qrels)
+    pq = per_query_metrics(agg, hits, qrels)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(pq.select([f.name for f in PER_QUERY_SCHEMA]), out / "per_query.parquet", schema=PER_QUERY_SCHEMA)
+    if args.no_ci:
+        means = pq.group_by("system").agg(pl.col(m).mean() for m in ("ndcg_10", "recall_50", "sla_recall_50", "mrr_10"))
+        print(means.sort("system"))
+    else:
+        sc = score(pq, b=args.bootstrap, seed=args.seed)
+        write_parquet(sc, out / "scores.parquet")
+        ht = hero_table(sc, {}, {})
+        ht.write_csv(out / "hero_span_v22.csv")
+        print(hero_markdown(ht, ("ndcg_10", "recall_50", "sla_recall_50", "mrr_10")))
+    print(f"scored {pq['qid'].n_unique()} queries × {pq['system'].n_unique()} system(s) in "
+          f"{time.monotonic() - t0:.2f}s -> {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    try:
+        from lens_core.stats import compare
+    except ImportError as e:  # pragma: no cover - packaging problem
+        raise CliError(f"statistics module unavailable: {e}") from None
+    from lens_core.settings import load_config
+
+    p = Path(args.per_query)
+    if not p.is_file():
+        raise CliError(f"{p}: no such file")
+    pq = pl.read_parquet(p)
+    for name in (args.control, args.test):
+        if name not in set(pq["system"].unique().to_list()):
+            raise CliError(f"{p}: system {name!r} not found (have: {', '.join(sorted(pq['system'].unique().to_list()))})")
+    cfg = load_config()
+    metrics = args.metrics.split(",") if args.metrics else ["ndcg_10", "recall_50", "sla_recall_50", "mrr_10"]
+    res = compare(pq, args.control, args.test, metrics=metrics, b_ci=args.bootstrap,
+                  b_perm=args.permutations, seed=args.seed if args.seed is not None else cfg.run.seed)
+    if args.out:
+        res.write_parquet(args.out)
+    with pl.Config(tbl_rows=200, tbl_cols=20, tbl_width_chars=200):
+        print(res.select("slice", "metric", "delta", "ci_low", "ci_high", "p_value", "p_holm",
+                         *[c for c in ("n", "mde", "status") if c in res.columns]))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from lens_core.bundle import verify
+
+    b = Path(args.bundle)
+    if not b.is_dir():
+        raise CliError(f"{b}: not a bundle directory")
+    problems = verify(b, data_dir=Path(args.data_dir) if args.data_dir else None)
+    if problems:
+        for p in problems:
+            print(f"FAIL {p}", file=sys.stderr)
+        print(f"lens-eval: verify: {b}: {len(problems)} problem(s)", file=sys.stderr)
+        return EXIT_FAILED
+    att = json.loads((b / "attestation.json").read_text())
+    print(f"OK {att['fingerprint']}: {len(att['artifacts'])} artifacts re-hashed, hero table re-scored within ±0.1 pp")
+    return 0
+
+
+def latest_partition(now: datetime | None = None) -> str:
+    """The most recent weekly partition whose Sunday 02:00 US/Eastern has passed."""
+    tz = ZoneInfo("US/Eastern")
+    now = (now or datetime.now(tz)).astimezone(tz)
+    days_back = (now.weekday() + 1) % 7  # Monday=0 ... Sunday=6 -> 0 on Sundays
+    sunday = (now - timedelta(days=days_back)).replace(hour=2, minute=0, second=0, microsecond=0)
+    if sunday > now:
+        sunday -= timedelta(days=7)
+    # The partition *starting* a week before this Sunday is the last complete one.
+    return (sunday - timedelta(days=7)).strftime("%Y-%m-%d")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.source:
+        os.environ["DATA_SOURCE"] = args.source
+    if args.data_dir:
+        os.environ["LENS_DATA_DIR"] = str(Path(args.data_dir).resolve())
+    from lens_assets.run import run_weekly  # the Dagster layer; imported only for `run`
+
+    partition = args.partition or latest_partition()
+    result = run_weekly(partition, queries_per_suite=args.queries_per_suite, progress=True)
+    print()
+    print(result["hero_markdown"])
+    print()
+    print(result["gates_markdown"])
+    print()
+    state = "PUBLISHED" if result["published"] else "NOT published (blocking gate failed; last green kept)"
+    print(f"fingerprint: {result['fingerprint']}  [{state}]")
+    print(f"bundle:      {result['bundle']}")
+    print(f"wall time:   {result['wall_s']:.1f}s")
+    return 0 if result["success"] else EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lens-eval", description="Attested Lens evaluation from the command line.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("score", help="SPEC §4 metrics per query and aggregated with CIs")
+    s.add_argument("--hits", required=True, help="hits.parquet, or a TREC run whose docno is repo:path:start-end")
+    s.add_argument("--qrels", required=True, help="qrels.parquet, or TREC qrels with span docnos")
+    s.add_argument("--agg", help="agg.parquet (latency, SLA, failures); optional")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-ci", action="store_true", help="means only, no bootstrap")
+    s.set_defaults(func=cmd_score)
+
+    c = sub.add_parser("compare", help="SPEC §5 paired deltas, CIs, randomisation p, Holm")
+    c.add_argument("--per-query", required=True)
+    c.add_argument("--control", required=True)
+    c.add_argument("--test", required=True)
+    c.add_argument("--metrics", help="comma-separated metrics (default: ndcg_10,recall_50,sla_recall_50,mrr_10)")
+    c.add_argument("--bootstrap", type=int, default=2000)
+    c.add_argument("--permutations", type=int, default=10000)
+    c.add_argument("--seed", type=int)
+    c.add_argument("--out", help="write the comparisons table as Parquet")
+    c.set_defaults(func=cmd_compare)
+
+    v = sub.add_parser("verify", help="re-hash a bundle and re-score its hero table (exit 0 only when it holds)")
+    v.add_argument("bundle")
+    v.add_argument("--data-dir", help="where runs/ lives (default: the bundle's data dir)")
+    v.set_defaults(func=cmd_verify)
+
+    r = sub.add_parser("run", help="the weekly chain for one partition, in-process (what make demo calls)")
+    r.add_argument("--source", choices=["sim", "local", "prod"], help="data source (default $DATA_SOURCE or sim)")
+    r.add_argument("--partition", help="weekly partition key YYYY-MM-DD (default: the last complete week)")
+    r.add_argument("--data-dir", help="LENS_DATA_DIR (default ./data)")
+    r.add_argument("--queries-per-suite", type=int, default=0, help="simulator queries per suite (0 = config)")
+    r.set_defaults(func=cmd_run)
+
+    try:
+        from lvm_core.cli import register as register_lvm
+    except ImportError:
+        register_lvm = None
+    if register_lvm is not None:
+        register_lvm(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as e:
+        print(f"lens-eval: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (FileNotFoundError, ValueError, PermissionError) as e:
+        print(f"lens-eval: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("lens-eval: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""SPEC §7 gates as pure functions over the chain's tables.
+
+Each function returns GateResults (one per judged subject) with the value, the threshold from
+config, whether it blocks publication, and the reason. A gate whose input is missing or empty
+fails with the reason; it never passes silently.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import polars as pl
+
+from lens_core.bundle import GateResult
+from lens_core.contracts import SLICE_ALL
+from lens_core.settings import load_config
+
+
+def gate_config(name: str) -> dict[str, Any]:
+    cfg = load_config()
+    gates = (cfg.model_extra or {}).get("gates", {})
+    if name not in gates:
+        raise KeyError(f"gate {name!r} has no entry under `gates:` in the config")
+    return gates[name]
+
+
+def _result(name: str, value: float | None, passed: bool, reason: str, subject: str = "") -> GateResult:
+    g = gate_config(name)
+    if value is not None and not math.isfinite(value):
+        passed, reason = False, f"{reason} (value is not finite)"
+    return GateResult(name=name, value=None if value is None else float(value), threshold=g.get("threshold"),
+                      blocking=bool(g.get("blocking", True)), passed=bool(passed), reason=reason,
+                      owner=g.get("owner", ""), subject=subject)
+
+
+def _missing(name: str, what: str, subject: str = "") -> GateResult:
+    return _result(name, None, False, f"input missing or empty: {what}", subject)
+
+
+def _metric(scores: pl.DataFrame, metric: str, slice_: str = SLICE_ALL) -> dict[str, float]:
+    s = scores.filter((pl.col("metric") == metric) & (pl.col("slice") == slice_))
+    return dict(zip(s["system"].to_list(), s["mean"].to_list()))
+
+
+def schema_gate(files_checked: int, rows: int) -> GateResult:
+    if files_checked == 0 or rows == 0:
+        return _missing("schema", "no raw-run rows were ingested")
+    return _result("schema", float(files_checked), True,
+                   f"{files_checked} raw-run files, {rows} records conform to the contract")
+
+
+def pool_gate(scores: pl.DataFrame | None) -> list[GateResult]:
+    thr = gate_config("pool")["threshold"]
+    if scores is None or scores.height == 0:
+        return [_missing("pool", "scores")]
+    judged = _metric(scores, "judged_10")
+    if not judged:
+        return [_missing("pool", "judged_10 in scores")]
+    return [_result("pool", v, v >= thr, f"judged@10 = {v:.3f} (>= {thr})", s) for s, v in sorted(judged.items())]
+
+
+def flatline_gate(per_query: pl.DataFrame | None) -> list[GateResult]:
+    thr = gate_config("flatline")["threshold"]
+    if per_query is None or per_query.height == 0:
+        return [_missing("flatline", "per_query")]
+    var = per_query.group_by("system").agg(pl.col("ndcg_10").var(ddof=0).alias("v")).sort("system")
+    return [_result("flatline", v, (v or 0.0) > thr, f"Var(nDCG@10) = {v:.6f} (> {thr})", s)
+            for s, v in var.iter_rows()]
+
+
+def file_credit_gate(scores: pl.DataFrame | None) -> list[GateResult]:
+    thr = gate_config("file_credit")["threshold"]
+    if scores is None or scores.height == 0:
+        return [_missing("file_credit", "scores")]
+    fc = _metric(scores, "file_credit")
+    if not fc:
+        return [_missing("file_credit", "file_credit in scores")]
+    return [_result("file_credit", v, v <= thr, f"file-only credit share = {v:.4f} (<= {thr})", s)
+            for s, v in sorted(fc.items())]
+
+
+def tail_gate(scores: pl.DataFrame | None) -> list[GateResult]:
+    thr = gate_config("tail")["threshold"]
+    if scores is None or scores.height == 0:
+        return [_missing("tail", "scores")]
+    r = _metric(scores, "p99_p95")
+    if not r:
+        return [_missing("tail", "p99_p95 in scores")]
+    return [_result("tail", v, v <= thr, f"p99/p95 = {v:.3f} (<= {thr})", s) for s, v in sorted(r.items())]
+
+
+def _vs_baseline(name: str, scores: pl.DataFrame | None, metric: str, baseline: str, relative: bool,
+                 higher_is_better: bool) -> list[GateResult]:
+    thr = gate_config(name)["threshold"]
+    if scores is None or scores.height == 0:
+        return [_missing(name, "scores")]
+    vals = _metric(scores, metric)
+    if baseline not in vals:
+        return [_missing(name, f"{metric} of baseline {baseline}")]
+    base = vals[baseline]
+    out = []
+    for s, v in sorted(vals.items()):
+        if s == baseline:
+            continue
+        delta = (v - base) / base if relative and base else v - base
+        ok = delta >= thr if higher_is_better else delta <= thr
+        out.append(_result(name, delta, ok, f"{metric} Δ vs {baseline} = {delta:+.4f} ({'>=' if higher_is_better else '<='} {thr})", s))
+    return out
+
+
+def sla_recall_gate(scores: pl.DataFrame | None, baseline: str) -> list[GateResult]:
+    return _vs_baseline("sla_recall", scores, "sla_recall_50", baseline, relative=False, higher_is_better=True)
+
+
+def cost_gate(scores: pl.DataFrame | None, baseline: str) -> list[GateResult]:
+    return _vs_baseline("cost", scores, "cpu_ms", baseline, relative=True, higher_is_better=False)
+
+
+def foundation_gates(files_checked: int, rows: int, scores: pl.DataFrame, per_query: pl.DataFrame,
+                     baseline: str) -> list[GateResult]:
+    """The gates computable from the scored chain alone."""
+    return ([schema_gate(files_checked, rows)] + pool_gate(scores) + flatline_gate(per_query)
+            + file_credit_gate(scores) + tail_gate(scores) + sla_recall_gate(scores, baseline)
+            + cost_gate(scores, baseline))
+
+
+def gate_table_markdown(gates: list[GateResult]) -> str:
+    lines = ["| gate | subject | value | threshold | blocking | status |", "| --- | --- | --- | --- | --- | --- |"]
+    for g in gates:
+        v = "–" if g.value is None else f"{g.value:.4g}"
+        status = "pass" if g.passed else ("FAIL" if g.blocking else "warn")
+        lines.append(f"| {g.name} | {g.subject or '–'} | {v} | {g.threshold} | {g.blocking} | {status} |")
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""A small Parquet IO manager for polars DataFrames (dagster-polars does not load Parquet under
+polars 2.x, so the project carries its own `UPathIOManager`).
+
+Tables land at `<base_dir>/<asset key path>/<partition key>.parquet` (default base_dir:
+`$LENS_DATA_DIR/staging`). Outputs whose asset name has a contract in `lens_core.contracts`
+go through the schema guard: a drifted table is refused and nothing is written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from upath import UPath
+
+from lens_core import contracts
+from lens_core.settings import data_dir
+from lens_core.tables import read_parquet, write_parquet
+
+TABLE_SCHEMAS = {
+    "agg": contracts.AGG_SCHEMA,
+    "hits": contracts.HITS_SCHEMA,
+    "pool": contracts.POOL_SCHEMA,
+    "qrels": contracts.QRELS_SCHEMA,
+    "query_suites": contracts.QUERIES_SCHEMA,
+    "ground_truth": contracts.GROUND_TRUTH_SCHEMA,
+    "scores": contracts.SCORES_SCHEMA,
+}
+
+
+def staging_table_path(asset_name: str, partition_key: str | None, base_dir: str | None = None) -> UPath:
+    """Where the IO manager keeps one partition of a table."""
+    base = UPath(base_dir) if base_dir else UPath(data_dir() / "staging")
+    return base / asset_name / f"{partition_key or '__unpartitioned__'}.parquet"
+
+
+class PolarsParquetIOManager(dg.UPathIOManager):
+    extension = ".parquet"
+
+    def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
+        if not isinstance(obj, pl.DataFrame):
+            raise TypeError(f"{context.asset_key.to_user_string()}: expected a polars DataFrame, got {type(obj).__name__}")
+        name = context.asset_key.path[-1]
+        info = write_parquet(obj, path, schema=TABLE_SCHEMAS.get(name), name=name)
+        context.add_output_metadata({"sha256": info["sha256"]})
+
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> pl.DataFrame:
+        return read_parquet(path)
+
+
+class ParquetIOManager(dg.ConfigurableIOManagerFactory):
+    """Configurable factory: `base_dir` empty means `$LENS_DATA_DIR/staging` at run time."""
+
+    base_dir: str = ""
+
+    def create_io_manager(self, context) -> PolarsParquetIOManager:
+        base = self.base_dir or str(data_dir() / "staging")
+        return PolarsParquetIOManager(base_path=UPath(base))
