@@ -8,5 +8,7 @@ from __future__ import annotations
 import dagster as dg
 
 import lens_assets
+import lvm_assets
+from lens_assets import paging_sensor
 
-defs = dg.Definitions.merge(lens_assets.defs)
+defs = dg.Definitions.merge(lens_assets.defs, lvm_assets.defs, paging_sensor.defs)

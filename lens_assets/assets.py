@@ -16,7 +16,7 @@ import polars as pl
 from lens_assets.metadata import markdown_table, table_metadata
 from lens_core import contracts
 from lens_core.bundle import assemble
-from lens_core.gates import foundation_gates, gate_table_markdown
+from lens_core.gates import gate_table_markdown
 from lens_core.ingest import ingest
 from lens_core.judging import build_pool, judge, pool_counts
 from lens_core.metrics import per_query_metrics
@@ -197,34 +197,42 @@ def hero_table_df(scores_df: pl.DataFrame, systems) -> pl.DataFrame:
 
 @dg.asset(
     description="The release bundle of SPEC §10: tables copied into bundles/<fingerprint>/, attestation.json "
-                "(sha256 of every artifact, cfg hashes, versions, data source, gates) and published.json, "
-                "which moves only when every blocking gate is green.",
+                "(sha256 of every artifact, cfg hashes, versions, data source, every gate, each pack's hero and "
+                "the config lock) and published.json, which moves only when every blocking gate is green.",
     owners=OWNERS_EVAL, kinds={"json"}, group_name=GROUP, partitions_def=weekly_partitions,
-    deps=["agg", "hits", "pool", "qrels", "pool_counts", "ground_truth"],
+    deps=["agg", "hits", "pool", "qrels", "ground_truth", "calibration", "calibration_parity", "promotion_rules"],
 )
 def release_bundle(context: dg.AssetExecutionContext, lens_source: LensDataSource, raw_runs: pl.DataFrame,
-                   query_suites: pl.DataFrame, per_query: pl.DataFrame, scores: pl.DataFrame,
-                   hero_table: pl.DataFrame, pool_counts: pl.DataFrame) -> dg.MaterializeResult:
+                   hero_table: pl.DataFrame, pool_counts: pl.DataFrame, gate_summary: pl.DataFrame,
+                   heroes: pl.DataFrame, comparisons: pl.DataFrame, per_query: pl.DataFrame,
+                   scores: pl.DataFrame) -> dg.MaterializeResult:
+    from lens_assets.decisions import calibration_dir, frame_gates
+
     pk = context.partition_key
     root = data_dir()
     stage = root / "staging" / f".bundle-{pk}"
     stage.mkdir(parents=True, exist_ok=True)
-    hero_csv = stage / "hero_span_v22.csv"
-    hero_table.write_csv(hero_csv)
-    counts_csv = stage / "pool_counts_by_system.csv"
-    pool_counts.select(list(contracts.POOL_COUNTS_COLUMNS)).write_csv(counts_csv)
-    files = {name: Path(staging_table_path(name, pk).path)
-             for name in ("agg", "hits", "pool", "qrels", "per_query", "scores")}
+    csvs = {"hero_table": (hero_table, "hero_span_v22.csv"),
+            "pool_counts": (pool_counts.select(list(contracts.POOL_COUNTS_COLUMNS)), "pool_counts_by_system.csv"),
+            "tables/gates.csv": (gate_summary, "gates.csv"), "tables/heroes.csv": (heroes, "heroes.csv")}
+    files: dict[str, Path] = {}
+    for key, (df, name) in csvs.items():
+        df.write_csv(stage / name)
+        files[key] = stage / name
+    for name in ("agg", "hits", "pool", "qrels", "per_query", "scores", "comparisons"):
+        files[name] = Path(staging_table_path(name, pk).path)
     files["queries.parquet"] = Path(staging_table_path("query_suites", pk).path)
-    files["hero_table"] = hero_csv
-    files["pool_counts"] = counts_csv
+    files["tables/promotion_rules.parquet"] = Path(staging_table_path("promotion_rules", pk).path)
     systems = current_systems()
-    baseline = systems[0].name
-    gates = foundation_gates(raw_runs.height, int(raw_runs["records"].sum()), scores, per_query, baseline)
+    gates = frame_gates(gate_summary)
+    lock = {r["pack"]: {"hero": r["hero"], "cfg_hash": r["cfg_hash"], "calibration_version": r["calibration_version"],
+                        "reason": r["reason"]} for r in heroes.iter_rows(named=True)}
     result = assemble(
         root, files, raw_runs.select("path", "sha256").to_dicts(),
         {s.name: s.cfg_hash for s in systems}, gates, lens_source.describe(),
-        extra={"run_id": run_id_for(pk), "partition": pk},
+        extra={"run_id": run_id_for(pk), "partition": pk, "heroes": lock,
+               "systems": {s.name: {"pack": s.pack, **s.knobs()} for s in systems}},
+        extra_dirs={"calibration": calibration_dir(pk)},
     )
     if not result.published:
         context.log.warning(f"bundle {result.fingerprint} NOT published: blocking gate(s) failed: "
@@ -237,6 +245,7 @@ def release_bundle(context: dg.AssetExecutionContext, lens_source: LensDataSourc
         "bundle_bytes": size,
         "gates": dg.MetadataValue.md(gate_table_markdown(gates)),
         "hero_table": dg.MetadataValue.md(hero_markdown(hero_table)),
+        "heroes": dg.MetadataValue.md(markdown_table(heroes)),
         "failed_blocking": ", ".join(result.failed_blocking) or "none",
     })
 

@@ -1,20 +1,35 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 
+from dbt_like_checks import build_dbt_like_checks
 from lens_assets.assets import lens_assets, weekly_partitions
+from lens_assets.decisions import decision_assets, gate_checks
 from resources.data_source import LensDataSource
-from resources.io_manager import ParquetIOManager
+from resources.io_manager import ParquetIOManager, staging_table_path
+
+DBT_TABLES = ("agg", "hits", "pool", "qrels", "per_query", "scores")
+
+
+def _table_path(table: str, partition_key: str | None) -> Path:
+    return Path(staging_table_path(table, partition_key).path)
+
+
+dbt_checks = build_dbt_like_checks({t: dg.AssetKey(t) for t in DBT_TABLES}, _table_path)
 
 weekly_lens_job = dg.define_asset_job(
     "weekly_lens_job",
     selection=dg.AssetSelection.groups("lens"),
     partitions_def=weekly_partitions,
-    description="The weekly Lens run: collect -> judge -> score -> attest -> publish on green.",
+    description="The weekly Lens run: collect -> judge -> score -> compare -> calibrate -> gate -> attest -> "
+                "publish on green.",
 )
 
 defs = dg.Definitions(
-    assets=lens_assets,
+    assets=lens_assets + decision_assets,
+    asset_checks=gate_checks + dbt_checks,
     jobs=[weekly_lens_job],
     resources={"lens_source": LensDataSource(), "io_manager": ParquetIOManager()},
 )

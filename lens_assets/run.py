@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -10,7 +11,11 @@ from typing import Any
 import dagster as dg
 
 from lens_assets.definitions import defs
+from lens_core.bundle import read_published
+from lens_core.hashing import atomic_write_json
+from lens_core.settings import data_dir
 from resources.data_source import LensDataSource
+from resources.paging import PagerResource
 
 
 def _instance() -> dg.DagsterInstance:
@@ -28,7 +33,7 @@ def _root_message(err) -> str:
 
 
 def run_weekly(partition: str, queries_per_suite: int = 0, progress: bool = True,
-               extra_resources: dict[str, Any] | None = None) -> dict[str, Any]:
+               extra_resources: dict[str, Any] | None = None, pager: PagerResource | None = None) -> dict[str, Any]:
     t0 = time.monotonic()
     resources = dict(defs.resources or {})
     resources["lens_source"] = LensDataSource(queries_per_suite=queries_per_suite)
@@ -52,4 +57,52 @@ def run_weekly(partition: str, queries_per_suite: int = 0, progress: bool = True
         out["errors"] = [f"{e.step_key}: {_root_message(e.event_specific_data.error)}" for e in failed]
         for line in out["errors"]:
             print(f"FAILED {line}")
+    out["failed_checks"] = sorted(
+        f"{ev.asset_check_evaluation_data.asset_key.to_user_string()}:{ev.asset_check_evaluation_data.check_name}"
+        for ev in result.all_events
+        if ev.event_type_value == "ASSET_CHECK_EVALUATION" and not ev.asset_check_evaluation_data.passed
+        and ev.asset_check_evaluation_data.severity.value == "ERROR")
+    pager = pager or PagerResource()
+    if not out["published"]:
+        out["paged"] = page_publication_blocked(partition, out, pager)
+    else:
+        resolve_publication_page(partition, pager)
     return out
+
+
+def _page_state_path():
+    return data_dir() / "paging" / "publication_incidents.json"
+
+
+def _page_state() -> dict[str, Any]:
+    p = _page_state_path()
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def resolve_publication_page(partition: str, pager: PagerResource) -> None:
+    state = _page_state()
+    if state.get(partition) == "open" and pager.resolve(f"lens:publish:{partition}"):
+        state[partition] = "resolved"
+        atomic_write_json(_page_state_path(), state)
+
+
+def page_publication_blocked(partition: str, out: dict[str, Any], pager: PagerResource) -> bool:
+    """P0: the weekly bundle was not published; the last green stays. One page per partition:
+    a retry that is still red does not page again (state under $LENS_DATA_DIR/paging/), a later
+    green run of the partition resolves it; the dedup key folds any duplicate delivery."""
+    state = _page_state()
+    if state.get(partition) == "open":
+        print(f"still red; P0 for {partition} already open (not paged again)")
+        return True
+    last = read_published(data_dir())
+    reasons = out.get("failed_checks") or out.get("errors") or ["release_bundle did not publish"]
+    summary = (f"lens weekly {partition}: publication blocked ({'; '.join(reasons[:3])}); "
+               f"last green stays {last['fingerprint'] if last else 'none'}")
+    ok = pager.trigger(f"lens:publish:{partition}", summary, "P0", component="release_bundle",
+                       owners=["team:search-eval"], details={"failed": reasons, "partition": partition,
+                                                             "published": last["fingerprint"] if last else None})
+    print(f"PAGED P0: {summary}" if ok else f"PAGE FAILED (webhook down; retried on the next run): {summary}")
+    if ok:
+        state[partition] = "open"
+        atomic_write_json(_page_state_path(), state)
+    return ok

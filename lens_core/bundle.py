@@ -41,11 +41,16 @@ class GateResult:
     reason: str = ""
     owner: str = ""
     subject: str = ""  # the system or table the gate judged
+    status: str = ""   # pass | fail | insufficient (judged on too little data: reported, not failed)
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            self.status = "pass" if self.passed else "fail"
 
     def attestation(self) -> dict[str, Any]:
         return {"name": self.name, "value": self.value, "threshold": self.threshold,
-                "blocking": self.blocking, "passed": self.passed, "reason": self.reason,
-                "subject": self.subject}
+                "blocking": self.blocking, "passed": self.passed, "status": self.status,
+                "reason": self.reason, "subject": self.subject}
 
 
 @dataclass

@@ -124,17 +124,18 @@ STATUS_PASS, STATUS_FAIL, STATUS_INSUFFICIENT = "pass", "fail", "insufficient"
 def qid_split(qids, salt: str = SPLIT_SALT, fit_share: float = 0.5) -> np.ndarray:
     """Boolean array, True = the query is in the fit half. Stable: a salted blake2b hash of
     the qid mapped to [0, 1) and compared with `fit_share`. Hashes unique qids only."""
-    arr = np.asarray(pl.Series(qids).cast(pl.String).to_numpy(), dtype=object)
-    if arr.size == 0:
+    s = pl.Series("qid", qids).cast(pl.String)
+    if s.len() == 0:
         return np.zeros(0, dtype=bool)
-    if any(q is None for q in arr):
+    if s.null_count():
         raise ValueError("qid_split: null qid")
-    uniq, inv = np.unique(arr.astype(str), return_inverse=True)
+    uniq = s.unique().sort()
     salt_b = salt.encode()
     u = np.fromiter(
         (int.from_bytes(hashlib.blake2b(q.encode(), digest_size=8, key=salt_b).digest(), "big")
-         for q in uniq), dtype=np.float64, count=uniq.size) / 2.0**64
-    return (u < fit_share)[inv]
+         for q in uniq.to_list()), dtype=np.float64, count=uniq.len()) / 2.0**64
+    table = pl.DataFrame({"qid": uniq, "fit": u < fit_share})
+    return s.to_frame().join(table, on="qid", how="left", maintain_order="left")["fit"].to_numpy()
 
 
 # ---------------------------------------------------------------------------------------------

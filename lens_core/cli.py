@@ -187,15 +187,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def latest_partition(now: datetime | None = None) -> str:
-    """The most recent weekly partition whose Sunday 02:00 US/Eastern has passed."""
+    """The partition of the most recent weekly run: the Sunday (US/Eastern) whose 02:00 has
+    passed. Partition keys are the date of the Sunday the weekly run starts."""
     tz = ZoneInfo("US/Eastern")
     now = (now or datetime.now(tz)).astimezone(tz)
     days_back = (now.weekday() + 1) % 7  # Monday=0 ... Sunday=6 -> 0 on Sundays
     sunday = (now - timedelta(days=days_back)).replace(hour=2, minute=0, second=0, microsecond=0)
     if sunday > now:
         sunday -= timedelta(days=7)
-    # The partition *starting* a week before this Sunday is the last complete one.
-    return (sunday - timedelta(days=7)).strftime("%Y-%m-%d")
+    return sunday.strftime("%Y-%m-%d")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

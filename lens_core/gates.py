@@ -25,13 +25,14 @@ def gate_config(name: str) -> dict[str, Any]:
     return gates[name]
 
 
-def _result(name: str, value: float | None, passed: bool, reason: str, subject: str = "") -> GateResult:
+def _result(name: str, value: float | None, passed: bool, reason: str, subject: str = "",
+            status: str = "") -> GateResult:
     g = gate_config(name)
     if value is not None and not math.isfinite(value):
-        passed, reason = False, f"{reason} (value is not finite)"
+        passed, reason, status = False, f"{reason} (value is not finite)", "fail"
     return GateResult(name=name, value=None if value is None else float(value), threshold=g.get("threshold"),
                       blocking=bool(g.get("blocking", True)), passed=bool(passed), reason=reason,
-                      owner=g.get("owner", ""), subject=subject)
+                      owner=g.get("owner", ""), subject=subject, status=status)
 
 
 def _missing(name: str, what: str, subject: str = "") -> GateResult:
@@ -117,6 +118,76 @@ def cost_gate(scores: pl.DataFrame | None, baseline: str) -> list[GateResult]:
     return _vs_baseline("cost", scores, "cpu_ms", baseline, relative=True, higher_is_better=False)
 
 
+def ece_gate(report: pl.DataFrame | None) -> list[GateResult]:
+    """Per system: no cell with enough labels has ECE above the gate. Cells whose noise floor is
+    above the gate are `insufficient`: counted and named in the reason, neither pass nor fail.
+    A system with no sufficient cell at all reports status `insufficient`."""
+    thr = gate_config("ece")["threshold"]
+    if report is None or report.height == 0:
+        return [_missing("ece", "calibration cell report")]
+    out = []
+    for (system,), part in sorted(report.group_by(["system"]), key=lambda kv: kv[0]):
+        judged = part.filter(pl.col("status").is_in(["pass", "fail"]))
+        insufficient = part.filter(pl.col("status") == "insufficient")
+        failing = judged.filter(pl.col("status") == "fail")
+        need = insufficient["labels_needed"].drop_nulls()
+        note = (f"; {insufficient.height} cell(s) insufficient (noise floor > {thr}; "
+                f"~{int(need.median())} held-out labels needed)" if insufficient.height and need.len() else
+                (f"; {insufficient.height} cell(s) insufficient" if insufficient.height else ""))
+        if judged.height == 0:
+            out.append(_result("ece", None, True, f"no cell has enough labels to judge ECE{note}", system,
+                               status="insufficient"))
+            continue
+        worst = float(judged["ece"].max())
+        cells = ", ".join(f"{r['intent']}/{r['language']}={r['ece']:.3f}" for r in failing.iter_rows(named=True))
+        out.append(_result("ece", worst, failing.height == 0,
+                           (f"ECE > {thr} in {cells}" if failing.height else f"max ECE {worst:.4f} over "
+                            f"{judged.height} judged cell(s) (<= {thr})") + note, system))
+    return out
+
+
+def calibration_parity_gate(parity: pl.DataFrame | None) -> list[GateResult]:
+    thr = gate_config("calibration_parity")["threshold"]
+    if parity is None or parity.height == 0:
+        return [_missing("calibration_parity", "calibrator parity table")]
+    worst = float(parity["max_abs_diff"].max())
+    worst_ece = float(parity["ece_diff"].max())
+    bad = parity.filter(~pl.col("passed"))
+    return [_result("calibration_parity", worst, bad.height == 0 and worst <= thr,
+                    f"{parity.height} calibrators: max|Δ| = {worst:.2e} (<= {thr}), max|ΔECE| = {worst_ece:.2e} (<= 1e-4)"
+                    + (f"; failing: {', '.join(bad['calibrator'].to_list()[:5])}" if bad.height else ""))]
+
+
+def decision_gates(comparisons: pl.DataFrame | None, primary: dict[str, tuple[str, str, float]]) -> list[GateResult]:
+    """Power and CI-width gates of each decision's primary comparison.
+
+    `primary` maps a test system to (metric, slice, needed effect). Power: MDE <= needed
+    effect; CI width: the primary delta CI width <= threshold.
+    """
+    thr_w = gate_config("ci_width")["threshold"]
+    if comparisons is None or comparisons.height == 0:
+        return [_missing("power", "comparisons"), _missing("ci_width", "comparisons")]
+    out = []
+    for test, (metric, slice_, needed) in sorted(primary.items()):
+        row = comparisons.filter((pl.col("test") == test) & (pl.col("metric") == metric) & (pl.col("slice") == slice_))
+        if row.height == 0:
+            out += [_missing("power", f"{metric} on {slice_}", test), _missing("ci_width", f"{metric} on {slice_}", test)]
+            continue
+        r = row.row(0, named=True)
+        mde = r.get("mde")
+        if mde is None:
+            out.append(_result("power", None, False, f"MDE not computable: {r.get('reason') or r.get('status')}", test))
+        else:
+            out.append(_result("power", mde, mde <= needed,
+                               f"MDE {mde:.4f} on {metric} [{slice_}] with n={r['n']} (<= needed {needed})", test))
+        if r["ci_low"] is None or r["ci_high"] is None:
+            out.append(_result("ci_width", None, False, f"no CI: {r.get('reason') or r.get('status')}", test))
+        else:
+            w = r["ci_high"] - r["ci_low"]
+            out.append(_result("ci_width", w, w <= thr_w, f"{metric} [{slice_}] Δ CI width {w:.4f} (<= {thr_w})", test))
+    return out
+
+
 def foundation_gates(files_checked: int, rows: int, scores: pl.DataFrame, per_query: pl.DataFrame,
                      baseline: str) -> list[GateResult]:
     """The gates computable from the scored chain alone."""
@@ -129,6 +200,6 @@ def gate_table_markdown(gates: list[GateResult]) -> str:
     lines = ["| gate | subject | value | threshold | blocking | status |", "| --- | --- | --- | --- | --- | --- |"]
     for g in gates:
         v = "–" if g.value is None else f"{g.value:.4g}"
-        status = "pass" if g.passed else ("FAIL" if g.blocking else "warn")
+        status = g.status if g.passed else ("FAIL" if g.blocking else "warn")
         lines.append(f"| {g.name} | {g.subject or '–'} | {v} | {g.threshold} | {g.blocking} | {status} |")
     return "\n".join(lines)

@@ -203,8 +203,10 @@ def records_to_tables(df: pl.DataFrame, sha: str) -> tuple[pl.DataFrame, pl.Data
             pl.col("why").list.contains("lex").alias("why_lex"),
             pl.col("why").list.contains("struct").alias("why_struct"),
             pl.col("why").list.contains("sem").alias("why_sem"),
+            # SPEC §4: hits from shards or queries that finished after sla_ms are not returned.
             pl.when(pl.col("error").is_not_null() | pl.col("lat_ms").is_null()).then(False)
-            .when(pl.col("shard").is_null()).then(pl.col("lat_ms") <= pl.col("sla_ms"))
+            .when(pl.col("lat_ms") > pl.col("sla_ms")).then(False)
+            .when(pl.col("shard").is_null()).then(True)
             .otherwise((pl.col("_done_ms") <= pl.col("sla_ms")).fill_null(False))
             .alias("in_sla"),
         )

@@ -79,3 +79,21 @@ def pool_counts(pool: pl.DataFrame, qrels: pl.DataFrame) -> pl.DataFrame:
         )
         .sort("system")
     )
+
+
+def label_hits(hits: pl.DataFrame, agg: pl.DataFrame, qrels: pl.DataFrame) -> pl.DataFrame:
+    """Labelled hits for calibration: system, qid, intent, language, score, label (0/1).
+
+    A hit is relevant (1) when it earns span credit against a relevant span of its query
+    (SPEC §4 match rule, without the once-per-ranking rule: confidence is per hit); every
+    other returned hit is 0 (judged non-relevant or unjudged, as SPEC §3 counts unjudged).
+    """
+    spans = relevant_spans(qrels)
+    h = hits.select("run_id", "system", "qid", "rank", "repo", "path", "start_line", "end_line", "score")
+    rel = _match_pairs(h, spans, file_only=False).select("run_id", "system", "qid", "rank").unique()
+    meta = agg.select("run_id", "system", "qid", "intent", "language")
+    return (
+        h.join(rel.with_columns(pl.lit(1).alias("label")), on=["run_id", "system", "qid", "rank"], how="left")
+        .join(meta, on=["run_id", "system", "qid"], how="left")
+        .select("system", "qid", "intent", "language", "score", pl.col("label").fill_null(0).cast(pl.Int8))
+    )

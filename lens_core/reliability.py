@@ -78,3 +78,45 @@ def reliability_diagram(conf, label, title: str, path: str | os.PathLike, bins: 
     with atomic_path(target, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     return target
+
+
+def reliability_grid(cells: list[tuple[str, np.ndarray, np.ndarray]], title: str, path: str | os.PathLike,
+                     bins: int = 10, dpi: int = 80, cols: int = 4) -> Path:
+    """Small multiples: one reliability panel per cell (title, conf, label) in one PNG.
+
+    One figure per system instead of one file per cell keeps the per-cell diagrams cheap to
+    draw and easy to scan side by side."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = max(1, len(cells))
+    cols = min(cols, n)
+    rows = (n + cols - 1) // cols
+    fig = Figure(figsize=(2.6 * cols, 2.5 * rows + 0.4), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, (name, conf, label) in zip(axes, cells):
+        c = np.asarray(conf, dtype=np.float64)
+        y = np.asarray(label, dtype=np.float64)
+        edges, n_b, mean_c, acc, ece = _bin_table(c, y, bins)
+        ax.plot([0, 1], [0, 1], linestyle="--", color="0.5", linewidth=0.8)
+        has = n_b > 0
+        if has.any():
+            ax.stairs(np.where(has, acc, 0.0), edges, fill=True, color="#4C72B0", alpha=0.6)
+            ax.plot(mean_c[has], acc[has], marker="o", color="#C44E52", linewidth=0.8, markersize=2)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{name}\nn={c.size} ECE={ece:.3f}", fontsize=7)
+        ax.set_xticks([0, 0.5, 1])
+        ax.set_yticks([0, 0.5, 1])
+        ax.tick_params(labelsize=6)
+    for ax in axes[len(cells):]:
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=9)
+    # Fixed margins: tight_layout measures every text box and costs more than the drawing.
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.06, top=1 - 0.75 / (2.5 * rows + 0.4),
+                        wspace=0.3, hspace=0.75)
+    target = Path(path)
+    with atomic_path(target, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    return target

@@ -16,10 +16,10 @@ class SchemaError(ValueError):
     """A table or raw record does not match its contract. The message names the place."""
 
 
-def conform(table: pa.Table | pl.DataFrame, schema: pa.Schema, name: str) -> pa.Table:
+def conform(table: pa.Table | pl.DataFrame, schema: pa.Schema, name: str, keep_extra: bool = False) -> pa.Table:
     """Select and cast `table` to `schema`, refusing missing columns or unsafe type changes.
 
-    Extra columns are dropped. A column whose values cannot be represented in the contract's
+    Extra columns are dropped (or kept after the contract's columns with `keep_extra`). A column whose values cannot be represented in the contract's
     type (e.g. strings in a numeric column) is refused with the column named.
     """
     if isinstance(table, pl.DataFrame):
@@ -38,18 +38,23 @@ def conform(table: pa.Table | pl.DataFrame, schema: pa.Schema, name: str) -> pa.
                     f"{name}: column {f.name!r} has type {col.type}, expected {f.type} ({e})"
                 ) from None
         cols.append(col)
-    return pa.Table.from_arrays(cols, schema=schema)
+    out = pa.Table.from_arrays(cols, schema=schema)
+    if keep_extra:
+        for c in table.column_names:
+            if c not in schema.names:
+                out = out.append_column(c, table.column(c))
+    return out
 
 
 def write_parquet(table: pa.Table | pl.DataFrame, path: str | os.PathLike, schema: pa.Schema | None = None,
-                  name: str | None = None) -> dict:
+                  name: str | None = None, keep_extra: bool = False) -> dict:
     """Write a table atomically (temp file, then rename) and return {path, sha256, rows}.
 
     With a `schema`, the schema guard runs first: nothing is written when it refuses.
     """
     path = Path(path)
     if schema is not None:
-        table = conform(table, schema, name or path.name)
+        table = conform(table, schema, name or path.name, keep_extra=keep_extra)
     elif isinstance(table, pl.DataFrame):
         table = table.to_arrow()
     with atomic_path(path, suffix=".parquet") as tmp:

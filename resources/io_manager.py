@@ -26,7 +26,11 @@ TABLE_SCHEMAS = {
     "query_suites": contracts.QUERIES_SCHEMA,
     "ground_truth": contracts.GROUND_TRUTH_SCHEMA,
     "scores": contracts.SCORES_SCHEMA,
+    "per_query": contracts.PER_QUERY_SCHEMA,
+    "comparisons": contracts.COMPARISONS_SCHEMA,
 }
+# Tables whose contract is a prefix: diagnostics follow the contract's columns.
+KEEP_EXTRA = {"per_query", "comparisons"}
 
 
 def staging_table_path(asset_name: str, partition_key: str | None, base_dir: str | None = None) -> UPath:
@@ -42,7 +46,7 @@ class PolarsParquetIOManager(dg.UPathIOManager):
         if not isinstance(obj, pl.DataFrame):
             raise TypeError(f"{context.asset_key.to_user_string()}: expected a polars DataFrame, got {type(obj).__name__}")
         name = context.asset_key.path[-1]
-        info = write_parquet(obj, path, schema=TABLE_SCHEMAS.get(name), name=name)
+        info = write_parquet(obj, path, schema=TABLE_SCHEMAS.get(name), name=name, keep_extra=name in KEEP_EXTRA)
         context.add_output_metadata({"sha256": info["sha256"]})
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pl.DataFrame:

@@ -52,10 +52,24 @@ def test_in_sla_follows_shard_done_time(tmp_path, records):
     rec["shards"] = [{"shard": 0, "probe_id": "a", "issued_ts": rec["req_ts"], "first_byte_ts": None,
                       "done_ts": rec["req_ts"] + 10, "cancel_ts": None, "status": "ok"},
                      {"shard": 1, "probe_id": "b", "issued_ts": rec["req_ts"], "first_byte_ts": None,
-                      "done_ts": rec["req_ts"] + 400, "cancel_ts": None, "status": "ok"}]
+                      "done_ts": rec["req_ts"] + 140, "cancel_ts": None, "status": "ok"},
+                     {"shard": 2, "probe_id": "c", "issued_ts": rec["req_ts"], "first_byte_ts": None,
+                      "done_ts": rec["req_ts"] + 400, "cancel_ts": None, "status": "timeout"}]
     rec["hits"] = rec["hits"][:2]
     rec["hits"][0]["shard"], rec["hits"][1]["shard"] = 0, 1
-    p = _write_lines(tmp_path / "x.ndjson", [json.dumps(rec), json.dumps({"type": "done", "records": 1})])
+    rec["lat_ms"] = 145.0
+    late = json.loads(json.dumps(rec))
+    late["qid"], late["lat_ms"] = "late", 160.0
+    p = _write_lines(tmp_path / "x.ndjson", [json.dumps(rec), json.dumps(late), json.dumps({"type": "done", "records": 2})])
+    _, hits = ingest([p])
+    h = pl.from_arrow(hits)
+    # on time: both shards answered within the SLA; late query: nothing counts as returned
+    assert h.filter(pl.col("qid") != "late")["in_sla"].to_list() == [True, True]
+    assert h.filter(pl.col("qid") == "late")["in_sla"].to_list() == [False, False]
+    # a hit whose shard finished after the SLA is not in SLA even if the query is
+    rec2 = json.loads(json.dumps(rec))
+    rec2["shards"][1]["done_ts"] = rec["req_ts"] + 151
+    p = _write_lines(tmp_path / "y.ndjson", [json.dumps(rec2), json.dumps({"type": "done", "records": 1})])
     _, hits = ingest([p])
     assert pl.from_arrow(hits)["in_sla"].to_list() == [True, False]
 

@@ -1,0 +1,133 @@
+"""Command line of the reference engine.
+
+python -m lens_engine corpus  --cache-dir D [--max-functions N]        JSON summary (digest, sizes)
+python -m lens_engine suites  --cache-dir D --out DIR [--split test]   queries.parquet, ground_truth.parquet
+python -m lens_engine index   --cache-dir D [--max-functions N]        build embeddings + indexes (cached)
+python -m lens_engine serve   --host 127.0.0.1 --port 0 --cache-dir D  prints `LISTENING http://...`
+
+`--max-functions` defaults to LENS_CORPUS_MAX_FUNCTIONS (4000); 0 = the whole stdlib.
+Progress and logs go to stderr; stdout carries only the result line(s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from lens_core.hashing import atomic_path, sha256_file
+
+
+def _corpus_kwargs(args) -> dict:
+    kw = {}
+    if args.max_functions is not None:
+        kw["max_functions"] = args.max_functions if args.max_functions > 0 else None
+    return kw
+
+
+def _cmd_corpus(args) -> int:
+    from lens_engine.corpus import build_corpus
+
+    c = build_corpus(cache_dir=args.cache_dir, **_corpus_kwargs(args))
+    print(json.dumps({"corpus_digest": c.digest, "files": c.files, "functions": len(c.units),
+                      "packages": len(c.packages), "languages": sorted({u.language for u in c.units})}))
+    return 0
+
+
+def _cmd_suites(args) -> int:
+    from lens_engine.corpus import build_corpus
+    from lens_engine.suites import build_suites
+
+    c = build_corpus(cache_dir=args.cache_dir, **_corpus_kwargs(args))
+    q, g = build_suites(c, seed=args.seed, max_per_suite=args.max_per_suite, split=args.split)
+    out = Path(args.out)
+    result = {"corpus_digest": c.digest, "queries": q.height, "ground_truth": g.height,
+              "by_intent": dict(q.group_by("intent").len().iter_rows()), "files": {}}
+    for name, df in (("queries.parquet", q), ("ground_truth.parquet", g)):
+        target = out / name
+        with atomic_path(target, suffix=".parquet") as tmp:
+            df.write_parquet(tmp, compression="zstd")
+        result["files"][name] = sha256_file(target)
+    print(json.dumps(result))
+    return 0
+
+
+def _cmd_index(args) -> int:
+    from lens_engine.corpus import build_corpus
+    from lens_engine.index import build_index
+
+    t0 = time.monotonic()
+    c = build_corpus(cache_dir=args.cache_dir, **_corpus_kwargs(args))
+    ix = build_index(c, args.cache_dir, n_shards=args.shards, dense=not args.no_dense)
+    print(json.dumps({"corpus_digest": c.digest, "index_key": ix.key, "functions": len(c.units),
+                      "shards": ix.n_shards, "dense": ix.dense is not None,
+                      "seconds": round(time.monotonic() - t0, 1)}))
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    from lens_engine.engine import Engine
+    from lens_engine.server import make_server
+
+    engine = Engine.load(args.cache_dir, n_shards=args.shards, dense=not args.no_dense, **_corpus_kwargs(args))
+    server = make_server(engine, args.host, args.port)
+    stop = threading.Event()
+
+    def _term(signum, frame):
+        stop.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
+    print(f"LISTENING {server.url}", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.1)
+    finally:
+        server.server_close()
+        engine.close()
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lens_engine", description="Lens reference engine")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def common(p):
+        p.add_argument("--cache-dir", required=True, help="content-addressed cache directory")
+        p.add_argument("--max-functions", type=int, default=None,
+                       help="corpus cap by whole packages (default LENS_CORPUS_MAX_FUNCTIONS or 4000; 0 = all)")
+        p.add_argument("-v", "--verbose", action="store_true")
+
+    p = sub.add_parser("corpus", help="build the corpus, print its digest and sizes")
+    common(p)
+    p = sub.add_parser("suites", help="write queries.parquet and ground_truth.parquet")
+    common(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-per-suite", type=int, default=None)
+    for name, help_ in (("index", "build embeddings and indexes (cached)"), ("serve", "serve /search on loopback")):
+        p = sub.add_parser(name, help=help_)
+        common(p)
+        p.add_argument("--shards", type=int, default=8)
+        p.add_argument("--no-dense", action="store_true", help="skip the dense arm")
+        if name == "serve":
+            p.add_argument("--host", default="127.0.0.1")
+            p.add_argument("--port", type=int, default=0)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return {"corpus": _cmd_corpus, "suites": _cmd_suites, "index": _cmd_index, "serve": _cmd_serve}[args.cmd](args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"lens_engine {args.cmd}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""LVM configuration: `config/lvm.yaml`, a partial YAML from `LVM_CONFIG`, then env settings.
+
+Environment: `LVM_CONFIG` (YAML merged over the defaults), `LVM_CORPUS_DIR` (a documentation
+folder, or `pydoc`), `LVM_MAX_SENTENCES` (corpus cap; 0 = none), `LVM_CONTEXT_LEN`,
+`LVM_EPOCHS`, `LVM_DEVICE` (`cpu` / `cuda`; default: cuda when available).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).with_name("config") / "lvm.yaml"
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected an integer") from None
+    if value < 0:
+        raise ValueError(f"{name}={raw!r}: must be >= 0")
+    return value
+
+
+def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The merged LVM config as a plain dict (a fresh copy each call)."""
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    extra = os.environ.get("LVM_CONFIG", "").strip()
+    if extra:
+        p = Path(extra)
+        if not p.is_file():
+            raise FileNotFoundError(f"LVM_CONFIG={extra}: no such file")
+        data = _deep_merge(data, yaml.safe_load(p.read_text()) or {})
+    if (v := _env_int("LVM_MAX_SENTENCES")) is not None:
+        data["corpus"]["max_sentences"] = v
+    if (v := _env_int("LVM_CONTEXT_LEN")) is not None:
+        if v < 1:
+            raise ValueError("LVM_CONTEXT_LEN must be >= 1")
+        data["sequences"]["context_len"] = v
+    if (v := _env_int("LVM_EPOCHS")) is not None:
+        data["train"]["epochs"] = v
+    if overrides:
+        data = _deep_merge(data, copy.deepcopy(overrides))
+    return data
+
+
+def pick_device(preferred: str | None = None) -> str:
+    """`cuda` when available (or asked for via LVM_DEVICE), else `cpu`: chosen at run time."""
+    import torch
+
+    want = (preferred or os.environ.get("LVM_DEVICE", "")).strip().lower()
+    if want == "cpu":
+        return "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("LVM_DEVICE=cuda but no CUDA device is available")
+    return "cuda" if torch.cuda.is_available() else "cpu"

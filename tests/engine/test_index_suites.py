@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from lens_core.contracts import GROUND_TRUTH_SCHEMA, QUERIES_SCHEMA
+from lens_engine.index import DenseShards, _bm25_matrix, _pca, proximity_features
+from lens_engine.suites import build_suites, first_sentence, split_of
+
+
+def test_bm25_sanity():
+    bags = [["parse", "json", "json"], ["parse", "xml"], ["open", "file"], ["parse", "json"]]
+    vocab, w, idf = _bm25_matrix(bags)
+    assert idf[vocab["xml"]] > idf[vocab["parse"]]  # rare beats common
+    q = w[:, [vocab["json"]]].toarray().ravel()
+    assert q[0] > q[3] > 0 and q[1] == q[2] == 0  # tf saturates but grows
+    # length normalisation: same tf, shorter doc scores higher
+    vocab2, w2, _ = _bm25_matrix([["a", "b"], ["a", "b", "c", "d", "e", "f"], ["g"]])
+    col = w2[:, [vocab2["a"]]].toarray().ravel()
+    assert col[0] > col[1]
+
+
+def test_proximity_and_phrase_features():
+    # vocab ids: 0 read, 1 file, 2 x
+    streams = np.array([0, 1, 2, 2,   1, 2, 2, 2, 2, 0,   2, 0, 2], dtype=np.int32)
+    offsets = np.array([0, 4, 10, 13])
+    docs = np.array([0, 1, 2])
+    phrase, cover = proximity_features(streams, offsets, docs, [0, 1], window=16)
+    assert phrase.tolist() == [1.0, 0.0, 0.0]
+    assert cover.tolist() == [1.0, 1.0, 0.0]
+    _, cover_small = proximity_features(streams, offsets, docs, [0, 1], window=3)
+    assert cover_small.tolist() == [1.0, 0.0, 0.0]  # the window knob matters
+
+
+def test_ef_search_and_refine_topk_change_dense_results():
+    import hnswlib
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    pca = _pca(x, 8)
+    proj = x @ pca
+    proj /= np.linalg.norm(proj, axis=1, keepdims=True)
+    idx = hnswlib.Index(space="cosine", dim=8)
+    idx.init_index(max_elements=3000, ef_construction=40, M=4, random_seed=1)
+    idx.add_items(proj, np.arange(3000), num_threads=1)
+    d = DenseShards(x, pca, [np.arange(3000)], [idx])
+    qs = rng.normal(size=(30, 32)).astype(np.float32)
+    qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+    truth = [set(np.argsort(-(x @ q))[:5]) for q in qs]
+
+    def recall(ef, rk):
+        return np.mean([len(truth[i] & set(d.search_shard(0, q, d.project(q), ef, rk, 5)[0].tolist())) / 5
+                        for i, q in enumerate(qs)])
+
+    assert recall(5, 5) < recall(400, 5)  # ef_search
+    assert recall(5, 5) < recall(5, 300)  # refine_topk (exact re-rank of more candidates)
+
+
+def test_suites_schema_unique_split(small_corpus, suites):
+    q, g = suites
+    assert q.columns == QUERIES_SCHEMA.names and g.columns == GROUND_TRUTH_SCHEMA.names
+    assert q["qid"].n_unique() == q.height > 100
+    assert q.select(["suite", "text"]).unique().height == q.height  # no duplicates
+    assert set(q["suite"]) == {"nl", "identifier", "structural"}
+    assert set(q["intent"]) <= {"nl", "hard_nl", "identifier", "structural"}
+    assert set(g["qid"]) == set(q["qid"]) and (g["rel"] == 3).all()
+    by_loc = {(u.path, u.start_line): u for u in small_corpus.units}
+    anchors = g.join(q, on="qid")
+    for row in anchors.filter(anchors["suite"] != "structural").iter_rows(named=True):
+        u = by_loc[(row["path"], row["start_line"])]
+        assert not u.is_stub and split_of(u.package) == "test"
+        assert row["end_line"] == u.end_line
+    # queries come from one split only; splits never share a package
+    pk = {split_of(p) for p in small_corpus.packages}
+    assert pk <= {"train", "dev", "test"}
+    dev_q, _ = build_suites(small_corpus, split="dev")
+    assert not set(dev_q["text"]) & set(q.filter(q["suite"] == "nl")["text"])
+    # deterministic
+    q2, g2 = build_suites(small_corpus)
+    assert q2.equals(q) and g2.equals(g)
+
+
+def test_nl_queries_are_docstring_first_sentences(small_corpus, suites):
+    q, g = suites
+    nl = q.filter(q["suite"] == "nl").join(g, on="qid")
+    by_loc = {(u.path, u.start_line): u for u in small_corpus.units}
+    for row in nl.iter_rows(named=True):
+        u = by_loc[(row["path"], row["start_line"])]
+        assert row["text"] == first_sentence(u.doc) and len(row["text"].split()) >= 4
+        assert row["text"] not in u.text
+
+
+def test_first_sentence():
+    assert first_sentence("Return the thing. And more.\n\nDetails.") == "Return the thing."
+    assert first_sentence("Parse e.g. a file\nacross lines") == "Parse e.g. a file across lines"

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import textwrap
+
+from lens_engine.corpus import build_corpus, manifest_digest
+from lens_engine.text import analyze, split_identifier
+
+
+def test_split_identifier():
+    assert split_identifier("read_file") == ["read", "file"]
+    assert split_identifier("getHTTPResponse2") == ["get", "http", "response", "2"]
+    assert split_identifier("__init__") == ["init"]
+    assert split_identifier("XMLParser") == ["xml", "parser"]
+
+
+def test_analyze_stopwords_and_compounds():
+    stream, bag = analyze("def read_file(self, path): return the path")
+    assert stream == ["read", "file", "path", "path"]
+    assert "read_file" in bag and "self" not in bag and "the" not in bag
+
+
+def _write(root, rel, text):
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(textwrap.dedent(text))
+
+
+def _demo(tmp_path):
+    _write(tmp_path, "pkg/mod.py", '''
+        import functools
+
+
+        @functools.lru_cache()
+        def cached_thing(a, b=1):
+            """Compute the cached thing quickly.
+
+            More words here.
+            """
+            return a + b
+
+
+        class Box:
+            def open(self, *args, **kw):
+                """Open the box."""
+                return len(args)
+
+            def stub(self):
+                """Not done."""
+                raise NotImplementedError
+    ''')
+    _write(tmp_path, "pkg/test/test_mod.py", "def test_x():\n    return 1\n")
+    _write(tmp_path, "tests/t.py", "def helper():\n    return 2\n")
+    _write(tmp_path, "solo.py", "def alone(x):\n    return x\n")
+    return [("demo", tmp_path, "")]
+
+
+def test_units_spans_docstrings_stubs(tmp_path):
+    c = build_corpus(roots=_demo(tmp_path), max_functions=None)
+    by = {u.qualname: u for u in c.units}
+    assert set(by) == {"cached_thing", "Box.open", "Box.stub", "alone"}
+    u = by["cached_thing"]
+    assert (u.start_line, u.end_line) == (5, 11)  # decorator included, inclusive
+    assert "Compute the cached thing" not in u.text and "return a + b" in u.text
+    assert u.doc.startswith("Compute the cached thing") and u.params == ("a", "b")
+    assert "lru_cache" in u.decorators
+    assert by["Box.open"].cls == "Box" and by["Box.open"].params == ("self", "*args", "**kw")
+    assert by["Box.stub"].is_stub and not u.is_stub
+    assert by["Box.open"].calls == ("len",)
+    assert {u.package for u in c.units} == {"pkg", "solo"}
+
+
+def test_test_folders_excluded_unless_asked(tmp_path):
+    roots = _demo(tmp_path)
+    paths = {m[1] for m in build_corpus(roots=roots, max_functions=None).manifest}
+    assert not any("/test/" in p or p.startswith("tests/") for p in paths)
+    paths_all = {m[1] for m in build_corpus(roots=roots, max_functions=None, include_tests=True).manifest}
+    assert "pkg/test/test_mod.py" in paths_all and "tests/t.py" in paths_all
+
+
+def test_manifest_digest_pins_content(tmp_path):
+    roots = _demo(tmp_path)
+    d1 = build_corpus(roots=roots, max_functions=None).digest
+    assert build_corpus(roots=roots, max_functions=None).digest == d1
+    (tmp_path / "solo.py").write_text("def alone(x):\n    return x + 1\n")
+    assert build_corpus(roots=roots, max_functions=None).digest != d1
+    m = [("r", "a.py", "00"), ("r", "b.py", "11")]
+    assert manifest_digest(m) == manifest_digest(list(reversed(m)))
+
+
+def test_stdlib_subset_deterministic_whole_packages(small_corpus, cache_dir):
+    c2 = build_corpus(max_functions=250, cache_dir=cache_dir)
+    assert c2.digest == small_corpus.digest and c2.units == small_corpus.units
+    assert 100 <= len(small_corpus) <= 250
+    full = build_corpus(max_functions=None, cache_dir=cache_dir)
+    for pkg in small_corpus.packages:  # whole packages only
+        assert sum(u.package == pkg for u in full.units) == sum(u.package == pkg for u in small_corpus.units)
+    assert all(u.repo == "cpython" and u.path.startswith("Lib/") for u in full.units)
+    bad = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
+    assert not any(bad & set(u.path.split("/")[:-1]) for u in full.units)
+    # docstrings removed from what is indexed
+    with_doc = [u for u in full.units if len(u.doc) > 40][:200]
+    assert with_doc and all(u.doc.splitlines()[0] not in u.text for u in with_doc)
