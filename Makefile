@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast ui bench clean
+.PHONY: install demo lvm-corpus test test-fast ui bench clean
 
 install: $(STAMP)
 
@@ -21,9 +21,27 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,engine]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
+# The instance config serialises the Lens jobs (DST spring-forward pile-up, schedules/README.md).
+$(DAGSTER_HOME)/dagster.yaml: schedules/dagster.yaml.example
 	@mkdir -p $(DAGSTER_HOME)
-	$(PY) -m lens_core.cli run
+	@test -f $@ || cp $< $@
+
+demo: $(STAMP) lvm-corpus $(DAGSTER_HOME)/dagster.yaml
+	$(PY) -m lens_core.cli run --with-lvm
+
+# The LVM's default corpus is the Linux kernel documentation from Debian's linux-doc-6.1 when it
+# can be installed; otherwise Python's own documentation topics (pydoc_data) are used.
+lvm-corpus:
+	@if [ -d /usr/share/doc/linux-doc-6.1/Documentation ]; then \
+	  echo "LVM corpus: Debian linux-doc-6.1 (kernel documentation) is installed"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "LVM corpus: installing Debian's linux-doc-6.1 (kernel documentation) with apt-get ..."; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-doc-6.1 >/dev/null) \
+	    && echo "LVM corpus: linux-doc-6.1 installed" \
+	    || echo "LVM corpus: apt-get failed; falling back to Python's pydoc topics"; \
+	else \
+	  echo "LVM corpus: apt-get not available (or not root); using Python's pydoc topics"; \
+	fi
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -31,8 +49,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not e2e"
 
-ui: $(STAMP)
-	@mkdir -p $(DAGSTER_HOME)
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py --out benchmarks/REPORT.md
+
+ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean:

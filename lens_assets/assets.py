@@ -47,8 +47,15 @@ def partition_t0_ms(partition_key: str) -> float:
     return d.timestamp() * 1000.0
 
 
-def current_systems():
-    return all_systems(full_grid=full_grids())
+FULL_GRIDS_TAG = "lens/full_grids"
+
+
+def current_systems(context=None):
+    """The systems of this run: the demo subset, or the full SPEC §8 grids when LENS_FULL_GRIDS=1
+    or the run carries the tag `lens/full_grids=1` (the weekly schedule sets it). Every step of a
+    run reads the same tag, so they agree."""
+    tagged = context is not None and context.run.tags.get(FULL_GRIDS_TAG) == "1"
+    return all_systems(full_grid=full_grids() or tagged)
 
 
 @dg.multi_asset(
@@ -85,7 +92,7 @@ def raw_runs(context: dg.AssetExecutionContext, lens_source: LensDataSource, que
     env = cfg.run.env if lens_source.resolved_source() != "prod" else "prod"
     root = data_dir()
     rows = []
-    systems = current_systems()
+    systems = current_systems(context)
     for i, system in enumerate(systems, start=1):
         t = time.monotonic()
         records = lens_source.collect(system, query_suites, run_id, partition_t0_ms(pk), cfg.run.k)
@@ -185,7 +192,7 @@ def scores(context: dg.AssetExecutionContext, per_query: pl.DataFrame) -> pl.Dat
     owners=OWNERS_EVAL, kinds={"polars", "csv"}, group_name=GROUP, partitions_def=weekly_partitions,
 )
 def hero_table(context: dg.AssetExecutionContext, scores: pl.DataFrame) -> pl.DataFrame:
-    systems = current_systems()
+    systems = current_systems(context)
     t = hero_table_df(scores, systems)
     context.add_output_metadata(table_metadata(t, headline=hero_markdown(t)))
     return t
@@ -205,7 +212,8 @@ def hero_table_df(scores_df: pl.DataFrame, systems) -> pl.DataFrame:
 def release_bundle(context: dg.AssetExecutionContext, lens_source: LensDataSource, raw_runs: pl.DataFrame,
                    hero_table: pl.DataFrame, pool_counts: pl.DataFrame, gate_summary: pl.DataFrame,
                    heroes: pl.DataFrame, comparisons: pl.DataFrame, per_query: pl.DataFrame,
-                   scores: pl.DataFrame) -> dg.MaterializeResult:
+                   scores: pl.DataFrame, canary_steps: pl.DataFrame, canary_windows: pl.DataFrame,
+                   canary_decisions: pl.DataFrame) -> dg.MaterializeResult:
     from lens_assets.decisions import calibration_dir, frame_gates
 
     pk = context.partition_key
@@ -214,7 +222,10 @@ def release_bundle(context: dg.AssetExecutionContext, lens_source: LensDataSourc
     stage.mkdir(parents=True, exist_ok=True)
     csvs = {"hero_table": (hero_table, "hero_span_v22.csv"),
             "pool_counts": (pool_counts.select(list(contracts.POOL_COUNTS_COLUMNS)), "pool_counts_by_system.csv"),
-            "tables/gates.csv": (gate_summary, "gates.csv"), "tables/heroes.csv": (heroes, "heroes.csv")}
+            "tables/gates.csv": (gate_summary, "gates.csv"), "tables/heroes.csv": (heroes, "heroes.csv"),
+            "tables/canary_steps.csv": (canary_steps, "canary_steps.csv"),
+            "tables/canary_windows.csv": (canary_windows, "canary_windows.csv"),
+            "tables/canary_decisions.csv": (canary_decisions, "canary_decisions.csv")}
     files: dict[str, Path] = {}
     for key, (df, name) in csvs.items():
         df.write_csv(stage / name)
@@ -223,7 +234,7 @@ def release_bundle(context: dg.AssetExecutionContext, lens_source: LensDataSourc
         files[name] = Path(staging_table_path(name, pk).path)
     files["queries.parquet"] = Path(staging_table_path("query_suites", pk).path)
     files["tables/promotion_rules.parquet"] = Path(staging_table_path("promotion_rules", pk).path)
-    systems = current_systems()
+    systems = current_systems(context)
     gates = frame_gates(gate_summary)
     lock = {r["pack"]: {"hero": r["hero"], "cfg_hash": r["cfg_hash"], "calibration_version": r["calibration_version"],
                         "reason": r["reason"]} for r in heroes.iter_rows(named=True)}

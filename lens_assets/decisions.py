@@ -20,6 +20,7 @@ from lens_core.judging import label_hits
 from lens_core.promotion import evaluate_rules, promotion_config, sanity_battery, select_hero
 from lens_core.settings import data_dir, load_config
 from lens_core.stats import compare_many
+from resources.paging import PagerResource
 
 OWNERS_CAL = ["team:ml-calibration"]
 DECISION_METRICS = ["ndcg_10", "recall_50", "sla_recall_50", "mrr_10"]
@@ -59,7 +60,7 @@ def primary_comparisons(systems) -> dict[str, tuple[str, str, float]]:
 )
 def comparisons(context: dg.AssetExecutionContext, per_query: pl.DataFrame) -> pl.DataFrame:
     cfg = load_config()
-    systems = current_systems()
+    systems = current_systems(context)
     primary = primary_comparisons(systems)
     needed = {}
     for metric, _slice, eff in primary.values():
@@ -128,7 +129,7 @@ def calibration_dir(partition_key: str) -> Path:
 def hero_decisions(context: dg.AssetExecutionContext, scores: pl.DataFrame, comparisons: pl.DataFrame,
                    agg: pl.DataFrame, hits: pl.DataFrame, calibration: pl.DataFrame,
                    ground_truth: pl.DataFrame, query_suites: pl.DataFrame, per_query: pl.DataFrame):
-    systems = current_systems()
+    systems = current_systems(context)
     base = systems[0]
     alpha = load_config().run.alpha
     ece = ece_gate(calibration)
@@ -178,7 +179,8 @@ def calibration_version(report: pl.DataFrame) -> str:
 def gate_summary(context: dg.AssetExecutionContext, raw_runs: pl.DataFrame, agg: pl.DataFrame, scores: pl.DataFrame,
                  per_query: pl.DataFrame, comparisons: pl.DataFrame, calibration: pl.DataFrame,
                  calibration_parity: pl.DataFrame, query_suites: pl.DataFrame) -> pl.DataFrame:
-    gates = evaluate_gates(raw_runs, agg, scores, per_query, comparisons, calibration, calibration_parity, query_suites)
+    gates = evaluate_gates(raw_runs, agg, scores, per_query, comparisons, calibration, calibration_parity, query_suites,
+                           current_systems(context))
     df = gates_frame(gates)
     counts = df.group_by("gate").agg(pl.col("passed").all().alias("all_pass"), pl.col("blocking").first(),
                                      pl.len().alias("subjects")).sort("gate")
@@ -187,9 +189,8 @@ def gate_summary(context: dg.AssetExecutionContext, raw_runs: pl.DataFrame, agg:
     return df
 
 
-def evaluate_gates(raw_runs, agg, scores, per_query, comparisons, calibration, calibration_parity, query_suites
-                   ) -> list[GateResult]:
-    systems = current_systems()
+def evaluate_gates(raw_runs, agg, scores, per_query, comparisons, calibration, calibration_parity, query_suites,
+                   systems) -> list[GateResult]:
     base = systems[0].name
     gates = [schema_gate(raw_runs.height, int(raw_runs["records"].sum()))]
     gates += parity_gate(raw_runs, agg, query_suites)
@@ -267,4 +268,70 @@ def _gate_check(name: str) -> dg.AssetChecksDefinition:
 
 
 gate_checks = [_gate_check(n) for n in GATE_NAMES]
-decision_assets = [comparisons, calibration, hero_decisions, gate_summary]
+
+
+@dg.multi_asset(
+    outs={
+        "canary_steps": dg.AssetOut(description="Canary ladder steps (A/A, then 5/25/50/100% by repo bucket) per test "
+                                                "arm, with the decision at each step (SPEC §9).",
+                                    owners=OWNERS_EVAL, kinds={"polars", "parquet"}, group_name=GROUP),
+        "canary_windows": dg.AssetOut(description="Every judged window: calibrator p99, adaptive ECE (with noise floor), "
+                                                  "confidence shift, SLA-Recall@50 Δ, red/green.",
+                                      owners=OWNERS_EVAL, kinds={"polars", "parquet"}, group_name=GROUP),
+        "canary_decisions": dg.AssetOut(description="Every ladder decision: advance, hold, revert (two consecutive red "
+                                                    "windows; the owner is paged) or complete.",
+                                        owners=OWNERS_EVAL, kinds={"polars", "parquet"}, group_name=GROUP),
+    },
+    partitions_def=weekly_partitions,
+)
+def canary(context: dg.AssetExecutionContext, pager: PagerResource, per_query: pl.DataFrame, hits: pl.DataFrame,
+           agg: pl.DataFrame, qrels: pl.DataFrame, ground_truth: pl.DataFrame, heroes: pl.DataFrame):
+    from lens_core.calibration import CalibratorSet
+    from lens_core.canary import canary_config, run_ladder
+    from lens_core.canary_inputs import build_stream
+
+    systems = current_systems(context)
+    base = systems[0].name
+    aa = next(s.name for s in systems if s.pack == "aa")
+    tests = [s.name for s in systems if s.pack == "tail_taming"] + [h for h in heroes["hero"].drop_nulls().to_list()]
+    cals = CalibratorSet.from_json((calibration_dir(context.partition_key) / "index.json").read_text())
+    labelled = label_hits(hits, agg, qrels)
+    cfg = canary_config()
+    frames = {"steps": [], "windows": [], "decisions": []}
+    summary = []
+    for test in dict.fromkeys(tests):
+        stream = build_stream(per_query, labelled, cals, ground_truth, base, test, aa)
+
+        def page(text: str, details: dict, _test=test) -> None:
+            pager.trigger(f"lens:canary:{context.partition_key}:{_test}", f"canary {_test}: {text}", "P1",
+                          component="canary", owners=OWNERS_EVAL, details=details)
+
+        try:
+            res = run_ladder(stream, cfg, page=page)
+        except ValueError as e:
+            # Too little traffic to judge even the A/A windows: the ladder does not start.
+            reason = f"canary not started: {e}"
+            context.log.warning(f"{test}: {reason}")
+            frames["steps"].append(pl.DataFrame([{"phase": "aa", "step": 0, "pct": cfg.aa_pct, "decision": "hold",
+                                                  "reason": reason, "test": test}]))
+            frames["decisions"].append(pl.DataFrame([{"phase": "aa", "step": 0, "action": "hold", "reason": reason,
+                                                      "test": test}]))
+            summary.append({"test": test, "aa_passed": None, "final_pct": 0, "reverted": False, "completed": False})
+            continue
+        for name in frames:
+            frames[name].append(getattr(res, name).with_columns(pl.lit(test).alias("test")))
+        summary.append({"test": test, "aa_passed": res.aa_passed, "final_pct": res.final_pct,
+                        "reverted": res.reverted, "completed": res.completed})
+    from lens_core.canary import DECISIONS_SCHEMA, STEPS_SCHEMA, WINDOWS_SCHEMA
+
+    schemas = {"steps": STEPS_SCHEMA, "windows": WINDOWS_SCHEMA, "decisions": DECISIONS_SCHEMA}
+    out = {k: pl.concat([pl.DataFrame(schema={**schemas[k], "test": pl.String})] + v, how="diagonal_relaxed")
+           for k, v in frames.items()}
+    head = markdown_table(pl.DataFrame(summary)) if summary else "no test arm"
+    yield dg.Output(out["steps"], output_name="canary_steps", metadata=table_metadata(out["steps"], headline=head))
+    yield dg.Output(out["windows"], output_name="canary_windows", metadata=table_metadata(out["windows"]))
+    yield dg.Output(out["decisions"], output_name="canary_decisions",
+                    metadata=table_metadata(out["decisions"], preview=out["decisions"]))
+
+
+decision_assets = [comparisons, calibration, hero_decisions, gate_summary, canary]

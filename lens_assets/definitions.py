@@ -9,6 +9,7 @@ from lens_assets.assets import lens_assets, weekly_partitions
 from lens_assets.decisions import decision_assets, gate_checks
 from resources.data_source import LensDataSource
 from resources.io_manager import ParquetIOManager, staging_table_path
+from resources.paging import DEFAULT_PAGER
 
 DBT_TABLES = ("agg", "hits", "pool", "qrels", "per_query", "scores")
 
@@ -31,5 +32,5 @@ defs = dg.Definitions(
     assets=lens_assets + decision_assets,
     asset_checks=gate_checks + dbt_checks,
     jobs=[weekly_lens_job],
-    resources={"lens_source": LensDataSource(), "io_manager": ParquetIOManager()},
+    resources={"lens_source": LensDataSource(), "io_manager": ParquetIOManager(), "pager": DEFAULT_PAGER},
 )

@@ -70,7 +70,7 @@ from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecordStatus,
 )
 
-from resources.paging import PagerResource, pd_severity
+from resources.paging import DEFAULT_PAGER, PagerResource, pd_severity
 
 CURSOR_VERSION = 1
 DEDUP_PREFIX = "lens"
@@ -317,4 +317,4 @@ def build_paging_sensor(name: str = "page_on_failed_checks", pager_key: str = "p
 
 page_on_failed_checks = build_paging_sensor()
 sensors = [page_on_failed_checks]
-defs = dg.Definitions(sensors=sensors, resources={"pager": PagerResource()})
+defs = dg.Definitions(sensors=sensors, resources={"pager": DEFAULT_PAGER})

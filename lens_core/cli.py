@@ -216,7 +216,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"fingerprint: {result['fingerprint']}  [{state}]")
     print(f"bundle:      {result['bundle']}")
     print(f"wall time:   {result['wall_s']:.1f}s")
-    return 0 if result["success"] else EXIT_FAILED
+    ok = result["success"]
+    if args.with_lvm:
+        from lens_assets.run import _instance
+        from lvm_assets.run import run_lvm
+
+        with _instance() as instance:
+            lvm = run_lvm(instance)
+        _print_lvm_summary()
+        print(f"lvm:         {'ok' if lvm['success'] else 'FAILED'} in {lvm['wall_s']:.1f}s; checks: "
+              + ", ".join(f"{k}={'pass' if v else 'FAIL'}" for k, v in sorted(lvm["checks"].items())))
+        ok = ok and lvm["success"]
+    return 0 if ok else EXIT_FAILED
+
+
+def _print_lvm_summary() -> None:
+    from lens_core.settings import data_dir
+
+    p = data_dir() / "lvm" / "eval_scores.parquet"
+    if not p.is_file():
+        return
+    t = pl.read_parquet(p).filter(pl.col("lane") == "all").sort("model", "k")
+    print()
+    print("| model | Hit@1 | Hit@5 | Hit@10 | p95 ms | candidates |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for model, part in t.group_by("model", maintain_order=True):
+        cells = {r["k"]: f"{r['hit']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" for r in part.iter_rows(named=True)}
+        first = part.row(0, named=True)
+        print(f"| {model[0]} | {cells.get(1, '–')} | {cells.get(5, '–')} | {cells.get(10, '–')} | "
+              f"{first['p95_ms']:.2f} | {first['n_candidates']} |")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--partition", help="weekly partition key YYYY-MM-DD (default: the last complete week)")
     r.add_argument("--data-dir", help="LENS_DATA_DIR (default ./data)")
     r.add_argument("--queries-per-suite", type=int, default=0, help="simulator queries per suite (0 = config)")
+    r.add_argument("--with-lvm", action="store_true", help="also materialise the LVM group (make demo does)")
     r.set_defaults(func=cmd_run)
 
     try:

@@ -213,3 +213,8 @@ class PagerResource(dg.ConfigurableResource):
             if secret:
                 text = text.replace(secret, REDACTED)
         return text
+
+
+# The one pager instance of the code location: Definitions.merge refuses two different objects
+# under one resource key, so every domain binds `pager` to this one.
+DEFAULT_PAGER = PagerResource()
