@@ -751,10 +751,33 @@ class RefitResult:
     map_new: np.ndarray = field(default_factory=lambda: np.zeros(0))   # g(c)
 
 
+def _merge_close_bins(cbar: np.ndarray, vbar: np.ndarray, w: np.ndarray, min_gap: float
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merge adjacent equal-mass bins (weighted means) until consecutive mean confidences are at
+    least `min_gap` apart. Most hits sit at low confidence, where equal-mass bins differ by a few
+    thousandths: a slope between them is a ratio of noise and would be clamped by chance."""
+    out_c, out_v, out_w = [cbar[0]], [vbar[0]], [w[0]]
+    for c, v, wt in zip(cbar[1:], vbar[1:], w[1:]):
+        if c - out_c[-1] < min_gap:
+            tw = out_w[-1] + wt
+            out_c[-1] = (out_c[-1] * out_w[-1] + c * wt) / tw
+            out_v[-1] = (out_v[-1] * out_w[-1] + v * wt) / tw
+            out_w[-1] = tw
+        else:
+            out_c.append(c)
+            out_v.append(v)
+            out_w.append(wt)
+    return np.asarray(out_c), np.asarray(out_v), np.asarray(out_w)
+
+
 def refit_with_clamp(prev: Calibrator, scores, labels, bins: int = DEFAULT_BINS,
                      slope_bounds: tuple[float, float] = DEFAULT_SLOPE_BOUNDS,
-                     drift_rate: float = DEFAULT_DRIFT_RATE, min_labels: int = DEFAULT_MIN_LABELS) -> RefitResult:
-    """Weekly refit of `prev` on new labelled hits with the slope clamp (module docstring)."""
+                     drift_rate: float = DEFAULT_DRIFT_RATE, min_labels: int = DEFAULT_MIN_LABELS,
+                     min_gap: float = 0.02) -> RefitResult:
+    """Weekly refit of `prev` on new labelled hits with the slope clamp (module docstring).
+
+    Slopes are measured between equal-mass bins of the current confidence after merging bins
+    whose mean confidences are closer than `min_gap` (the ECE gate's resolution)."""
     s = np.asarray(scores, dtype=np.float64).ravel()
     y = np.asarray(labels, dtype=np.float64).ravel()
     if s.shape != y.shape:
@@ -782,6 +805,7 @@ def refit_with_clamp(prev: Calibrator, scores, labels, bins: int = DEFAULT_BINS,
     cbar = (np.bincount(ids, weights=c, minlength=nb.size)[keep] / nb[keep])
     vbar = (np.bincount(ids, weights=v, minlength=nb.size)[keep] / nb[keep])
     w = nb[keep].astype(np.float64)
+    cbar, vbar, w = _merge_close_bins(cbar, vbar, w, min_gap)
     if cbar.size < 2:
         return unchanged("current confidence takes fewer than 2 distinct bins", new)
     dc = np.diff(cbar)

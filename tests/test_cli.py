@@ -48,3 +48,42 @@ def test_help_on_every_command():
         out = subprocess.run([sys.executable, "-m", "lens_core.cli", *cmd, "--help"], cwd=REPO,
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "usage: lens-eval" in out.stdout
+
+
+def _per_query(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = 200
+    base = rng.random(n)
+    rows = []
+    for system, shift in (("ctl", 0.0), ("tst", 0.05)):
+        for i in range(n):
+            v = float(np.clip(base[i] + shift + rng.normal(0, 0.05), 0, 1))
+            rows.append({"run_id": "r", "system": system, "qid": f"q{i:03d}", "suite": "s",
+                         "intent": "nl" if i % 2 else "identifier", "language": "python", "lat_ms": 10.0,
+                         "ndcg_10": v, "recall_50": v, "sla_recall_50": v, "mrr_10": v, "success_1": 0.0,
+                         "success_5": 1.0, "success_10": 1.0})
+    p = tmp_path / "per_query.parquet"
+    pl.DataFrame(rows).write_parquet(p)
+    return p
+
+
+def test_compare_reports_deltas_cis_and_holm(tmp_path, capsys):
+    p = _per_query(tmp_path)
+    out = tmp_path / "cmp.parquet"
+    assert main(["compare", "--per-query", str(p), "--control", "ctl", "--test", "tst", "--bootstrap", "500",
+                 "--permutations", "2000", "--out", str(out)]) == 0
+    res = pl.read_parquet(out)
+    assert res.columns[:9] == ["control", "test", "slice", "metric", "delta", "ci_low", "ci_high", "p_value", "p_holm"]
+    row = res.filter((pl.col("slice") == "all") & (pl.col("metric") == "ndcg_10")).row(0, named=True)
+    assert 0.03 < row["delta"] < 0.07 and row["ci_low"] > 0 and row["p_holm"] < 0.01
+    assert (res["p_holm"] >= res["p_value"]).all()
+    assert {"intent=nl", "intent=identifier"} <= set(res["slice"].to_list())
+
+
+def test_compare_unknown_system_is_one_line(tmp_path, capsys):
+    p = _per_query(tmp_path)
+    assert main(["compare", "--per-query", str(p), "--control", "ctl", "--test", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope" in err[0] and "ctl" in err[0]
