@@ -27,7 +27,7 @@ $(DAGSTER_HOME)/dagster.yaml: schedules/dagster.yaml.example
 	@test -f $@ || cp $< $@
 
 demo: $(STAMP) lvm-corpus $(DAGSTER_HOME)/dagster.yaml
-	$(PY) -m lens_core.cli run --with-lvm
+	$(PY) -m lens_core.cli run --source $${DATA_SOURCE:-local} --with-lvm
 
 # The LVM's default corpus is the Linux kernel documentation from Debian's linux-doc-6.1 when it
 # can be installed; otherwise Python's own documentation topics (pydoc_data) are used.

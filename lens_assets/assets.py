@@ -67,7 +67,7 @@ def current_systems(context=None):
             description="Ground-truth relevant spans per query (what the judge labels from).",
             owners=OWNERS_EVAL, kinds={"polars", "parquet"}, group_name=GROUP),
     },
-    partitions_def=weekly_partitions,
+    partitions_def=weekly_partitions,    deps=["engine_index"],
 )
 def query_suites(context: dg.AssetExecutionContext, lens_source: LensDataSource):
     queries, gt = lens_source.suites()
@@ -249,6 +249,11 @@ def release_bundle(context: dg.AssetExecutionContext, lens_source: LensDataSourc
         context.log.warning(f"bundle {result.fingerprint} NOT published: blocking gate(s) failed: "
                             f"{', '.join(result.failed_blocking)}; last green stays {result.previous_published}")
     size = sum(p.stat().st_size for p in result.path.rglob("*") if p.is_file())
+    from lens_core.site import build_site, publish_site
+
+    lvm_dir = root / "lvm"
+    site = build_site(result.path, lvm_dir=lvm_dir if lvm_dir.is_dir() else None)
+    served = publish_site(root, lvm_dir=lvm_dir if lvm_dir.is_dir() else None) if result.published else None
     return dg.MaterializeResult(metadata={
         "fingerprint": result.fingerprint,
         "bundle": dg.MetadataValue.path(str(result.path)),
@@ -258,6 +263,8 @@ def release_bundle(context: dg.AssetExecutionContext, lens_source: LensDataSourc
         "hero_table": dg.MetadataValue.md(hero_markdown(hero_table)),
         "heroes": dg.MetadataValue.md(markdown_table(heroes)),
         "failed_blocking": ", ".join(result.failed_blocking) or "none",
+        "site": dg.MetadataValue.path(str(site)),
+        "served_site": dg.MetadataValue.path(str(served)) if served else "not published",
     })
 
 

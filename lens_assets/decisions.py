@@ -20,6 +20,7 @@ from lens_core.judging import label_hits
 from lens_core.promotion import evaluate_rules, promotion_config, sanity_battery, select_hero
 from lens_core.settings import data_dir, load_config
 from lens_core.stats import compare_many
+from resources.data_source import LensDataSource
 from resources.paging import PagerResource
 
 OWNERS_CAL = ["team:ml-calibration"]
@@ -114,6 +115,42 @@ def calibration_dir(partition_key: str) -> Path:
     return data_dir() / "staging" / "calibration_files" / partition_key
 
 
+QPS_SCHEMA = {"system": pl.String, "qps_at_sla": pl.Float64, "sla_ms": pl.Float64, "requests": pl.Int64,
+              "stopped": pl.String, "rates": pl.String}
+
+
+@dg.asset(
+    description="QPS@SLA (SPEC §4): the highest offered query rate at which client p99 stays <= SLA_MS, from a "
+                "bounded open-loop load test against the endpoint on loopback (bounded in requests and time; it "
+                "stops by itself), for the baseline and the tail-taming arm. Not measured on the simulator.",
+    owners=["team:search-core"], kinds={"python", "http"}, group_name=GROUP, partitions_def=weekly_partitions,
+    deps=["raw_runs"],
+)
+def qps_at_sla(context: dg.AssetExecutionContext, lens_source: LensDataSource, query_suites: pl.DataFrame) -> pl.DataFrame:
+    from resources.loadtest import qps_at_sla as load_test
+
+    systems = current_systems(context)
+    arms = [systems[0].name] + [s.name for s in systems if s.pack == "tail_taming"]
+    src = lens_source.resolved_source()
+    if src == "sim":
+        context.add_output_metadata({"measured": False, "reason": "DATA_SOURCE=sim has no endpoint to load"})
+        return pl.DataFrame(schema=QPS_SCHEMA)
+    cfg = (load_config().model_extra or {}).get("load_test", {})
+    sample = query_suites.sort("qid").head(int(cfg.get("queries", 200)))
+    rows = []
+    for system in arms:
+        res = load_test(lambda: lens_source.client(), sample, system, sla_ms=lens_source.resolved_sla_ms(),
+                        rates=tuple(cfg.get("rates", (10, 20, 40, 80))), duration_s=float(cfg.get("duration_s", 2.5)),
+                        max_requests=int(cfg.get("max_requests", 200)), max_total_s=float(cfg.get("max_total_s", 30)))
+        rows.append({"system": system, "qps_at_sla": float(res["qps_at_sla"]), "sla_ms": float(res["sla_ms"]),
+                     "requests": int(sum(r["sent"] for r in res["table"])),
+                     "stopped": str(res["stopped"]), "rates": json.dumps(res["table"], default=str)})
+        context.log.info(f"{system}: QPS@{res['sla_ms']:g}ms = {res['qps_at_sla']:g} ({res['stopped']})")
+    df = pl.DataFrame(rows, schema=QPS_SCHEMA)
+    context.add_output_metadata(table_metadata(df, headline=markdown_table(df.drop("rates")), measured=True))
+    return df
+
+
 @dg.multi_asset(
     outs={
         "promotion_rules": dg.AssetOut(
@@ -128,7 +165,8 @@ def calibration_dir(partition_key: str) -> Path:
 )
 def hero_decisions(context: dg.AssetExecutionContext, scores: pl.DataFrame, comparisons: pl.DataFrame,
                    agg: pl.DataFrame, hits: pl.DataFrame, calibration: pl.DataFrame,
-                   ground_truth: pl.DataFrame, query_suites: pl.DataFrame, per_query: pl.DataFrame):
+                   ground_truth: pl.DataFrame, query_suites: pl.DataFrame, per_query: pl.DataFrame,
+                   qps_at_sla: pl.DataFrame):
     systems = current_systems(context)
     base = systems[0]
     alpha = load_config().run.alpha
@@ -137,7 +175,8 @@ def hero_decisions(context: dg.AssetExecutionContext, scores: pl.DataFrame, comp
     for s in systems[1:]:
         if s.pack != "aa":
             by_pack.setdefault(s.pack, []).append(s)
-    rules = pl.concat([evaluate_rules(pack, vs, base, scores, comparisons, agg, ece) for pack, vs in by_pack.items()],
+    qps = dict(zip(qps_at_sla["system"].to_list(), qps_at_sla["qps_at_sla"].to_list()))
+    rules = pl.concat([evaluate_rules(pack, vs, base, scores, comparisons, agg, ece, qps) for pack, vs in by_pack.items()],
                       how="vertical") if by_pack else pl.DataFrame()
     sanity = sanity_battery(per_query, hits, ground_truth, query_suites, base.name, [s.name for s in systems[1:]])
     sanity_ok = dict(zip(sanity["system"].to_list(), sanity["passed"].to_list()))
@@ -334,4 +373,4 @@ def canary(context: dg.AssetExecutionContext, pager: PagerResource, per_query: p
                     metadata=table_metadata(out["decisions"], preview=out["decisions"]))
 
 
-decision_assets = [comparisons, calibration, hero_decisions, gate_summary, canary]
+decision_assets = [comparisons, calibration, qps_at_sla, hero_decisions, gate_summary, canary]

@@ -7,6 +7,7 @@ import dagster as dg
 from dbt_like_checks import build_dbt_like_checks
 from lens_assets.assets import lens_assets, weekly_partitions
 from lens_assets.decisions import decision_assets, gate_checks
+from lens_assets.engine_assets import engine_assets
 from resources.data_source import LensDataSource
 from resources.io_manager import ParquetIOManager, staging_table_path
 from resources.paging import DEFAULT_PAGER
@@ -22,14 +23,14 @@ dbt_checks = build_dbt_like_checks({t: dg.AssetKey(t) for t in DBT_TABLES}, _tab
 
 weekly_lens_job = dg.define_asset_job(
     "weekly_lens_job",
-    selection=dg.AssetSelection.groups("lens"),
+    selection=dg.AssetSelection.groups("lens", "engine"),
     partitions_def=weekly_partitions,
     description="The weekly Lens run: collect -> judge -> score -> compare -> calibrate -> gate -> attest -> "
                 "publish on green.",
 )
 
 defs = dg.Definitions(
-    assets=lens_assets + decision_assets,
+    assets=[*engine_assets, *lens_assets, *decision_assets],
     asset_checks=gate_checks + dbt_checks,
     jobs=[weekly_lens_job],
     resources={"lens_source": LensDataSource(), "io_manager": ParquetIOManager(), "pager": DEFAULT_PAGER},

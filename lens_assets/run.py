@@ -52,6 +52,8 @@ def run_weekly(partition: str, queries_per_suite: int = 0, progress: bool = True
             out["published"] = md["published"].value
             out["hero_markdown"] = md["hero_table"].value
             out["gates_markdown"] = md["gates"].value
+            out["site"] = md["served_site"].value if "served_site" in md and md["served_site"].value != "not published" \
+                else (md["site"].value if "site" in md else None)
     if not result.success:
         failed = [e for e in result.all_events if e.is_step_failure]
         out["errors"] = [f"{e.step_key}: {_root_message(e.event_specific_data.error)}" for e in failed]

@@ -201,8 +201,11 @@ def verify(bundle_dir: Path, data_dir: Path | None = None, tolerance: float = VE
     except json.JSONDecodeError as e:
         return [f"{att_path}: not valid JSON ({e})"]
     artifacts: dict[str, str] = att.get("artifacts", {})
+    # site/ is rendered from the attested files after attestation (it shows the fingerprint),
+    # so it cannot itself be attested; everything else on disk must be.
     on_disk = {p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*")
-               if p.is_file() and p.name != BUNDLE_FILES["attestation"]}
+               if p.is_file() and p.name != BUNDLE_FILES["attestation"]
+               and p.relative_to(bundle_dir).parts[0] != "site"}
     for rel in sorted(on_disk - set(artifacts)):
         problems.append(f"{rel}: file not in the attestation")
     for rel, want in sorted(artifacts.items()):

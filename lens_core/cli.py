@@ -215,6 +215,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     state = "PUBLISHED" if result["published"] else "NOT published (blocking gate failed; last green kept)"
     print(f"fingerprint: {result['fingerprint']}  [{state}]")
     print(f"bundle:      {result['bundle']}")
+    if result.get("site"):
+        print(f"site:        {result['site']}")
     print(f"wall time:   {result['wall_s']:.1f}s")
     ok = result["success"]
     if args.with_lvm:
@@ -291,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
         register_lvm = None
     if register_lvm is not None:
         register_lvm(sub)
+    from lens_core.site import register as register_site
+
+    register_site(sub)  # lens-eval site BUNDLE [--out DIR] [--lvm-dir DIR] [--publish]
     return p
 
 

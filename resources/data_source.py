@@ -1,21 +1,147 @@
-"""Where runs come from (SPEC §1): `sim` (the seeded simulator), `local` (the bundled
-reference engine on loopback) or `prod` (LENS_ENDPOINTS with AUTH_TOKEN). The assets only
-see this resource's two questions: which queries, and what did a system answer."""
+"""Where runs come from (SPEC §1): `sim` (the seeded simulator), `local` (the bundled reference
+engine on loopback) or `prod` (LENS_ENDPOINTS with AUTH_TOKEN). The assets only see this
+resource's questions: which queries (`suites()`), what did a system answer (`collect()`), and
+what to put in the attestation (`describe()`).
+
+`local` and `prod` share one client (`resources.lens_client`); only who starts the server
+differs.
+
+`local`:
+* `suites()`: the reference engine's suites (SPEC §11), built with the `lens_engine` Python API
+  from the same corpus and cache (`lens_core.settings.cache_dir()`) the server loads;
+  deterministic (seed `suite_seed`, default 0: the seed the engine warms its query vectors
+  with). Cap: `max_per_suite` / env `LENS_MAX_PER_SUITE`, either one number for every suite
+  or `suite=n` pairs (`nl=0,identifier=150,*=150`; `*` = every other suite; 0 = whole).
+  Default `DEFAULT_MAX_PER_SUITE` (`nl=0,*=150`): the NL suite stays whole (its hard-NL slice
+  needs >= 200 queries; the default 4000-function corpus has 464 NL queries, 210 hard-NL) and
+  the identifier (783) and structural (1427) suites are capped at 150 each: 764 queries x 9
+  systems = ~6900 HTTP queries, ~50-65 queries/s at concurrency 4 on 2 busy cores, so the warm
+  weekly run fits in 3 minutes. `LENS_MAX_PER_SUITE=0` runs every query (~2700 per system).
+* `collect()`: `collect_run` against an `EngineServer` started lazily on the first call and
+  stopped by `teardown_after_execution` (Dagster calls it after the run's last step, also when a
+  step failed) or by `close()` / the context manager outside Dagster. Dagster's in-process
+  executor (`materialize`, `execute_in_process`, `lens-eval run`) initialises a resource once per
+  run, so ONE engine serves every step; under the multiprocess executor each step process gets
+  its own resource, so each step that collects starts (and stops) its own engine (only
+  `raw_runs` collects; `suites()` never needs the server). Client: concurrency `concurrency` /
+  env `LENS_CLIENT_CONCURRENCY` (default 4), deadline `SLA_MS`, hedging off unless `hedge`
+  (the engine-side tail taming is part of each system's configuration, not the client's).
+  Token: `LENS_ENGINE_TOKEN` (what the engine checks) or else `AUTH_TOKEN`; never logged.
+
+`prod`:
+* endpoints from `LENS_ENDPOINTS`; the run is collected from the FIRST endpoint (the others are
+  listed in `describe()` and are fail-over candidates for an operator; one run = one endpoint,
+  so all systems are measured against the same deployment). Token from `AUTH_TOKEN`.
+* suites from `LENS_SUITES` (a Parquet file with the QUERIES_SCHEMA columns) and, optionally,
+  ground truth from `LENS_GROUND_TRUTH` (GROUND_TRUTH_SCHEMA columns); without it the ground
+  truth is empty and judging relies on merged human qrels.
+
+An endpoint that cannot be reached fails `collect()` with ONE `LensUnreachable` message.
+`describe()` never contains a token: endpoints are printed without credentials.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import polars as pl
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
-from lens_core.settings import data_source, load_config, sla_ms
+from lens_core.contracts import GROUND_TRUTH_SCHEMA, QUERIES_SCHEMA
+from lens_core.hashing import sha256_hex
+from lens_core.settings import cache_dir, data_source, load_config, sla_ms
 from lens_core.simulator import Simulator
 from lens_core.systems import SystemConfig
+from resources.lens_client import LensClient, LensUnreachable, collect_run, endpoints_from_env
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PER_SUITE = "nl=0,*=150"
+DEFAULT_CONCURRENCY = 4
 
 
+# ---------------------------------------------------------------------------------------------
+# Suite caps
+# ---------------------------------------------------------------------------------------------
+def parse_suite_caps(spec: str | int | None) -> dict[str, int | None]:
+    """`"250"` -> {"*": 250}; `"nl=0,*=250"` -> {"nl": None, "*": 250} (None / 0 = whole suite)."""
+    if spec is None:
+        return {"*": None}
+    text = str(spec).strip()
+    if not text:
+        return {"*": None}
+    caps: dict[str, int | None] = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, value = part.partition("=")
+        if not sep:
+            name, value = "*", part
+        name = name.strip()
+        try:
+            n = int(value)
+        except ValueError:
+            raise ValueError(f"LENS_MAX_PER_SUITE={text!r}: {part!r} is not `n` or `suite=n` with an integer n") from None
+        if n < 0 or not name:
+            raise ValueError(f"LENS_MAX_PER_SUITE={text!r}: {part!r}: caps are integers >= 0 (0 = whole suite)")
+        caps[name] = n or None
+    caps.setdefault("*", None)
+    return caps
+
+
+def cap_suites(queries: pl.DataFrame, ground_truth: pl.DataFrame, caps: dict[str, int | None],
+               seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Keep, per suite, the first `cap` queries in a seeded hash order of their qids (stable
+    across machines, independent of row order); ground truth follows the kept qids."""
+    if all(v is None for v in caps.values()):
+        return queries, ground_truth
+    keys = [sha256_hex(f"lens-cap:{seed}:{q}".encode()) for q in queries["qid"].to_list()]
+    order = queries.with_columns(pl.Series("_h", keys, dtype=pl.String)).sort(["suite", "_h", "qid"])
+    rank = pl.int_range(pl.len()).over("suite")
+    cap_expr = pl.col("suite").replace_strict(
+        {s: (c if c is not None else 1 << 62) for s, c in caps.items() if s != "*"},
+        default=caps.get("*") if caps.get("*") is not None else 1 << 62, return_dtype=pl.Int64)
+    kept = order.filter(rank < cap_expr).drop("_h").sort("qid")
+    gt = ground_truth.filter(pl.col("qid").is_in(kept["qid"].implode()))
+    return kept, gt
+
+
+def _schema(arrow_schema) -> pl.Schema:
+    return pl.Schema(pl.from_arrow(arrow_schema.empty_table()).schema)
+
+
+def read_query_file(path: str | os.PathLike, arrow_schema, what: str, env: str) -> pl.DataFrame:
+    """A Parquet table with (at least) the columns of `arrow_schema`, cast to it; clear errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{env}={path}: no such file (expected a Parquet file of {what})")
+    try:
+        df = pl.read_parquet(p)
+    except Exception as e:  # polars raises several types for a non-Parquet file
+        raise ValueError(f"{env}={path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+    want = _schema(arrow_schema)
+    missing = [c for c in want if c not in df.columns]
+    if missing:
+        raise ValueError(f"{env}={path}: {what} lacks column(s) {missing} (has {df.columns})")
+    try:
+        df = df.select([pl.col(c).cast(t, strict=True) for c, t in want.items()])
+    except Exception as e:
+        raise ValueError(f"{env}={path}: {what} has a column of the wrong type ({e})") from None
+    for c in want:
+        n_null = df[c].null_count()
+        if n_null:
+            raise ValueError(f"{env}={path}: column {c!r} has {n_null} null value(s)")
+    return df
+
+
+# ---------------------------------------------------------------------------------------------
+# The resource
+# ---------------------------------------------------------------------------------------------
 class LensDataSource(dg.ConfigurableResource):
     """The data source of a weekly run. Empty fields take the environment / YAML config."""
 
@@ -23,7 +149,21 @@ class LensDataSource(dg.ConfigurableResource):
     seed: int = Field(-1, description="simulator seed; -1 = run.seed from the config")
     queries_per_suite: int = Field(0, description="simulator queries per suite; 0 = config")
     sla_ms: float = Field(0.0, description="per-query deadline; 0 = $SLA_MS (default 150)")
+    max_per_suite: str = Field("", description="local: queries per suite, `n` or `suite=n,...,*=n` "
+                                                "(0 = whole); empty = $LENS_MAX_PER_SUITE or "
+                                                f"{DEFAULT_MAX_PER_SUITE}")
+    suite_seed: int = Field(0, description="local: seed of the engine's suites (0 = the engine's warm set)")
+    concurrency: int = Field(0, description=f"local/prod: client concurrency; 0 = $LENS_CLIENT_CONCURRENCY "
+                                            f"or {DEFAULT_CONCURRENCY}")
+    hedge: bool = Field(False, description="local/prod: client-side hedged probes (off by default)")
 
+    _server: Any = PrivateAttr(default=None)
+    _corpus: Any = PrivateAttr(default=None)
+    _clients: dict = PrivateAttr(default_factory=dict)
+    _describe_cache: Any = PrivateAttr(default=None)
+    _logger: Any = PrivateAttr(default=None)
+
+    # -- settings -----------------------------------------------------------------------------
     def resolved_source(self) -> str:
         if self.source:
             os.environ.setdefault("DATA_SOURCE", self.source)
@@ -33,6 +173,51 @@ class LensDataSource(dg.ConfigurableResource):
     def resolved_sla_ms(self) -> float:
         return self.sla_ms or sla_ms()
 
+    def resolved_suite_caps(self) -> dict[str, int | None]:
+        return parse_suite_caps(self.max_per_suite or os.environ.get("LENS_MAX_PER_SUITE") or DEFAULT_MAX_PER_SUITE)
+
+    def resolved_concurrency(self) -> int:
+        if self.concurrency:
+            return self.concurrency
+        raw = os.environ.get("LENS_CLIENT_CONCURRENCY", "").strip()
+        if not raw:
+            return DEFAULT_CONCURRENCY
+        try:
+            n = int(raw)
+        except ValueError:
+            raise ValueError(f"LENS_CLIENT_CONCURRENCY={raw!r}: expected an integer >= 1") from None
+        if n < 1:
+            raise ValueError(f"LENS_CLIENT_CONCURRENCY={raw!r}: expected an integer >= 1")
+        return n
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Nothing heavy here: the engine starts on the first collect() (after engine_index has
+        # built the caches), so a run that never collects never starts it.
+        self._logger = context.log
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the engine if this resource started one (idempotent)."""
+        srv, self._server = self._server, None
+        self._clients.clear()
+        if srv is not None:
+            srv.stop()
+
+    def __enter__(self) -> "LensDataSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def engine_server(self):
+        """The running EngineServer of `local` (None until the first collect())."""
+        return self._server
+
+    # -- sim ----------------------------------------------------------------------------------
     def _simulator(self) -> Simulator:
         cfg = load_config()
         spec = cfg.sim
@@ -40,27 +225,114 @@ class LensDataSource(dg.ConfigurableResource):
             spec = spec.model_copy(update={"queries_per_suite": self.queries_per_suite})
         return Simulator(spec, seed=cfg.run.seed if self.seed < 0 else self.seed)
 
-    def _unsupported(self, src: str) -> RuntimeError:
-        return RuntimeError(
-            f"DATA_SOURCE={src}: this build collects from the simulator only; "
-            "the Lens HTTP client and the reference engine are wired in by the `local`/`prod` data source"
-        )
+    # -- local --------------------------------------------------------------------------------
+    def _engine_corpus(self):
+        if self._corpus is None:
+            from lens_engine.corpus import build_corpus
 
+            self._corpus = build_corpus(cache_dir=cache_dir())
+        return self._corpus
+
+    def _local_suites(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        from lens_engine.suites import build_suites
+
+        corpus = self._engine_corpus()
+        q, g = build_suites(corpus, seed=self.suite_seed)
+        return cap_suites(q, g, self.resolved_suite_caps(), seed=self.suite_seed)
+
+    def _ensure_server(self):
+        if self._server is None:
+            from lens_engine.corpus import env_max_functions
+            from resources.engine_server import EngineServer
+
+            mf = env_max_functions()
+            srv = EngineServer(cache_dir(), max_functions=0 if mf is None else mf, logger=self._logger)
+            srv.start()
+            self._server = srv
+        elif not self._server.running():
+            srv, self._server = self._server, None
+            tail = srv.log_tail()
+            srv.stop()
+            raise LensUnreachable(f"the reference engine (log {srv.log_path}) is no longer running:\n{tail}")
+        return self._server
+
+    # -- prod ---------------------------------------------------------------------------------
+    @staticmethod
+    def _prod_suites() -> tuple[pl.DataFrame, pl.DataFrame]:
+        path = os.environ.get("LENS_SUITES", "").strip()
+        if not path:
+            raise ValueError("DATA_SOURCE=prod needs LENS_SUITES: a Parquet file of queries with columns "
+                             f"{list(_schema(QUERIES_SCHEMA))} (and optionally LENS_GROUND_TRUTH)")
+        q = read_query_file(path, QUERIES_SCHEMA, "the query suites", "LENS_SUITES")
+        if q["qid"].n_unique() != q.height:
+            raise ValueError(f"LENS_SUITES={path}: duplicate qids")
+        gpath = os.environ.get("LENS_GROUND_TRUTH", "").strip()
+        if gpath:
+            g = read_query_file(gpath, GROUND_TRUTH_SCHEMA, "the ground truth", "LENS_GROUND_TRUTH")
+            g = g.filter(pl.col("qid").is_in(q["qid"].implode()))
+        else:
+            log.warning("DATA_SOURCE=prod without LENS_GROUND_TRUTH: ground truth is empty")
+            g = pl.DataFrame(schema=_schema(GROUND_TRUTH_SCHEMA))
+        return q, g
+
+    # -- the client ---------------------------------------------------------------------------
+    def client(self, k: int | None = None) -> LensClient:
+        """The Lens client of `local` (starting the engine if needed) or `prod`."""
+        src = self.resolved_source()
+        k = int(k or load_config().run.k)
+        if src == "local":
+            srv = self._ensure_server()
+            key = ("local", srv.endpoint, k)
+            endpoint = srv.endpoint
+            token = os.environ.get("LENS_ENGINE_TOKEN") or os.environ.get("AUTH_TOKEN") or None
+        elif src == "prod":
+            eps = endpoints_from_env()
+            if not eps:
+                raise ValueError("DATA_SOURCE=prod needs LENS_ENDPOINTS (comma-separated Lens base URLs)")
+            endpoint = eps[0]
+            key = ("prod", endpoint, k)
+            token = os.environ.get("AUTH_TOKEN") or None
+        else:
+            raise ValueError(f"DATA_SOURCE={src}: the simulator has no client")
+        c = self._clients.get(key)
+        if c is None:
+            cfg = load_config()
+            c = LensClient(endpoint, token=token, sla_ms=self.resolved_sla_ms(), k=k, seed=cfg.run.seed,
+                           concurrency=self.resolved_concurrency(), hedge=self.hedge)
+            self._clients[key] = c
+        return c
+
+    # -- the three questions -------------------------------------------------------------------
     def suites(self) -> tuple[pl.DataFrame, pl.DataFrame]:
         """(queries, ground_truth) for the run."""
         src = self.resolved_source()
         if src == "sim":
             sim = self._simulator()
             return sim.queries, sim.ground_truth
-        raise self._unsupported(src)
+        if src == "local":
+            return self._local_suites()
+        if src == "prod":
+            return self._prod_suites()
+        raise ValueError(f"DATA_SOURCE={src!r}: expected sim, local or prod")
 
     def collect(self, system: SystemConfig, queries: pl.DataFrame, run_id: str, t0_ms: float,
                 k: int) -> list[dict[str, Any]]:
-        """Raw-run records of one system over the queries."""
+        """Raw-run records of one system over the queries. `t0_ms` is the simulator's clock;
+        `local`/`prod` record the real wall-clock request times."""
         src = self.resolved_source()
         if src == "sim":
             return self._simulator().run(system, run_id, queries, self.resolved_sla_ms(), k, t0_ms)
-        raise self._unsupported(src)
+        client = self.client(k)
+        try:
+            return collect_run(client, queries, system.name, run_id, cfg_hash=system.cfg_hash, progress=True)
+        except LensUnreachable:
+            srv = self._server
+            if src == "local" and srv is not None and srv.wait_exited(5.0):
+                self._server = None
+                srv.stop()
+                raise LensUnreachable(f"the reference engine (log {srv.log_path}) is no longer running "
+                                      f"(it exited while serving {system.name}):\n{srv.log_tail()}") from None
+            raise
 
     def describe(self) -> dict[str, Any]:
         """For the attestation: the source and its endpoints, never a token."""
@@ -70,5 +342,69 @@ class LensDataSource(dg.ConfigurableResource):
             cfg = load_config()
             out["seed"] = cfg.run.seed if self.seed < 0 else self.seed
         elif src == "prod":
-            out["endpoints"] = [e.strip() for e in os.environ.get("LENS_ENDPOINTS", "").split(",") if e.strip()]
+            # the printable form drops user:password@ and query strings
+            eps = []
+            for e in endpoints_from_env():
+                try:
+                    eps.append(LensClient(e).endpoint)
+                except ValueError:
+                    eps.append("<invalid endpoint>")
+            out["endpoints"] = eps
+            out["collected_from"] = eps[0] if eps else None
+            out["suites_file"] = os.environ.get("LENS_SUITES") or None
+            out["ground_truth_file"] = os.environ.get("LENS_GROUND_TRUTH") or None
+            out["client"] = {"concurrency": self.resolved_concurrency(), "hedge": self.hedge}
+        elif src == "local":
+            if self._describe_cache is None:
+                from lens_engine.corpus import env_max_functions
+                from lens_engine.index import DEFAULT_SHARDS, index_key
+
+                corpus = self._engine_corpus()
+                mf = env_max_functions()
+                self._describe_cache = {
+                    "engine": "lens_engine reference engine on loopback (started by the pipeline)",
+                    "corpus_digest": corpus.digest,
+                    "manifest_sha256": corpus.digest,  # the manifest file's sha256 is the digest
+                    "functions": len(corpus.units),
+                    "files": corpus.files,
+                    "packages": len(corpus.packages),
+                    "languages": sorted({u.language for u in corpus.units}),
+                    "max_functions": 0 if mf is None else mf,
+                    "index_key": index_key(corpus, DEFAULT_SHARDS, True),
+                    "suite_seed": self.suite_seed,
+                    "max_per_suite": {k: (v or 0) for k, v in self.resolved_suite_caps().items()},
+                }
+            out.update(self._describe_cache)
+            out["client"] = {"concurrency": self.resolved_concurrency(), "hedge": self.hedge}
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Parity: the simulator and the HTTP ingestor write the same records
+# ---------------------------------------------------------------------------------------------
+def ingestion_parity(queries: pl.DataFrame, system: SystemConfig, client: LensClient, workdir: str | os.PathLike,
+                     run_id: str = "parity", simulator: Simulator | None = None, t0_ms: float = 0.0,
+                     k: int | None = None) -> pl.DataFrame:
+    """Collect `queries` for `system` through the simulator and through `client`, write both
+    with `write_raw_run`, ingest both with `lens_core.ingest.ingest`, and compare `agg` rows per
+    qid. Returns `qid, sim_rows, http_rows, match` (one row per qid of either side, sorted);
+    parity holds when `match` is true everywhere. Files go under `workdir/{sim,http}/`."""
+    from lens_core.ingest import ingest
+    from lens_core.rawruns import write_raw_run
+
+    if simulator is None:
+        cfg = load_config()
+        simulator = Simulator(cfg.sim, seed=cfg.run.seed)
+    k = int(k or client.k)
+    work = Path(workdir)
+    sim_records = simulator.run(system, run_id, queries, client.sla_ms, k, t0_ms)
+    http_records = collect_run(client, queries, system.name, run_id, cfg_hash=system.cfg_hash, progress=False)
+    counts = []
+    for side, records in (("sim", sim_records), ("http", http_records)):
+        path = work / side / f"{system.name}.ndjson"
+        write_raw_run(path, records)
+        agg, _ = ingest([path])
+        counts.append(pl.from_arrow(agg).group_by("qid").len().rename({"len": f"{side}_rows"}))
+    out = counts[0].join(counts[1], on="qid", how="full", coalesce=True).with_columns(
+        pl.col("sim_rows").fill_null(0).cast(pl.Int64), pl.col("http_rows").fill_null(0).cast(pl.Int64))
+    return out.with_columns((pl.col("sim_rows") == pl.col("http_rows")).alias("match")).sort("qid")
