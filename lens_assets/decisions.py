@@ -20,6 +20,7 @@ from lens_core.judging import label_hits
 from lens_core.promotion import evaluate_rules, promotion_config, sanity_battery, select_hero
 from lens_core.settings import data_dir, load_config
 from lens_core.stats import compare_many
+from lens_core.systems import SystemConfig
 from resources.data_source import LensDataSource
 from resources.paging import PagerResource
 
@@ -215,11 +216,12 @@ def calibration_version(report: pl.DataFrame) -> str:
     owners=["team:search-eval", "team:ml-calibration", "team:search-core"], kinds={"polars", "parquet"},
     group_name=GROUP, partitions_def=weekly_partitions,
 )
-def gate_summary(context: dg.AssetExecutionContext, raw_runs: pl.DataFrame, agg: pl.DataFrame, scores: pl.DataFrame,
+def gate_summary(context: dg.AssetExecutionContext, lens_source: LensDataSource, raw_runs: pl.DataFrame,
+                 agg: pl.DataFrame, scores: pl.DataFrame,
                  per_query: pl.DataFrame, comparisons: pl.DataFrame, calibration: pl.DataFrame,
                  calibration_parity: pl.DataFrame, query_suites: pl.DataFrame) -> pl.DataFrame:
     gates = evaluate_gates(raw_runs, agg, scores, per_query, comparisons, calibration, calibration_parity, query_suites,
-                           current_systems(context))
+                           current_systems(context), lens_source.resolved_source(), lens_source.resolved_sla_ms())
     df = gates_frame(gates)
     counts = df.group_by("gate").agg(pl.col("passed").all().alias("all_pass"), pl.col("blocking").first(),
                                      pl.len().alias("subjects")).sort("gate")
@@ -229,19 +231,28 @@ def gate_summary(context: dg.AssetExecutionContext, raw_runs: pl.DataFrame, agg:
 
 
 def evaluate_gates(raw_runs, agg, scores, per_query, comparisons, calibration, calibration_parity, query_suites,
-                   systems) -> list[GateResult]:
+                   systems, source: str = "sim", sla_ms: float = 150.0) -> list[GateResult]:
     base = systems[0].name
     gates = [schema_gate(raw_runs.height, int(raw_runs["records"].sum()))]
-    gates += parity_gate(raw_runs, agg, query_suites)
+    gates += parity_gate(raw_runs, agg, query_suites, source, systems[0], sla_ms)
     gates += pool_gate(scores) + ece_gate(calibration) + decision_gates(comparisons, primary_comparisons(systems))
     gates += tail_gate(scores) + sla_recall_gate(scores, base) + file_credit_gate(scores) + flatline_gate(per_query)
     gates += calibration_parity_gate(calibration_parity) + cost_gate(scores, base)
     return gates
 
 
-def parity_gate(raw_runs: pl.DataFrame, agg: pl.DataFrame, queries: pl.DataFrame) -> list[GateResult]:
-    """Ingestion parity: every system's raw records, agg rows and the suite's queries agree in count."""
+def parity_gate(raw_runs: pl.DataFrame, agg: pl.DataFrame, queries: pl.DataFrame, source: str = "sim",
+                baseline: SystemConfig | None = None, sla_ms: float = 150.0) -> list[GateResult]:
+    """SPEC §7 parity. Every system: raw records, agg rows and the suite's queries agree in count.
+    With `local`/`prod` also: the simulator's ingestor over the same qids gives the same agg
+    rows per qid as the HTTP ingestion of the baseline (the two ingestors agree)."""
+    import tempfile
+
     from lens_core.gates import _result
+    from lens_core.ingest import ingest
+    from lens_core.rawruns import write_raw_run
+    from lens_core.simulator import Simulator
+
     counts = agg.group_by("system").len()
     by = dict(zip(counts["system"].to_list(), counts["len"].to_list()))
     out = []
@@ -250,6 +261,20 @@ def parity_gate(raw_runs: pl.DataFrame, agg: pl.DataFrame, queries: pl.DataFrame
         diff = abs(rows - records) + abs(rows - queries.height)
         out.append(_result("parity", float(diff), diff == 0,
                            f"raw records {records}, agg rows {rows}, suite queries {queries.height}", system))
+    if source != "sim" and baseline is not None:
+        cfg = load_config()
+        sim = Simulator(cfg.sim, seed=cfg.run.seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "sim.ndjson"
+            write_raw_run(path, sim.run(baseline, "parity", queries, sla_ms, cfg.run.k, 0.0))
+            sim_agg, _ = ingest([path])
+        sim_rows = pl.from_arrow(sim_agg).group_by("qid").len().rename({"len": "sim_rows"})
+        http_rows = agg.filter(pl.col("system") == baseline.name).group_by("qid").len().rename({"len": "http_rows"})
+        j = sim_rows.join(http_rows, on="qid", how="full", coalesce=True).fill_null(0)
+        bad = j.filter(pl.col("sim_rows") != pl.col("http_rows"))
+        out.append(_result("parity", float(bad.height), bad.height == 0,
+                           f"sim vs {source} ingestion of the same {j.height} qids: {bad.height} qid(s) with "
+                           f"different agg row counts", f"{baseline.name}:sim-vs-{source}"))
     return out
 
 
