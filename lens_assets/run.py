@@ -46,6 +46,12 @@ def run_weekly(partition: str, queries_per_suite: int = 0, progress: bool = True
                            "fingerprint": None, "bundle": None, "hero_markdown": "", "gates_markdown": ""}
     for ev in result.get_asset_materialization_events():
         md = ev.materialization.metadata
+        key = ev.asset_key.to_user_string()
+        # Shown even when publication is blocked (release_bundle then does not run).
+        if key == "gate_summary" and "gates" in md and not out["gates_markdown"]:
+            out["gates_markdown"] = md["gates"].value
+        if key == "hero_table" and "headline" in md and not out["hero_markdown"]:
+            out["hero_markdown"] = md["headline"].value
         if "fingerprint" in md:
             out["fingerprint"] = md["fingerprint"].value
             out["bundle"] = md["bundle"].value
@@ -64,6 +70,9 @@ def run_weekly(partition: str, queries_per_suite: int = 0, progress: bool = True
         for ev in result.all_events
         if ev.event_type_value == "ASSET_CHECK_EVALUATION" and not ev.asset_check_evaluation_data.passed
         and ev.asset_check_evaluation_data.severity.value == "ERROR")
+    # A run whose only failures are blocking checks ran correctly and refused to publish.
+    out["blocked_by_gates"] = (not result.success and bool(out.get("errors"))
+                               and all("blocking asset check" in e for e in out["errors"]))
     pager = pager or PagerResource()
     if not out["published"]:
         out["paged"] = page_publication_blocked(partition, out, pager)

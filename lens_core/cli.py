@@ -24,6 +24,7 @@ import polars as pl
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+EXIT_BLOCKED = 3  # the run completed and a blocking gate refused publication (reported, paged)
 
 
 class CliError(Exception):
@@ -218,7 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.get("site"):
         print(f"site:        {result['site']}")
     print(f"wall time:   {result['wall_s']:.1f}s")
-    ok = result["success"]
+    outcomes = [(result["success"], bool(result.get("blocked_by_gates")))]
     if args.with_lvm:
         from lens_assets.run import _instance
         from lvm_assets.run import run_lvm
@@ -228,8 +229,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_lvm_summary()
         print(f"lvm:         {'ok' if lvm['success'] else 'FAILED'} in {lvm['wall_s']:.1f}s; checks: "
               + ", ".join(f"{k}={'pass' if v else 'FAIL'}" for k, v in sorted(lvm["checks"].items())))
-        ok = ok and lvm["success"]
-    return 0 if ok else EXIT_FAILED
+        outcomes.append((lvm["success"], bool(lvm.get("blocked_by_checks"))))
+    if any(not ok and not blocked for ok, blocked in outcomes):
+        return EXIT_FAILED
+    if any(not ok for ok, _ in outcomes):
+        print("result:      a blocking gate or check is red: reported above, last green kept (exit 3)")
+        return EXIT_BLOCKED
+    return 0
 
 
 def _print_lvm_summary() -> None:
@@ -279,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data-dir", help="where runs/ lives (default: the bundle's data dir)")
     v.set_defaults(func=cmd_verify)
 
-    r = sub.add_parser("run", help="the weekly chain for one partition, in-process (what make demo calls)")
+    r = sub.add_parser("run", help="the weekly chain for one partition, in-process (what make demo calls); "
+                                   "exit 0 published, 3 a blocking gate refused publication, 1 an error")
     r.add_argument("--source", choices=["sim", "local", "prod"], help="data source (default $DATA_SOURCE or sim)")
     r.add_argument("--partition", help="weekly partition key YYYY-MM-DD (default: the last complete week)")
     r.add_argument("--data-dir", help="LENS_DATA_DIR (default ./data)")

@@ -35,6 +35,14 @@ def run_lvm(instance: dg.DagsterInstance, log=print) -> dict[str, Any]:
             out["checks"][ev.check_name] = ev.passed
         if not res.success:
             out["success"] = False
+            errs = [ev.event_specific_data.error for ev in res.all_events if ev.is_step_failure]
+            msgs = []
+            for err in errs:
+                while err.cause is not None:
+                    err = err.cause
+                msgs.append(err.message)
+            out["errors"] = msgs
+            out["blocked_by_checks"] = bool(msgs) and all("blocking asset check" in m for m in msgs)
             break
     out["wall_s"] = time.monotonic() - t0
     return out

@@ -1,19 +1,34 @@
 """Held-out evaluation (SPEC §12, issue 7 item 5).
 
 Queries: every window of the eval articles (stride 1); target = the vector of the next
-sentence. Candidates: the WHOLE held-out concept bank = every sentence vector of the eval
-articles, de-duplicated (`ranking.Bank`; `n_candidates` says how many). Ranking by cosine,
-pessimistic on ties (`ranking.target_ranks`). Hit@1/5/10 per lane and overall (lane `all`) with
-percentile-bootstrap CIs over queries (`lens_core.bootstrap.mean_ci`; the same resamples for
-every K). Latency: the model forward on batch size 1 (numpy in -> numpy out, device transfer
-included) timed for a fixed sample of queries after a warm-up, single-threaded (torch and BLAS
-limited to one thread, as a batch-1 server runs; multi-threaded batch-1 calls stall for tens of
-ms on a shared 2-core box); p95 in ms. NaN/Inf rate: the
+sentence.
+
+Candidate set (the protocol). The bank is the WHOLE held-out concept bank = every sentence
+vector of the eval articles, de-duplicated (`ranking.Bank`; identical sentences are one
+candidate). Per query, the query's own context sentences are removed from its candidate set:
+they are known not to be the next sentence, and leaving them in rewards a model for echoing
+its input (copy-last ranks its own input first, so its Hit@1 is 0 by construction, and every
+model's Hit@K measures partly "how far from the context" instead of "how close to the next
+sentence"). This is the standard rule in next-item retrieval (already-consumed items are
+filtered). The target itself is never removed, even when a context sentence has the same text.
+So each query ranks its target among `bank - context` candidates: `n_candidates` in
+`eval_scores.parquet` is the bank size (the schema's single count), and `eval_summary.json`
+gives the per-query count (`candidates_per_query`: min/median/max = bank - up to
+`context_len` context sentences). Every model, the baselines included, is scored under the same
+rule, and validation Hit@5 (early stopping, ridge's lambda) uses it too.
+
+Ranking by cosine, pessimistic on ties (`ranking.target_ranks`). Hit@1/5/10 per lane and
+overall (lane `all`) with percentile-bootstrap CIs over queries (`lens_core.bootstrap.mean_ci`;
+the same resamples for every K). Latency: the model forward on batch size 1 (numpy in -> numpy
+out, device transfer included) timed for a fixed sample of queries after a warm-up,
+single-threaded (torch and BLAS limited to one thread, as a batch-1 server runs; multi-threaded
+batch-1 calls stall for tens of ms on a shared 2-core box); p95 in ms. NaN/Inf rate: the
 share of predictions with a non-finite component (they count as misses).
 
 Outputs under the LVM dir: `eval_scores.parquet` (exactly `LVM_EVAL_SCHEMA`),
 `eval_details.npz` (per-query ranks per model, lanes, target rows: the paired bootstrap of the
-registry reads it) and `eval_summary.json` (per model: checkpoint name/sha256, p95, NaN rate).
+registry reads it) and `eval_summary.json` (per model: checkpoint name/sha256, p95, NaN rate;
+the protocol and candidate counts).
 """
 
 from __future__ import annotations
@@ -33,7 +48,7 @@ from lens_core.bootstrap import mean_ci
 from lens_core.contracts import LVM_EVAL_SCHEMA, SLICE_ALL
 from lens_core.hashing import atomic_path, atomic_write_bytes, atomic_write_json, sha256_hex
 from lvm_core.models import VARIANTS
-from lvm_core.ranking import hits_at, target_ranks
+from lvm_core.ranking import hits_at
 from lvm_core.sequences import Sequences
 from lvm_core.train import Predictor, SplitData, build_predictor, current_checkpoint, load_checkpoint
 
@@ -99,7 +114,7 @@ def evaluate_predictors(predictors: dict[str, Predictor], data: SplitData, cfg: 
         t0 = time.monotonic()
         preds = pred.predict(ctx)
         finite = np.isfinite(preds).all(axis=1)
-        ranks = target_ranks(preds, data.target_idx, data.bank.vectors)
+        ranks = data.ranks(preds)
         p95 = latency_p95_ms(pred, ctx, int(e["latency_queries"]), int(e["seed"]))
         rows += score_rows(name, ranks, lanes, e["ks"], data.bank.n, p95, int(e["bootstrap_b"]),
                            int(e["seed"]), float(e.get("alpha", 0.05)))
@@ -107,7 +122,7 @@ def evaluate_predictors(predictors: dict[str, Predictor], data: SplitData, cfg: 
         stats[name] = {"nan_rate": float(1.0 - finite.mean()) if finite.size else 0.0,
                        "p95_ms": p95, "n_queries": int(ranks.size),
                        "eval_seconds": time.monotonic() - t0}
-        log.info("eval %s: Hit@5 %.4f p95 %.3f ms (%d queries, %d candidates)", name,
+        log.info("eval %s: Hit@5 %.4f p95 %.3f ms (%d queries, bank %d minus context)", name,
                  float((ranks <= 5).mean()), p95, ranks.size, data.bank.n)
     table = pa.Table.from_pylist(rows, schema=LVM_EVAL_SCHEMA)
     return table, ranks_by, stats
@@ -140,7 +155,12 @@ def evaluate_all(out_dir: str | os.PathLike, seq: Sequences, vectors: np.ndarray
     np.savez(buf, lanes=np.asarray(data.lane).astype(str), targets=data.target,
              **{f"ranks__{k}": r for k, r in ranks_by.items()})
     atomic_write_bytes(out_dir / "eval_details.npz", buf.getvalue())
+    per_q = data.candidate_counts()
     summary = {"eval_set": set_hash, "n_candidates": data.bank.n,
+               "protocol": "whole held-out bank (de-duplicated) minus each query's own context "
+                           "sentences; the target is never removed",
+               "candidates_per_query": {"min": int(per_q.min()), "median": float(np.median(per_q)),
+                                        "max": int(per_q.max())},
                "n_queries": int(data.target.size), "n_eval_sentences": int(data.bank._rows.size),
                "models": {v: ckpts[v] | stats[v] for v in variants}}
     atomic_write_json(out_dir / "eval_summary.json", summary)

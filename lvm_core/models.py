@@ -19,9 +19,9 @@ Loss (`lvm_loss`), on the L2-normalised prediction:
     MSE(y_hat, y) + 0.5 * (1 - cos(y_hat, y)) + alpha * InfoNCE(y_hat, y; tau = 0.07)
 InfoNCE uses the other targets of the batch as negatives, plus optional extra negatives per
 query: soft negatives (same lane, cos(y, n) in [0.6, 0.8]) and hard negatives
-(cos in [0.75, 0.9]) mined from the train bank (`mine_negatives`), and the window's own last
-context vector (`context_negatives`): at evaluation the context sentences are candidates too,
-so copying the context is a typical error.
+(cos in [0.75, 0.9]) mined from the train bank (`mine_negatives`), and optionally the window's
+own last context vector (`context_negatives`, off by default: evaluation removes each query's
+context sentences from its candidate set, see `lvm_core.evaluate`).
 
 Baselines: copy-last (y_hat = x_L), mean-of-context (normalize(mean x)), ridge regression in
 closed form on features [x_L, x_{L-1}, ..., x_{L-k+1}, mean x] predicting the

@@ -30,13 +30,13 @@ import torch
 
 from lens_core.hashing import atomic_path, atomic_write_json, canonical_json, sha256_file, sha256_hex
 from lvm_core import models as M
-from lvm_core.ranking import Bank, hits_at, target_ranks
+from lvm_core.ranking import Bank, candidate_counts, hits_at, target_ranks
 from lvm_core.sequences import Sequences, gather
 from lvm_core.settings import pick_device
 
 log = logging.getLogger(__name__)
 CKPT_FORMAT = "lvm-ckpt-v1"
-CODE_VERSION = "lvm-train-3"   # bump when training code changes what a checkpoint contains
+CODE_VERSION = "lvm-train-4"   # bump when training code changes what a checkpoint contains
 
 
 class CheckpointError(ValueError):
@@ -104,13 +104,23 @@ class SplitData:
         self.vectors = vectors
         self.bank = Bank(vectors, seq.bank_rows(split))
         self.target_idx = self.bank.index_of(self.target)
+        # Per query, the candidates that are its own context sentences (excluded from ranking).
+        ctx_rows = self.start[:, None] + np.arange(self.L)[None, :]
+        self.exclude = self.bank.index_of(ctx_rows.reshape(-1)).reshape(ctx_rows.shape)
+
+    def ranks(self, preds: np.ndarray) -> np.ndarray:
+        """Rank of each query's target among the bank minus the query's context sentences."""
+        return target_ranks(preds, self.target_idx, self.bank.vectors, exclude=self.exclude)
+
+    def candidate_counts(self) -> np.ndarray:
+        return candidate_counts(self.bank.n, self.target_idx, self.exclude)
 
     def contexts(self, sl: slice | np.ndarray = slice(None)) -> np.ndarray:
         return gather(self.vectors, self.start[sl], self.L)
 
     def hit_rate(self, predictor: Predictor, k: int = 5) -> float:
         preds = predictor.predict(self.contexts())
-        return float(hits_at(target_ranks(preds, self.target_idx, self.bank.vectors), [k])[k].mean())
+        return float(hits_at(self.ranks(preds), [k])[k].mean())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,7 +132,7 @@ def _gru_config(cfg: dict, dim: int) -> dict:
             "weight_decay", "dropout", "alpha_infonce", "tau", "soft_negatives", "soft_range",
             "hard_negatives", "hard_range", "negatives_per_query")
     out = {k: t[k] for k in keys}
-    out["context_negatives"] = bool(t.get("context_negatives", True))
+    out["context_negatives"] = bool(t.get("context_negatives", False))
     out["dim"] = dim
     return out
 
