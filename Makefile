@@ -51,6 +51,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not e2e"
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(PY) benchmarks/run_all.py --out benchmarks/REPORT.md
 
 ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml

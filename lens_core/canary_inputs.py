@@ -3,9 +3,10 @@
 Both arms answered every query of the suite (shadow pairs), so the ladder is replayed over
 the run: the stream is the suite in a fixed pseudo-random order (sha256 of the qid), windows
 are consecutive blocks of it, and a query is routed to the test arm at step pct when its
-repo bucket is below pct. The bucket key is the repo plus the top two directories of the
-query's primary ground-truth span (`cpython/Lib/json`): for a monorepo such as the standard
-library, a package is the unit a canary would route.
+repo bucket is below pct. The bucket key is the repo plus the file of the query's primary
+ground-truth span (`cpython/Lib/json/decoder.py`): in a monorepo such as the standard library
+the module is the routing unit (a package-level key leaves the test split with a few dozen
+buckets, none of which may fall under 5%).
 
 Per query and arm: SLA-Recall@50 and latency from the per-query table; `confidence` = mean
 calibrated confidence of the arm's hits (the arm's own calibrators); `calib_ms` = the measured
@@ -27,7 +28,7 @@ from lens_core.canary import CanaryStream
 def bucket_keys(ground_truth: pl.DataFrame) -> pl.DataFrame:
     """qid -> repo key of the primary (highest rel) ground-truth span."""
     top = ground_truth.sort(["qid", "rel", "path"], descending=[False, True, False]).group_by("qid", maintain_order=True).first()
-    return top.select("qid", (pl.col("repo") + "/" + pl.col("path").str.split("/").list.head(2).list.join("/")).alias("repo"))
+    return top.select("qid", (pl.col("repo") + "/" + pl.col("path")).alias("repo"))
 
 
 def _arm_rows(per_query: pl.DataFrame, labelled: pl.DataFrame, cals: CalibratorSet, system: str, arm: str,

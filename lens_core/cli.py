@@ -97,6 +97,18 @@ def _read_table(path: str, kind: str) -> pl.DataFrame:
         raise CliError(f"{p}: no such file")
     if p.suffix == ".parquet":
         schema = {"hits": contracts.HITS_SCHEMA, "qrels": contracts.QRELS_SCHEMA, "agg": contracts.AGG_SCHEMA}.get(kind)
+        if kind == "hits":
+            # Only the contract's columns and the ranks any metric reads (<= 50): the scan
+            # pushes both down, so a 20 M-row hits file is never held whole.
+            from lens_core.metrics import MAX_RANK
+            from lens_core.tables import conform
+
+            names = [f.name for f in schema]
+            try:
+                lf = pl.scan_parquet(p).select(names).filter(pl.col("rank") <= MAX_RANK)
+                return pl.from_arrow(conform(lf.collect(), schema, str(p)))
+            except pl.exceptions.ColumnNotFoundError as e:
+                raise CliError(f"{p}: required column missing ({e})") from None
         return read_parquet(p, schema=schema)
     if kind == "hits":
         return read_trec_run(p)

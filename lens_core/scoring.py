@@ -29,7 +29,10 @@ MEAN_METRICS = QUALITY_METRICS + ("within_sla", "failed", "probes", "cpu_ms")
 def slices(per_query: pl.DataFrame) -> list[tuple[str, pl.Expr]]:
     out = [(SLICE_ALL, pl.lit(True))]
     for dim in SLICE_DIMENSIONS:
-        for v in sorted(per_query[dim].unique().drop_nulls().to_list()):
+        values = sorted(per_query[dim].unique().drop_nulls().to_list())
+        if values == [SLICE_ALL]:
+            continue  # a placeholder (e.g. TREC input without suites): the slice would repeat `all`
+        for v in values:
             out.append((f"{dim}={v}", pl.col(dim) == v))
     return out
 

@@ -1,0 +1,69 @@
+"""Ingest benchmark (issue 8, row 4): the scoring workload's first system as one raw-run
+NDJSON file (about 0.74 GB at full size) -> agg + hits Parquet.
+
+Ours: `lens_core.ingest.ingest` (fast pyarrow parse against the contract, validation,
+derived SLA/shard/why columns, schema guard) + `lens_core.tables.write_parquet` (atomic,
+zstd). Peers: the stdlib `json` line loop + pyarrow write (no validation, fewer derived
+columns), and the pyarrow floor (`pyarrow.json.read_json` + flatten + write). Each runs in
+its own process, timed inside it after imports; peak RSS per process.
+Targets: >= 4× faster than the stdlib path; within 1.5× of the pyarrow floor.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import BENCH, PY, last_json, profile_subprocess, repeat, row, run_proc
+from benchmarks.workloads import raw_run_workload
+
+SIZES = {"smoke": {"queries": 300, "budget_s": None}, "full": {"queries": 48_768, "budget_s": 150.0}}
+WORKER = BENCH / "peers" / "ingest_worker.py"
+
+
+def _run(mode: str, src: Path) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix=f"lens-bench-ingest-{mode}-") as td:
+        r = run_proc([PY, WORKER, mode, src, td])
+    out = last_json(r["stdout"])
+    out["rss_mb"] = r["rss_mb"]
+    return out
+
+
+def run(size: str = "smoke", repeats: int = 3) -> dict[str, Any]:
+    cfg = SIZES[size]
+    src = raw_run_workload(cfg["queries"])
+    mb = src.stat().st_size / 1e6
+    t_ours, r_ours = repeat(lambda: _run("ours", src), repeats, max_total_s=cfg["budget_s"])
+    t_std, r_std = repeat(lambda: _run("stdlib", src), repeats, max_total_s=cfg["budget_s"])
+    t_pa, r_pa = repeat(lambda: _run("pyarrow", src), repeats, max_total_s=cfg["budget_s"])
+    rows = [
+        row("ingest NDJSON -> agg + hits Parquet", t_ours, peer_name="stdlib json loop + pyarrow write",
+            peer=t_std, target=">= 4× faster", kind="speedup", threshold=4.0),
+        row("ingest NDJSON -> agg + hits Parquet", t_ours, peer_name="pyarrow read_json + flatten + write (floor)",
+            peer=t_pa, target="<= 1.5× the floor", kind="within", threshold=1.5),
+    ]
+    notes = [f"Raw-run file: {mb:,.0f} MB, {r_ours[0]['agg_rows']:,} records, {r_ours[0]['hits_rows']:,} hits "
+             f"(`{src.parent.name}/{src.name}`).",
+             f"Peak RSS: ours {max(r['rss_mb'] for r in r_ours):,.0f} MB, stdlib {max(r['rss_mb'] for r in r_std):,.0f} MB, "
+             f"pyarrow floor {max(r['rss_mb'] for r in r_pa):,.0f} MB.",
+             f"Throughput: ours {mb / min(t_ours):,.0f} MB/s best run; floor {mb / min(t_pa):,.0f} MB/s; stdlib "
+             f"{mb / min(t_std):,.0f} MB/s."]
+    profile = None
+    if size == "full" and any(r["holds"] is False for r in rows):
+        out = Path(tempfile.mkdtemp(prefix="lens-bench-ingest-prof-"))
+        try:
+            profile = ("ours (lens_core.ingest.ingest + write_parquet), cProfile cumulative:\n\n"
+                       + profile_subprocess([PY, WORKER, "ours", src, out]))
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+    return {"name": "ingest", "title": "Ingest: raw-run NDJSON -> agg + hits Parquet", "rows": rows,
+            "notes": notes, "profile": profile}
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(run(sys.argv[1] if len(sys.argv) > 1 else "smoke", 1), indent=1, default=str))
