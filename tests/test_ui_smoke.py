@@ -219,3 +219,30 @@ def test_materialise_one_asset_through_graphql(dagster_dev):
         time.sleep(1.0)
     assert status == "SUCCESS", f"run {run_id} ended {status}:\n{_log_tail(dagster_dev['log'])}"
     assert (dagster_dev["data"] / "lvm" / "corpus.parquet").is_file()
+
+
+SCHEDULES_Q = """query($r: RepositorySelector!) {
+  schedulesOrError(repositorySelector: $r) { __typename
+    ... on Schedules { results { name cronSchedule executionTimezone futureTicks(limit: 2) { results { timestamp } } } }
+    ... on PythonError { message } }
+  sensorsOrError(repositorySelector: $r) { __typename
+    ... on Sensors { results { name minIntervalSeconds } }
+    ... on PythonError { message } } }"""
+
+
+def test_every_schedule_and_sensor_listed_with_next_ticks(dagster_dev):
+    """What `dagster dev` shows: every schedule of the code with its US/Eastern next ticks,
+    and every sensor."""
+    from definitions import defs
+
+    data = _gql(dagster_dev["port"], SCHEDULES_Q, {"r": {"repositoryLocationName": LOCATION,
+                                                          "repositoryName": REPOSITORY}})
+    schedules = {s["name"]: s for s in data["schedulesOrError"]["results"]}
+    sensors = {s["name"] for s in data["sensorsOrError"]["results"]}
+    assert set(schedules) == {s.name for s in defs.schedules}
+    assert sensors == {s.name for s in defs.sensors}
+    for s in schedules.values():
+        assert s["executionTimezone"] == "US/Eastern", s
+        ticks = [t["timestamp"] for t in s["futureTicks"]["results"]]
+        assert len(ticks) == 2 and ticks[0] < ticks[1], s
+    assert schedules["weekly_lens_schedule"]["cronSchedule"] == "0 2 * * 0"
