@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -71,7 +72,8 @@ def dagster_dev(tmp_path_factory):
            "TOKENIZERS_PARALLELISM": "false", "DAGSTER_DISABLE_TELEMETRY": "1", "PYTHONPATH": str(REPO)}
     env.pop("PAGER_URL", None)
     log = root / "dagster_dev.log"
-    dagster = REPO / ".venv" / "bin" / "dagster"
+    # The dagster CLI of the interpreter running the tests (whichever venv that is).
+    dagster = Path(sys.executable).with_name("dagster")
     cmd = [str(dagster if dagster.exists() else "dagster"), "dev", "-w", "workspace.yaml",
            "-h", "127.0.0.1", "-p", str(port)]
     with open(log, "wb") as fh:
