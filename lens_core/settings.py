@@ -97,17 +97,27 @@ def data_source() -> str:
     return src
 
 
-def sla_ms() -> float:
-    raw = os.environ.get("SLA_MS")
-    if raw is None or raw == "":
-        return float(load_config().run.sla_ms)
+def env_number(name: str, kind: type = float, minimum: float | None = None, strict: bool = False,
+               default=None):
+    """A numeric environment variable, or `default` when unset/empty.
+
+    Refuses non-numbers and values below `minimum` (or equal to it with `strict`) with one
+    error naming the variable and its value."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
     try:
-        value = float(raw)
+        value = kind(raw)
     except ValueError:
-        raise ValueError(f"SLA_MS={raw!r}: expected a number of milliseconds") from None
-    if value <= 0:
-        raise ValueError(f"SLA_MS={raw!r}: must be > 0")
+        raise ValueError(f"{name}={raw!r}: expected {'an integer' if kind is int else 'a number'}") from None
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name}={raw!r}: must be {'>' if strict else '>='} {minimum:g}")
     return value
+
+
+def sla_ms() -> float:
+    value = env_number("SLA_MS", float, minimum=0, strict=True)
+    return float(load_config().run.sla_ms) if value is None else value
 
 
 def full_grids() -> bool:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import os
+
+from lens_core.settings import env_number
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +27,7 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 
 def _env_int(name: str) -> int | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected an integer") from None
-    if value < 0:
-        raise ValueError(f"{name}={raw!r}: must be >= 0")
-    return value
+    return env_number(name, int, minimum=0)
 
 
 def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:

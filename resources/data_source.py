@@ -53,7 +53,7 @@ from pydantic import Field, PrivateAttr
 
 from lens_core.contracts import GROUND_TRUTH_SCHEMA, QUERIES_SCHEMA
 from lens_core.hashing import sha256_hex
-from lens_core.settings import cache_dir, data_source, load_config, sla_ms
+from lens_core.settings import cache_dir, data_source, load_config, sla_ms, env_number
 from lens_core.simulator import Simulator
 from lens_core.systems import SystemConfig
 from resources.lens_client import LensClient, LensUnreachable, collect_run, endpoints_from_env
@@ -179,16 +179,7 @@ class LensDataSource(dg.ConfigurableResource):
     def resolved_concurrency(self) -> int:
         if self.concurrency:
             return self.concurrency
-        raw = os.environ.get("LENS_CLIENT_CONCURRENCY", "").strip()
-        if not raw:
-            return DEFAULT_CONCURRENCY
-        try:
-            n = int(raw)
-        except ValueError:
-            raise ValueError(f"LENS_CLIENT_CONCURRENCY={raw!r}: expected an integer >= 1") from None
-        if n < 1:
-            raise ValueError(f"LENS_CLIENT_CONCURRENCY={raw!r}: expected an integer >= 1")
-        return n
+        return env_number("LENS_CLIENT_CONCURRENCY", int, minimum=1, default=DEFAULT_CONCURRENCY)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:

@@ -42,6 +42,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Mapping
 
+from lens_core.settings import env_number
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -55,16 +57,8 @@ class EngineStartError(RuntimeError):
 
 
 def _default_startup_timeout() -> float:
-    raw = os.environ.get("LENS_ENGINE_STARTUP_TIMEOUT_S", "").strip()
-    if not raw:
-        return DEFAULT_STARTUP_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"LENS_ENGINE_STARTUP_TIMEOUT_S={raw!r}: expected seconds") from None
-    if value <= 0:
-        raise ValueError(f"LENS_ENGINE_STARTUP_TIMEOUT_S={raw!r}: must be > 0")
-    return value
+    return env_number("LENS_ENGINE_STARTUP_TIMEOUT_S", float, minimum=0, strict=True,
+                      default=DEFAULT_STARTUP_TIMEOUT_S)
 
 
 def _tail(path: Path | None, n: int = TAIL_LINES) -> str:
