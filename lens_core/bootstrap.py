@@ -42,15 +42,36 @@ def count_chunks(n: int, b: int, seed: int) -> Iterator[tuple[slice, np.ndarray]
 def bootstrap_means(values: np.ndarray, b: int = DEFAULT_B, seed: int = 0) -> np.ndarray:
     """Bootstrap distribution of the mean of each row of `values` (m × n) -> (m × B).
 
-    A 1-D input is one row. All rows share the same resamples (paired).
+    A 1-D input is one row. All rows share the same resamples (paired): the count vectors
+    of `count_chunks(n, b, seed)`, drawn the same way.
+
+    Each resampled mean is `mean + counts · (v − mean) / n`. The deviations are small, so
+    the product runs in float32 (counts are exact integers there; the deviations carry a
+    relative rounding of ~6e-8 of the metric's spread), which halves the memory traffic of
+    the dominant step; the result is added back to the float64 mean. Differences from a
+    float64 product are ~1e-6 of a CI's width, far below the Monte-Carlo error.
     """
     v = np.atleast_2d(np.asarray(values, dtype=np.float64))
     m, n = v.shape
-    out = np.empty((m, b), dtype=np.float64)
-    for sl, counts in count_chunks(n, b, seed):
-        # (counts @ v.T).T, not v @ counts.T: the same product, but OpenBLAS runs this layout
-        # about 12x faster (counts is C-contiguous B x n; benchmarks/REPORT.md).
-        out[:, sl] = (counts @ v.T).T / n
+    if n <= 0:
+        raise ValueError("bootstrap needs at least one query (n = 0)")
+    point = v.mean(axis=1)
+    dev = np.ascontiguousarray((v - point[:, None]).T, dtype=np.float32)  # n × m
+    sums = np.empty((b, m), dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    step = _chunk_rows(b, n)
+    buf = np.empty((step, n), dtype=np.float32)
+    for start in range(0, b, step):
+        rows = min(b, start + step) - start
+        idx = rng.integers(0, n, size=(rows, n))  # the draws of count_chunks
+        # One bincount per resample (not one over the offset block): its n counters stay
+        # in cache, about 2x faster than the block-wide bincount + int64 -> float cast.
+        for r in range(rows):
+            buf[r] = np.bincount(idx[r], minlength=n)
+        np.matmul(buf[:rows], dev, out=sums[start:start + rows])
+    out = sums.T.astype(np.float64)
+    out /= n
+    out += point[:, None]
     return out
 
 

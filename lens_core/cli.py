@@ -88,28 +88,60 @@ def read_trec_qrels(path: Path) -> pl.DataFrame:
         "qid", "repo", "path", "start_line", "end_line", "rel", "source")
 
 
-def _read_table(path: str, kind: str) -> pl.DataFrame:
-    from lens_core import contracts
-    from lens_core.tables import read_parquet
+# Columns the score command reads; the rest of the contract must exist but is not loaded.
+_SCORE_COLUMNS = {
+    "hits": ("run_id", "system", "qid", "rank", "repo", "path", "start_line", "end_line", "in_sla"),
+    "qrels": ("qid", "repo", "path", "start_line", "end_line", "rel"),
+}
 
+
+def _contract(kind: str):
+    from lens_core import contracts
+
+    return {"hits": contracts.HITS_SCHEMA, "qrels": contracts.QRELS_SCHEMA, "agg": contracts.AGG_SCHEMA}.get(kind)
+
+
+def _scan_contract(p: Path, kind: str) -> pl.LazyFrame:
+    """A lazy scan of a Parquet table with the schema guard: every contract column must
+    exist; the columns the score command uses are cast to the contract's types (a column
+    whose values do not fit is refused, named). Only those columns are read."""
+    schema = _contract(kind)
+    try:
+        have = pl.read_parquet_schema(p)
+    except Exception as e:  # not a Parquet file, truncated, ...
+        raise CliError(f"{p}: cannot read Parquet ({e})") from None
+    missing = [f.name for f in schema if f.name not in have]
+    if missing:
+        raise CliError(f"{p}: required column(s) missing: {', '.join(missing)}")
+    want = {f.name: pl.from_arrow(schema.empty_table()).schema[f.name] for f in schema
+            if f.name in _SCORE_COLUMNS[kind]}
+    cols = [pl.col(c) if have[c] == t else pl.col(c).cast(t, strict=True) for c, t in want.items()]
+    return pl.scan_parquet(p).select(cols)
+
+
+def _collect(lf: pl.LazyFrame, p: Path) -> pl.DataFrame:
+    try:
+        return lf.collect()
+    except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as e:
+        raise CliError(f"{p}: a column does not match the contract's type ({str(e).splitlines()[0]})") from None
+
+
+def _read_table(path: str, kind: str) -> pl.DataFrame | pl.LazyFrame:
+    """hits: a LazyFrame for Parquet (read one system at a time by the metrics), a
+    DataFrame for a TREC run; qrels and agg: DataFrames."""
     p = Path(path)
     if not p.is_file():
         raise CliError(f"{p}: no such file")
     if p.suffix == ".parquet":
-        schema = {"hits": contracts.HITS_SCHEMA, "qrels": contracts.QRELS_SCHEMA, "agg": contracts.AGG_SCHEMA}.get(kind)
         if kind == "hits":
-            # Only the contract's columns and the ranks any metric reads (<= 50): the scan
-            # pushes both down, so a 20 M-row hits file is never held whole.
-            from lens_core.metrics import MAX_RANK
-            from lens_core.tables import conform
+            lf = _scan_contract(p, kind)
+            _collect(lf.head(1), p)  # fail early, with the file named, on a type that does not fit
+            return lf
+        if kind == "qrels":
+            return _collect(_scan_contract(p, kind), p)
+        from lens_core.tables import read_parquet
 
-            names = [f.name for f in schema]
-            try:
-                lf = pl.scan_parquet(p).select(names).filter(pl.col("rank") <= MAX_RANK)
-                return pl.from_arrow(conform(lf.collect(), schema, str(p)))
-            except pl.exceptions.ColumnNotFoundError as e:
-                raise CliError(f"{p}: required column missing ({e})") from None
-        return read_parquet(p, schema=schema)
+        return read_parquet(p, schema=_contract(kind))
     if kind == "hits":
         return read_trec_run(p)
     if kind == "qrels":
@@ -117,28 +149,38 @@ def _read_table(path: str, kind: str) -> pl.DataFrame:
     raise CliError(f"{p}: {kind} must be a .parquet file")
 
 
-def _agg_from_hits(hits: pl.DataFrame, qrels: pl.DataFrame) -> pl.DataFrame:
-    """Without an agg table: every (system, qid) of the run, plus every judged query with no
-    hits (they score 0, as trec_eval -c would)."""
-    systems = hits.select("run_id", "system").unique()
-    qids = pl.concat([hits.select("qid"), qrels.select("qid")]).unique()
+def _agg_from_keys(keys: pl.DataFrame, qrels: pl.DataFrame) -> pl.DataFrame:
+    """Without an agg table: every (run_id, system) of the run × every qid that has hits in
+    any system or is judged (queries with no hits score 0, as trec_eval -c would)."""
+    systems = keys.select("run_id", "system").unique()
+    qids = pl.concat([keys.select("qid"), qrels.select("qid")]).unique()
     return systems.join(qids, how="cross").with_columns(
         pl.lit("all").alias("suite"), pl.lit("all").alias("intent"), pl.lit("all").alias("language"),
         pl.lit(None, pl.Float64).alias("lat_ms"), pl.lit(True).alias("within_sla"),
         pl.lit(0, pl.Int32).alias("probes"), pl.lit(0.0).alias("cpu_ms"), pl.lit(None, pl.String).alias("error"))
 
 
+def _agg_from_hits(hits: pl.DataFrame, qrels: pl.DataFrame) -> pl.DataFrame:
+    return _agg_from_keys(hits.select("run_id", "system", "qid"), qrels)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from lens_core.contracts import PER_QUERY_SCHEMA
-    from lens_core.metrics import per_query_metrics
-    from lens_core.scoring import hero_markdown, hero_table, score
+    from lens_core.metrics import hit_metrics, per_query_metrics
     from lens_core.tables import write_parquet
 
     t0 = time.monotonic()
     hits = _read_table(args.hits, "hits")
     qrels = _read_table(args.qrels, "qrels")
-    agg = _read_table(args.agg, "agg") if args.agg else _agg_from_hits(hits, qrels)
-    pq = per_query_metrics(agg, hits, qrels)
+    try:
+        # One system at a time: the hits of the others are not held meanwhile.
+        ranking = hit_metrics(hits, qrels)
+    except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as e:
+        raise CliError(f"{args.hits}: a column does not match the contract's type "
+                       f"({str(e).splitlines()[0]})") from None
+    del hits
+    agg = _read_table(args.agg, "agg") if args.agg else _agg_from_keys(ranking, qrels)
+    pq = per_query_metrics(agg, None, qrels, ranking=ranking)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(pq.select([f.name for f in PER_QUERY_SCHEMA]), out / "per_query.parquet", schema=PER_QUERY_SCHEMA)
@@ -146,6 +188,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         means = pq.group_by("system").agg(pl.col(m).mean() for m in ("ndcg_10", "recall_50", "sla_recall_50", "mrr_10"))
         print(means.sort("system"))
     else:
+        from lens_core.scoring import hero_markdown, hero_table, score
+
         sc = score(pq, b=args.bootstrap, seed=args.seed)
         write_parquet(sc, out / "scores.parquet")
         ht = hero_table(sc, {}, {})
@@ -267,7 +311,9 @@ def _print_lvm_summary() -> None:
               f"{first['p95_ms']:.2f} | {first['n_candidates']} |")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; `only="score"` builds just that subcommand (no plug-in imports: the
+    score path stays light)."""
     p = argparse.ArgumentParser(prog="lens-eval", description="Attested Lens evaluation from the command line.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -280,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-ci", action="store_true", help="means only, no bootstrap")
     s.set_defaults(func=cmd_score)
+    if only == "score":
+        return p
 
     c = sub.add_parser("compare", help="SPEC §5 paired deltas, CIs, randomisation p, Holm")
     c.add_argument("--per-query", required=True)
@@ -319,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only="score" if argv[:1] == ["score"] else None)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
