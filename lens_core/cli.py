@@ -101,6 +101,18 @@ def _contract(kind: str):
     return {"hits": contracts.HITS_SCHEMA, "qrels": contracts.QRELS_SCHEMA, "agg": contracts.AGG_SCHEMA}.get(kind)
 
 
+def _polars_type(t) -> pl.DataType:
+    """The polars type of a contract's (primitive) Arrow type, without pl.from_arrow (which
+    imports pandas: ~0.5 s of the command's start-up)."""
+    import pyarrow as pa
+
+    simple = {pa.string(): pl.String, pa.large_string(): pl.String, pa.int32(): pl.Int32, pa.int64(): pl.Int64,
+              pa.float64(): pl.Float64, pa.bool_(): pl.Boolean}
+    if t in simple:
+        return simple[t]
+    return pl.from_arrow(pa.schema([("x", t)]).empty_table()).schema["x"]
+
+
 def _scan_contract(p: Path, kind: str) -> pl.LazyFrame:
     """A lazy scan of a Parquet table with the schema guard: every contract column must
     exist; the columns the score command uses are cast to the contract's types (a column
@@ -113,8 +125,7 @@ def _scan_contract(p: Path, kind: str) -> pl.LazyFrame:
     missing = [f.name for f in schema if f.name not in have]
     if missing:
         raise CliError(f"{p}: required column(s) missing: {', '.join(missing)}")
-    want = {f.name: pl.from_arrow(schema.empty_table()).schema[f.name] for f in schema
-            if f.name in _SCORE_COLUMNS[kind]}
+    want = {f.name: _polars_type(f.type) for f in schema if f.name in _SCORE_COLUMNS[kind]}
     cols = [pl.col(c) if have[c] == t else pl.col(c).cast(t, strict=True) for c, t in want.items()]
     return pl.scan_parquet(p).select(cols)
 
@@ -166,7 +177,7 @@ def _agg_from_hits(hits: pl.DataFrame, qrels: pl.DataFrame) -> pl.DataFrame:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from lens_core.contracts import PER_QUERY_SCHEMA
-    from lens_core.metrics import hit_metrics, per_query_metrics
+    from lens_core.metrics import hit_metrics, per_query_metrics, relevant_spans
     from lens_core.tables import write_parquet
 
     t0 = time.monotonic()
@@ -174,13 +185,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     qrels = _read_table(args.qrels, "qrels")
     try:
         # One system at a time: the hits of the others are not held meanwhile.
-        ranking = hit_metrics(hits, qrels)
+        spans = relevant_spans(qrels)
+        ranking = hit_metrics(hits, qrels, spans)
     except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as e:
         raise CliError(f"{args.hits}: a column does not match the contract's type "
                        f"({str(e).splitlines()[0]})") from None
     del hits
     agg = _read_table(args.agg, "agg") if args.agg else _agg_from_keys(ranking, qrels)
-    pq = per_query_metrics(agg, None, qrels, ranking=ranking)
+    pq = per_query_metrics(agg, None, qrels, ranking=ranking, spans=spans)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(pq.select([f.name for f in PER_QUERY_SCHEMA]), out / "per_query.parquet", schema=PER_QUERY_SCHEMA)

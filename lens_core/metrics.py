@@ -211,14 +211,16 @@ def hit_metrics(hits: pl.DataFrame | pl.LazyFrame, qrels: pl.DataFrame,
 
 
 def per_query_metrics(agg: pl.DataFrame, hits: pl.DataFrame | pl.LazyFrame, qrels: pl.DataFrame,
-                      queries: pl.DataFrame | None = None, ranking: pl.DataFrame | None = None) -> pl.DataFrame:
+                      queries: pl.DataFrame | None = None, ranking: pl.DataFrame | None = None,
+                      spans: pl.DataFrame | None = None) -> pl.DataFrame:
     """Per-query metrics for every (run_id, system, qid) of `agg` (SPEC §4).
 
     `agg` must hold one row per query of each system, failed ones included (they score 0).
     If `queries` is given, queries of the suite missing from a system's agg rows are added
     as failed (scoring 0, `failed` = 1) so nothing is silently dropped.
     `hits` may be a LazyFrame: it is read one system at a time (see `hit_metrics`);
-    `ranking` is `hit_metrics(hits, qrels)` when the caller already has it.
+    `ranking` is `hit_metrics(hits, qrels)` and `spans` `relevant_spans(qrels)` when the
+    caller already has them.
     Returns the bundle columns (`contracts.PER_QUERY_SCHEMA`) plus diagnostics:
     judged_10 (judged share of the top 10), n_hits_10, judged_hits_10, span_gain_10,
     file_gain_10, failed, within_sla, probes, cpu_ms.
@@ -243,7 +245,7 @@ def per_query_metrics(agg: pl.DataFrame, hits: pl.DataFrame | pl.LazyFrame, qrel
                 ).select(base.columns),
             ], how="vertical_relaxed")
 
-    spans = relevant_spans(qrels)
+    spans = relevant_spans(qrels) if spans is None else spans
     if ranking is None:
         ranking = hit_metrics(hits, qrels, spans)
     ideal = ideal_dcg(spans)
