@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -70,27 +71,93 @@ def _cmd_index(args) -> int:
     return 0
 
 
+def default_workers() -> int:
+    """Engine worker processes: LENS_ENGINE_WORKERS, default one per core (at most 4)."""
+    from lens_core.settings import env_number
+
+    return env_number("LENS_ENGINE_WORKERS", int, minimum=1, strict=True,
+                      default=max(1, min(4, os.cpu_count() or 1)))
+
+
 def _cmd_serve(args) -> int:
+    """Load the engine once, listen, then fork `workers - 1` copies that accept on the same
+    socket (pre-fork: a query is answered by whichever worker accepts it). The index is shared
+    copy-on-write; each worker keeps its own shard-latency history, like a replica would."""
     from lens_engine.engine import Engine
     from lens_engine.server import make_server
 
     engine = Engine.load(args.cache_dir, n_shards=args.shards, dense=not args.no_dense, **_corpus_kwargs(args))
-    server = make_server(engine, args.host, args.port)
+    workers = args.workers if args.workers is not None else default_workers()
+    if workers < 1:
+        raise ValueError(f"--workers {workers}: must be >= 1")
+    server = make_server(engine, args.host, args.port, workers=workers)
     stop = threading.Event()
 
     def _term(signum, frame):
         stop.set()
         threading.Thread(target=server.shutdown, daemon=True).start()
 
+    children: list[int] = []
+    parent = os.getpid()
+    for _ in range(workers - 1):
+        pid = os.fork()
+        if pid == 0:  # worker
+            code = 0
+            try:
+                _worker_after_fork(server, parent, _term)
+                server.serve_forever(poll_interval=0.1)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+
     signal.signal(signal.SIGTERM, _term)
     signal.signal(signal.SIGINT, _term)
     print(f"LISTENING {server.url}", flush=True)
+    logging.getLogger("lens_engine").info("serving with %d worker process(es)", workers)
     try:
         server.serve_forever(poll_interval=0.1)
     finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5.0
+        for pid in children:
+            while time.monotonic() < deadline:
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0]:
+                        break
+                except ChildProcessError:
+                    break
+                time.sleep(0.05)
+            else:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
         server.server_close()
         engine.close()
     return 0
+
+
+def _worker_after_fork(server, parent: int, on_term) -> None:
+    """In a forked worker: own signal handlers, no OpenMP pool inherited from the parent, and
+    exit when the parent is gone (it owns the listening socket's lifecycle)."""
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
+    if "torch" in sys.modules:  # libgomp is not fork-safe once used: keep torch single-threaded
+        sys.modules["torch"].set_num_threads(1)
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        server.shutdown()
+
+    threading.Thread(target=watch_parent, daemon=True).start()
 
 
 def main(argv=None) -> int:
@@ -119,6 +186,8 @@ def main(argv=None) -> int:
         if name == "serve":
             p.add_argument("--host", default="127.0.0.1")
             p.add_argument("--port", type=int, default=0)
+            p.add_argument("--workers", type=int, default=None,
+                           help="worker processes (default LENS_ENGINE_WORKERS or one per core, at most 4)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

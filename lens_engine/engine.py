@@ -58,8 +58,7 @@ import numpy as np
 from lens_core.hashing import sha256_hex
 from lens_core.systems import SystemConfig
 from lens_engine.corpus import Corpus, build_corpus
-from lens_engine.index import (DEFAULT_SHARDS, EngineIndex, build_index, proximity_features,
-                               split_identifier, term_counts)
+from lens_engine.index import DEFAULT_SHARDS, EngineIndex, build_index, split_identifier, term_counts
 from lens_engine.text import analyze, identifiers
 
 log = logging.getLogger(__name__)
@@ -321,7 +320,7 @@ class Engine:
         score = bm[nz].astype(np.float64)
         if len(set(plan.qseq)) >= 2:
             s = plan.system
-            phrase, cover = proximity_features(ix.streams, ix.offsets, docs, plan.qseq, int(s.window_tokens))
+            phrase, cover = ix.positions.proximity(docs, plan.qseq, int(s.window_tokens))
             score = score * (1.0 + (s.phrase_boost - 1.0) * phrase) * (1.0 + s.proximity_weight * PROX_SCALE * cover)
         return _top(docs.astype(np.int64), score.astype(np.float32), plan.arm_k)
 

@@ -107,10 +107,21 @@ class SparseArm:
         return ids, qw
 
     def score_shard(self, shard: int, ids: np.ndarray, qw: np.ndarray) -> np.ndarray:
+        """Per-doc score sum_t qw[t] * w[doc, t] over the shard's docs.
+
+        Gathers the query terms' columns straight from the CSC arrays (one bincount), about 5x
+        faster than scipy's column slicing + matvec for a handful of terms."""
         m = self.shard_mats[shard]
         if ids.size == 0:
             return np.zeros(m.shape[0], dtype=np.float32)
-        return np.asarray(m[:, ids] @ qw, dtype=np.float32).ravel()
+        starts = m.indptr[ids]
+        lens = m.indptr[ids + 1] - starts
+        total = int(lens.sum())
+        if total == 0:
+            return np.zeros(m.shape[0], dtype=np.float32)
+        at = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(total)
+        w = m.data[at].astype(np.float64) * np.repeat(qw.astype(np.float64), lens)
+        return np.bincount(m.indices[at], weights=w, minlength=m.shape[0]).astype(np.float32)
 
     def upper_bound(self, shard: int, ids: np.ndarray, qw: np.ndarray) -> float:
         if ids.size == 0:
@@ -213,6 +224,68 @@ def proximity_features(streams: np.ndarray, offsets: np.ndarray, docs: np.ndarra
     return phrase, cover
 
 
+@dataclasses.dataclass
+class Positions:
+    """Positional postings of the sub-token stream: term -> its global stream positions."""
+
+    indptr: np.ndarray  # (V + 1,) int64
+    pos: np.ndarray  # global positions in `streams`, grouped by term, ascending within a term
+    doc: np.ndarray  # doc id of each entry of `pos`
+    offsets: np.ndarray  # (n_docs + 1,) stream offsets
+
+    @classmethod
+    def build(cls, streams: np.ndarray, offsets: np.ndarray, n_terms: int) -> "Positions":
+        order = np.argsort(streams, kind="stable").astype(np.int64)
+        indptr = np.zeros(n_terms + 1, dtype=np.int64)
+        np.cumsum(np.bincount(streams, minlength=n_terms), out=indptr[1:])
+        doc = (np.searchsorted(offsets, order, side="right") - 1).astype(np.int64)
+        return cls(indptr=indptr, pos=order, doc=doc, offsets=offsets)
+
+    def proximity(self, docs: np.ndarray, qseq: Sequence[int], window: int) -> tuple[np.ndarray, np.ndarray]:
+        """Same result as `proximity_features(streams, offsets, docs, qseq, window)`, from the
+        query terms' postings only (cost ~ their occurrences, not the candidates' lengths)."""
+        n = len(docs)
+        phrase = np.zeros(n, dtype=np.float32)
+        cover = np.zeros(n, dtype=np.float32)
+        qset = np.unique(np.asarray(qseq, dtype=np.int64))
+        if n == 0 or qset.size < 2:
+            return phrase, cover
+        slot = np.full(self.offsets.size - 1, -1, dtype=np.int64)
+        slot[docs] = np.arange(n)
+        per: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for t in qset.tolist():
+            a, b = self.indptr[t], self.indptr[t + 1]
+            d = self.doc[a:b]
+            keep = slot[d] >= 0
+            per[t] = (self.pos[a:b][keep], d[keep])
+        qpairs = {(a, b) for a, b in zip(qseq[:-1], qseq[1:]) if a != b}
+        if qpairs:
+            cnt = np.zeros(n, dtype=np.int64)
+            for a, b in qpairs:
+                pa, da = per[a]
+                ok = np.isin(pa + 1, per[b][0]) & (pa + 1 < self.offsets[da + 1])
+                if ok.any():
+                    cnt[slot[np.unique(da[ok])]] += 1
+            phrase = (cnt / len(qpairs)).astype(np.float32)
+        # a gap of `window` between docs keeps windows inside one doc; keys stay sorted per term
+        keys = [p + d * (window + 1) for p, d in per.values()]
+        allk = np.concatenate(keys)
+        if allk.size:
+            alld = np.concatenate([d for _, d in per.values()])
+            cov = np.zeros(allk.size, dtype=np.int32)
+            for pj in keys:
+                if pj.size == 0:
+                    continue
+                i = np.searchsorted(pj, allk, side="left")
+                hit = i < pj.size
+                hit[hit] = pj[i[hit]] < allk[hit] + window
+                cov += hit
+            best = np.zeros(n, dtype=np.int32)
+            np.maximum.at(best, slot[alld], cov)
+            cover = (np.maximum(best - 1, 0) / (qset.size - 1)).astype(np.float32)
+        return phrase, cover
+
+
 # ---------------------------------------------------------------------------------------------
 # Dense arm
 # ---------------------------------------------------------------------------------------------
@@ -273,6 +346,11 @@ class EngineIndex:
     dense: DenseShards | None
     key: str
     corpus_digest: str
+    positions: Positions | None = None
+
+    def __post_init__(self) -> None:
+        if self.positions is None:
+            self.positions = Positions.build(self.streams, self.offsets, len(self.lex.vocab))
 
 
 def index_key(corpus: Corpus, n_shards: int, dense: bool) -> str:

@@ -63,6 +63,8 @@ class _Handler(BaseHTTPRequestHandler):
                 eng: Engine = self.server.engine
                 return self._json(200, {"status": "ok", "corpus_digest": eng.corpus.digest,
                                         "functions": len(eng.corpus.units),
+                                        "languages": sorted({u.language for u in eng.corpus.units}),
+                                        "workers": self.server.workers,
                                         "systems": sorted(self.server.systems)})
             if url.path != "/search":
                 return self._error(404, "not_found", url.path)
@@ -111,7 +113,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        for i, line in enumerate(lines):
+        if not fault:
+            # the engine yields every hit once fusion is done: one write for the whole answer
+            # (a write per line costs a syscall per hit), still NDJSON, one line per hit
+            self.wfile.write("".join(json.dumps(line) + "\n" for line in lines).encode())
+            self.wfile.flush()
+            return
+        for line in lines:
             if fault == "truncate" and line["type"] == "done":
                 break
             self.wfile.write((json.dumps(line) + "\n").encode())
@@ -127,10 +135,20 @@ class LensServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, addr, engine: Engine, systems: dict[str, SystemConfig]):
+    def __init__(self, addr, engine: Engine, systems: dict[str, SystemConfig], workers: int = 1):
         super().__init__(addr, _Handler)
         self.engine = engine
         self.systems = systems
+        self.workers = int(workers)
+        if self.workers > 1:
+            # several processes accept on this socket: the ones that lose a race must get
+            # EAGAIN (ignored by serve_forever) instead of blocking in accept()
+            self.socket.setblocking(False)
+
+    def get_request(self):
+        conn, addr = self.socket.accept()
+        conn.setblocking(True)
+        return conn, addr
 
     @property
     def url(self) -> str:
@@ -139,12 +157,12 @@ class LensServer(ThreadingHTTPServer):
 
 
 def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 0,
-                systems: list[SystemConfig] | None = None) -> LensServer:
+                systems: list[SystemConfig] | None = None, workers: int = 1) -> LensServer:
     if systems is None:
         from lens_core.systems import all_systems
 
         systems = all_systems(full_grid=True)
-    return LensServer((host, port), engine, {s.name: s for s in systems})
+    return LensServer((host, port), engine, {s.name: s for s in systems}, workers=workers)
 
 
 def serve_in_thread(server: LensServer) -> threading.Thread:

@@ -128,7 +128,7 @@ def test_hits_arrive_from_the_real_engine(server, queries, faults, engine):
                        sidecar=sidecar)
     assert [r["qid"] for r in recs] == queries["qid"].to_list()
     assert all(tuple(r) == RECORD_KEYS for r in recs)
-    assert all(r["error"] is None and r["hits"] for r in recs)
+    assert all(r["error"] is None and r["hits"] for r in recs), [(r["qid"], r["error"], r["lat_ms"]) for r in recs if r["error"] or not r["hits"]]
     assert all(r["cfg_hash"] == BASE.cfg_hash for r in recs)
     assert all(len({s["shard"] for s in r["shards"]}) == engine.index.n_shards for r in recs)
     paths = {u.path for u in engine.corpus.units}
@@ -150,7 +150,7 @@ def test_query_past_the_deadline_is_late_not_dropped(server, queries, faults):
     q = queries.head(2)
     recs = collect_run(_client(server, sla_ms=50), q, BASE.name, "r1", progress=False, sidecar=sidecar)
     assert len(recs) == 2
-    assert all(r["error"] is None and r["hits"] for r in recs)
+    assert all(r["error"] is None and r["hits"] for r in recs), [(r["qid"], r["error"], r["lat_ms"]) for r in recs if r["error"] or not r["hits"]]
     assert all(s["late"] and s["client_ms"] >= 120 and s["attempts"] == 1 for s in sidecar)
 
 
@@ -251,6 +251,33 @@ def test_engine_startup_timeout_kills_the_child(cache, tmp_path, small_env):
         srv.start()
     assert "no LISTENING line within" in str(ei.value)
     assert srv.pid is None and not srv.running()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().split(")")[-1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def test_engine_serves_from_several_worker_processes_and_stops_them_all(cache, tmp_path, small_env, queries):
+    srv = EngineServer(cache, max_functions=SMALL, log_dir=tmp_path, env={"LENS_ENGINE_WORKERS": "2"})
+    with srv:
+        assert srv.health["workers"] == 2 and srv.health["languages"]
+        workers = [p for p in _children(srv.pid) if _alive(p)]
+        assert len(workers) == 1  # the parent serves too
+        client = LensClient(srv.endpoint, sla_ms=150, concurrency=4)
+        recs = collect_run(client, pl.concat([queries] * 4), BASE.name, run_id="r", progress=False)
+        assert len(recs) == 4 * queries.height and all(r["error"] is None for r in recs)
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in workers + [srv.pid or -1])
 
 
 def test_manifest_file_hashes_to_the_corpus_digest(engine, tmp_path):

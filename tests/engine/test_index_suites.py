@@ -4,7 +4,9 @@ import numpy as np
 import pyarrow as pa
 
 from lens_core.contracts import GROUND_TRUTH_SCHEMA, QUERIES_SCHEMA
-from lens_engine.index import DenseShards, _bm25_matrix, _pca, proximity_features
+import scipy.sparse as sp
+
+from lens_engine.index import DenseShards, Positions, SparseArm, _bm25_matrix, _pca, proximity_features
 from lens_engine.suites import build_suites, first_sentence, split_of
 
 
@@ -30,6 +32,41 @@ def test_proximity_and_phrase_features():
     assert cover.tolist() == [1.0, 1.0, 0.0]
     _, cover_small = proximity_features(streams, offsets, docs, [0, 1], window=3)
     assert cover_small.tolist() == [1.0, 0.0, 0.0]  # the window knob matters
+    pos = Positions.build(streams, offsets, 3)
+    for window in (3, 16):
+        got = pos.proximity(docs, [0, 1], window)
+        want = proximity_features(streams, offsets, docs, [0, 1], window)
+        assert [g.tolist() for g in got] == [w.tolist() for w in want]
+
+
+def test_positional_postings_equal_the_stream_scan():
+    """The engine's postings-based proximity equals the reference stream scan exactly."""
+    rng = np.random.default_rng(7)
+    n_docs, vocab = 300, 40
+    lens = rng.integers(0, 60, n_docs)
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    streams = rng.zipf(1.6, int(offsets[-1])).clip(1, vocab).astype(np.int32) - 1
+    pos = Positions.build(streams, offsets, vocab)
+    for _ in range(300):
+        docs = rng.permutation(n_docs)[: rng.integers(1, 120)]
+        qseq = rng.integers(0, vocab // 2, rng.integers(1, 6)).tolist()
+        window = int(rng.choice([2, 4, 8, 16, 32]))
+        got = pos.proximity(docs, qseq, window)
+        want = proximity_features(streams, offsets, docs, qseq, window)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_sparse_shard_scoring_matches_scipy_matvec():
+    rng = np.random.default_rng(3)
+    w = sp.random(500, 200, density=0.05, format="csr", random_state=3, dtype=np.float32)
+    shard_docs = [np.arange(0, 250), np.arange(250, 500)]
+    arm = SparseArm({f"t{i}": i for i in range(200)}, w, shard_docs)
+    for _ in range(50):
+        ids = np.unique(rng.integers(0, 200, rng.integers(0, 8)))
+        qw = rng.uniform(0.2, 2.0, ids.size).astype(np.float32)
+        for s in range(2):
+            want = np.asarray(arm.shard_mats[s][:, ids] @ qw).ravel() if ids.size else np.zeros(250)
+            np.testing.assert_allclose(arm.score_shard(s, ids, qw), want, rtol=1e-5, atol=1e-6)
 
 
 def test_ef_search_and_refine_topk_change_dense_results():
