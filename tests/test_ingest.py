@@ -82,6 +82,8 @@ def test_in_sla_follows_shard_done_time(tmp_path, records):
     ("hit_field", r"x\.ndjson:1: field 'hits\[0\]\.path': missing"),
     ("bad_why", r"x\.ndjson:1: field 'hits\[\]\.why': unknown reason 'magic'"),
     ("count", r"done line declares 99 records"),
+    ("blank_line", r"x\.ndjson:2: empty line"),
+    ("space_line", r"x\.ndjson:3: empty line"),
 ])
 def test_schema_drift_names_file_line_field(tmp_path, records, case, match):
     lines = _good_lines(records[:4])
@@ -101,6 +103,10 @@ def test_schema_drift_names_file_line_field(tmp_path, records, case, match):
         lines = lines[:-1]
     elif case == "count":
         lines[-1] = json.dumps({"type": "done", "records": 99})
+    elif case == "blank_line":
+        lines.insert(1, "")
+    elif case == "space_line":
+        lines.insert(2, "   ")
     p = _write_lines(tmp_path / "x.ndjson", lines)
     with pytest.raises(SchemaError, match=match):
         ingest([p])
