@@ -40,8 +40,10 @@ def _dir_bytes(path: Path) -> int:
 
 
 @dg.asset(
-    description="The reference engine's corpus: functions of this interpreter's standard library (tests "
-                "excluded), capped by whole packages at LENS_CORPUS_MAX_FUNCTIONS (default 4000; 0 = all). "
+    description="The reference engine's corpus: functions of this interpreter's standard library (Python) and "
+                "of the Apache Arrow C++ headers shipped in pyarrow (C++), tests excluded; languages in "
+                "LENS_CORPUS_LANGUAGES (default python,cpp), listed in the metadata. Capped by whole packages "
+                "at LENS_CORPUS_MAX_FUNCTIONS (default 4000; 0 = all), 75% Python / 25% C++. "
                 "Pinned by a manifest of file sha256s; the manifest file's sha256 is the corpus digest that "
                 "goes into the attestation.",
     owners=OWNERS, kinds={"python", "json"}, group_name=GROUP,
@@ -57,9 +59,7 @@ def engine_corpus(context: dg.AssetExecutionContext, lens_source: LensDataSource
     cache = cache_dir()
     corpus = build_corpus(cache_dir=cache)
     manifest = write_manifest(corpus, cache / "lens_engine")
-    langs: dict[str, int] = {}
-    for u in corpus.units:
-        langs[u.language] = langs.get(u.language, 0) + 1
+    langs = corpus.languages()
     per_pkg: dict[str, int] = {}
     for u in corpus.units:
         per_pkg[u.package] = per_pkg.get(u.package, 0) + 1
@@ -78,6 +78,8 @@ def engine_corpus(context: dg.AssetExecutionContext, lens_source: LensDataSource
             "functions": len(corpus.units),
             "packages": len(corpus.packages),
             "languages": dg.MetadataValue.json(langs),
+            "languages_table": dg.MetadataValue.md(markdown_table(pl.DataFrame(
+                [{"language": k, **v} for k, v in langs.items()])) if langs else ""),
             "max_functions": 0 if mf is None else mf,
             "top_packages": dg.MetadataValue.md(markdown_table(top, max_rows=10)),
             "seconds": round(time.monotonic() - t0, 2),

@@ -36,7 +36,7 @@ def _cmd_corpus(args) -> int:
 
     c = build_corpus(cache_dir=args.cache_dir, **_corpus_kwargs(args))
     print(json.dumps({"corpus_digest": c.digest, "files": c.files, "functions": len(c.units),
-                      "packages": len(c.packages), "languages": sorted({u.language for u in c.units})}))
+                      "packages": len(c.packages), "languages": c.languages()}))
     return 0
 
 

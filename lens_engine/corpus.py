@@ -1,10 +1,17 @@
-"""The reference engine's corpus: functions of the running interpreter's standard library.
+"""The reference engine's corpus: functions of source code every machine with the project has.
 
-Every machine with the project has it, so the engine needs no download (SPEC §11). Source
-files are presented as repo `cpython`, path `Lib/<path relative to the stdlib root>`; other
-roots (the `roots` argument) keep their directory name as repo. Test folders (`test/`,
-`tests/`, `idle_test/`), `site-packages` and `__pycache__` are excluded unless
-`include_tests=True`.
+Languages (env `LENS_CORPUS_LANGUAGES`, default `python,cpp`; `lens_engine corpus` lists what
+was found):
+- `python`: the running interpreter's standard library, repo `cpython`, path
+  `Lib/<path relative to the stdlib root>` (always present);
+- `cpp`: the Apache Arrow C++ headers that ship inside the `pyarrow` wheel (a dependency of the
+  project, so present wherever it is installed), repo `arrow`, path `cpp/src/arrow/<path>` as in
+  the Arrow repository; parsed by `lens_engine.cpp_units` (declarations and inline
+  definitions, with their Doxygen comments as docstrings). Skipped, with a log line, when
+  pyarrow has no headers.
+Other roots (the `roots` argument) keep their directory name as repo. Test folders (`test/`,
+`tests/`, `idle_test/`, `testing/`), vendored third-party code, `site-packages` and
+`__pycache__` are excluded unless `include_tests=True` (vendored code always).
 
 A unit is a module-level function or a method of a (possibly nested) class, found with `ast`;
 functions nested inside functions stay part of their parent. Its span covers the `def`
@@ -12,12 +19,11 @@ including decorators (inclusive, 1-based). The indexed text is the unit's source
 docstring removed, so natural-language queries built from docstrings are not trivially
 matched.
 
-Languages: Python only (C headers or other languages on a machine are not on *every*
-machine, and the corpus must be the same everywhere for the attestation digest).
-
 The manifest lists (repo, path, sha256 of the file bytes) of every included file; the digest
-is the sha256 of its canonical JSON. `max_functions` keeps whole top-level packages, chosen in
-a seeded hash order, so the package split of the suites stays clean.
+is the sha256 of its canonical JSON, so it pins the exact versions (Python and pyarrow) a run
+indexed. `max_functions` keeps whole top-level packages (a C++ package is `arrow.<first
+directory>`), chosen in a seeded hash order per language, within each language's share of the
+cap (`LANGUAGE_SHARES`: Python 75%, C++ 25%), so the package split of the suites stays clean.
 """
 
 from __future__ import annotations
@@ -36,10 +42,13 @@ from lens_core.hashing import atomic_write_text, canonical_json, sha256_hex
 
 log = logging.getLogger(__name__)
 
-CORPUS_VERSION = "1"
+CORPUS_VERSION = "2"
 DEFAULT_MAX_FUNCTIONS = 4000
-EXCLUDED_DIRS = frozenset({"test", "tests", "idle_test", "__pycache__", "site-packages"})
-ALWAYS_EXCLUDED = frozenset({"__pycache__", "site-packages"})
+EXCLUDED_DIRS = frozenset({"test", "tests", "idle_test", "testing", "__pycache__", "site-packages", "vendored"})
+ALWAYS_EXCLUDED = frozenset({"__pycache__", "site-packages", "vendored"})
+LANGUAGES = ("python", "cpp")
+LANGUAGE_SHARES = {"python": 0.75, "cpp": 0.25}
+SUFFIXES = {"python": (".py",), "cpp": (".h", ".hpp", ".hh", ".cc", ".cpp")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,15 +85,59 @@ class Corpus:
     def __len__(self) -> int:
         return len(self.units)
 
+    def languages(self) -> dict[str, dict[str, int]]:
+        """{language: {"files": n, "functions": n, "packages": n}} of what the corpus holds."""
+        out: dict[str, dict[str, object]] = {}
+        for u in self.units:
+            d = out.setdefault(u.language, {"files": set(), "functions": 0, "packages": set()})
+            d["files"].add(u.path)
+            d["functions"] += 1
+            d["packages"].add(u.package)
+        return {lang: {"files": len(d["files"]), "functions": d["functions"], "packages": len(d["packages"])}
+                for lang, d in sorted(out.items())}
+
 
 def manifest_digest(manifest: Sequence[tuple[str, str, str]]) -> str:
     rows = [list(r) for r in sorted(manifest)]
     return sha256_hex(canonical_json({"version": CORPUS_VERSION, "files": rows}).encode())
 
 
-def default_roots() -> list[tuple[str, Path, str]]:
-    """(repo, root dir, path prefix): the stdlib of the running interpreter."""
-    return [("cpython", Path(sysconfig.get_paths()["stdlib"]), "Lib")]
+def env_languages() -> list[str]:
+    raw = os.environ.get("LENS_CORPUS_LANGUAGES", "").strip()
+    if not raw:
+        return list(LANGUAGES)
+    langs = [x.strip().lower() for x in raw.split(",") if x.strip()]
+    bad = [x for x in langs if x not in LANGUAGES]
+    if bad or not langs:
+        raise ValueError(f"LENS_CORPUS_LANGUAGES={raw!r}: expected a comma-separated subset of {', '.join(LANGUAGES)}")
+    return langs
+
+
+def arrow_include_dir() -> Path | None:
+    """The Arrow C++ headers shipped in the pyarrow wheel, when present."""
+    try:
+        import pyarrow
+    except ImportError:
+        return None
+    d = Path(pyarrow.get_include()) / "arrow"
+    return d if d.is_dir() else None
+
+
+def default_roots(languages: Sequence[str] | None = None) -> list[tuple[str, Path, str, str]]:
+    """(repo, root dir, path prefix, language) of every language found on this machine."""
+    languages = env_languages() if languages is None else list(languages)
+    roots: list[tuple[str, Path, str, str]] = []
+    if "python" in languages:
+        roots.append(("cpython", Path(sysconfig.get_paths()["stdlib"]), "Lib", "python"))
+    if "cpp" in languages:
+        arrow = arrow_include_dir()
+        if arrow is None:
+            log.warning("corpus: no Arrow C++ headers in pyarrow; the C++ part of the corpus is skipped")
+        else:
+            roots.append(("arrow", arrow, "cpp/src/arrow", "cpp"))
+    if not roots:
+        raise ValueError("corpus: no source root found for languages " + ", ".join(languages))
+    return roots
 
 
 def _excluded(rel: Path, include_tests: bool) -> bool:
@@ -94,27 +147,31 @@ def _excluded(rel: Path, include_tests: bool) -> bool:
     return any(d in bad or d.startswith("config-") for d in dirs)
 
 
-def _iter_files(roots: Sequence[tuple[str, Path, str]], include_tests: bool):
-    for repo, root, prefix in roots:
+def _iter_files(roots: Sequence[tuple[str, Path, str, str]], include_tests: bool):
+    for repo, root, prefix, language in roots:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"corpus root {root} is not a directory")
-        for p in sorted(root.rglob("*.py")):
+        suffixes = SUFFIXES[language]
+        for p in sorted(root.rglob("*")):
+            if p.suffix not in suffixes:
+                continue
             rel = p.relative_to(root)
             if _excluded(rel, include_tests) or not p.is_file():
                 continue
-            yield repo, p, rel, (f"{prefix}/{rel.as_posix()}" if prefix else rel.as_posix())
+            yield repo, p, rel, (f"{prefix}/{rel.as_posix()}" if prefix else rel.as_posix()), language
 
 
-def _package_of(rel: Path) -> str:
-    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+def _package_of(rel: Path, language: str = "python") -> str:
+    top = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+    return top if language == "python" else f"arrow.{top}"
 
 
-def _module_of(rel: Path) -> str:
+def _module_of(rel: Path, language: str = "python") -> str:
     parts = list(rel.with_suffix("").parts)
     if parts and parts[-1] == "__init__":
         parts = parts[:-1]
-    return ".".join(parts)
+    return ".".join(parts) if language == "python" else ".".join(["arrow"] + parts)
 
 
 def _call_name(node: ast.Call) -> str | None:
@@ -171,6 +228,10 @@ def _strip_docstring(lines: list[bytes], start: int, end: int, doc_node: ast.exp
 
 
 def _units_of_file(repo: str, wire_path: str, rel: Path, data: bytes, language: str = "python") -> list[Unit]:
+    if language == "cpp":
+        from lens_engine.cpp_units import units_of_cpp
+
+        return units_of_cpp(data, wire_path, rel, repo, _package_of(rel, language), _module_of(rel, language), Unit)
     try:
         tree = ast.parse(data, filename=wire_path)
     except (SyntaxError, ValueError) as e:
@@ -225,13 +286,13 @@ def _full_corpus(roots, include_tests: bool, cache_dir) -> tuple[list[Unit], lis
     """Every unit of every included file, plus the manifest and file -> package map (cached by
     the full manifest's digest)."""
     manifest: list[tuple[str, str, str]] = []
-    blobs: dict[str, tuple[str, Path, bytes]] = {}
+    blobs: dict[str, tuple[str, Path, bytes, str]] = {}
     pkg_of_file: dict[str, str] = {}
-    for repo, p, rel, wire_path in _iter_files(roots, include_tests):
+    for repo, p, rel, wire_path, language in _iter_files(roots, include_tests):
         data = p.read_bytes()
         manifest.append((repo, wire_path, sha256_hex(data)))
-        blobs[wire_path] = (repo, rel, data)
-        pkg_of_file[wire_path] = _package_of(rel)
+        blobs[wire_path] = (repo, rel, data, language)
+        pkg_of_file[wire_path] = _package_of(rel, language)
     key = sha256_hex(canonical_json({"v": CORPUS_VERSION, "manifest": manifest,
                                      "tests": include_tests}).encode())
     cache = _cache_file(cache_dir, key) if cache_dir is not None else None
@@ -241,8 +302,8 @@ def _full_corpus(roots, include_tests: bool, cache_dir) -> tuple[list[Unit], lis
         return units, manifest, pkg_of_file
     t0 = time.monotonic()
     units = []
-    for wire_path, (repo, rel, data) in blobs.items():
-        units.extend(_units_of_file(repo, wire_path, rel, data))
+    for wire_path, (repo, rel, data, language) in blobs.items():
+        units.extend(_units_of_file(repo, wire_path, rel, data, language))
     log.info("parsed %d files -> %d functions in %.1fs", len(blobs), len(units), time.monotonic() - t0)
     if cache is not None:
         atomic_write_text(cache, "".join(json.dumps(dataclasses.asdict(u), ensure_ascii=False) + "\n"
@@ -250,10 +311,22 @@ def _full_corpus(roots, include_tests: bool, cache_dir) -> tuple[list[Unit], lis
     return units, manifest, pkg_of_file
 
 
-def choose_packages(counts: dict[str, int], max_functions: int | None, seed: int = 0) -> list[str]:
-    """Whole packages in a seeded hash order, greedily while they fit under the cap."""
+def choose_packages(counts: dict[str, int], max_functions: int | None, seed: int = 0,
+                    language_of: dict[str, str] | None = None) -> list[str]:
+    """Whole packages in a seeded hash order, greedily while they fit under the cap; with
+    `language_of` (package -> language), each language within its share of the cap
+    (LANGUAGE_SHARES renormalised over the languages present)."""
     if max_functions is None or max_functions <= 0:
         return sorted(counts)
+    langs = sorted(set((language_of or {}).values()))
+    if len(langs) > 1:
+        total_share = sum(LANGUAGE_SHARES.get(lang, 0.0) for lang in langs) or 1.0
+        chosen = []
+        for lang in langs:
+            quota = int(round(max_functions * LANGUAGE_SHARES.get(lang, 0.0) / total_share))
+            sub = {p: c for p, c in counts.items() if language_of.get(p) == lang}
+            chosen += choose_packages(sub, quota, seed)
+        return sorted(chosen)
     order = sorted(counts, key=lambda p: sha256_hex(f"lens-corpus:{seed}:{p}".encode()))
     chosen, total = [], 0
     for p in order:
@@ -277,24 +350,26 @@ def env_max_functions() -> int | None:
 _UNSET = object()
 
 
-def build_corpus(roots: Sequence[tuple[str, str | os.PathLike, str]] | None = None,
+def build_corpus(roots: Sequence[tuple] | None = None,
                  max_functions=_UNSET, seed: int = 0, include_tests: bool = False,
                  cache_dir: str | os.PathLike | None = None) -> Corpus:
     """The corpus (see the module docstring).
 
-    `roots`: (repo, directory, path prefix) triples; default the running stdlib as
-    ("cpython", <stdlib>, "Lib"). `max_functions`: cap by whole packages; default from
+    `roots`: (repo, directory, path prefix[, language]) tuples; default `default_roots()`. `max_functions`: cap by whole packages; default from
     `LENS_CORPUS_MAX_FUNCTIONS` (default 4000; 0 = everything); None = no cap.
     `cache_dir`: where parsed units are cached by the digest of the full manifest.
     """
     if max_functions is _UNSET:
         max_functions = env_max_functions()
-    roots = [(r, Path(d), pre) for r, d, pre in roots] if roots else default_roots()
+    roots = ([(r[0], Path(r[1]), r[2], r[3] if len(r) > 3 else "python") for r in roots] if roots
+             else default_roots())
     units, manifest, pkg_of_file = _full_corpus(roots, include_tests, cache_dir)
     counts: dict[str, int] = {}
+    language_of: dict[str, str] = {}
     for u in units:
         counts[u.package] = counts.get(u.package, 0) + 1
-    chosen = set(choose_packages(counts, max_functions, seed))
+        language_of[u.package] = u.language
+    chosen = set(choose_packages(counts, max_functions, seed, language_of))
     keep_units = [u for u in units if u.package in chosen]
     keep_manifest = [m for m in manifest if pkg_of_file[m[1]] in chosen]
     return Corpus(units=keep_units, manifest=keep_manifest, packages=sorted(chosen),

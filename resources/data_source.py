@@ -359,7 +359,7 @@ class LensDataSource(dg.ConfigurableResource):
                     "functions": len(corpus.units),
                     "files": corpus.files,
                     "packages": len(corpus.packages),
-                    "languages": sorted({u.language for u in corpus.units}),
+                    "languages": corpus.languages(),
                     "max_functions": 0 if mf is None else mf,
                     "index_key": index_key(corpus, DEFAULT_SHARDS, True),
                     "suite_seed": self.suite_seed,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import textwrap
 
 from lens_engine.corpus import build_corpus, manifest_digest
@@ -94,9 +96,85 @@ def test_stdlib_subset_deterministic_whole_packages(small_corpus, cache_dir):
     full = build_corpus(max_functions=None, cache_dir=cache_dir)
     for pkg in small_corpus.packages:  # whole packages only
         assert sum(u.package == pkg for u in full.units) == sum(u.package == pkg for u in small_corpus.units)
-    assert all(u.repo == "cpython" and u.path.startswith("Lib/") for u in full.units)
-    bad = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
+    py = [u for u in full.units if u.language == "python"]
+    cpp = [u for u in full.units if u.language == "cpp"]
+    assert py and cpp and len(py) + len(cpp) == len(full.units)
+    assert all(u.repo == "cpython" and u.path.startswith("Lib/") for u in py)
+    assert all(u.repo == "arrow" and u.path.startswith("cpp/src/arrow/") and u.package.startswith("arrow.")
+               for u in cpp)
+    bad = {"test", "tests", "idle_test", "testing", "vendored", "site-packages", "__pycache__"}
     assert not any(bad & set(u.path.split("/")[:-1]) for u in full.units)
+    # both languages in the capped corpus, each within its share of the cap
+    langs = small_corpus.languages()
+    assert set(langs) == {"python", "cpp"} and langs["cpp"]["functions"] <= round(250 * 0.25)
     # docstrings removed from what is indexed
-    with_doc = [u for u in full.units if len(u.doc) > 40][:200]
-    assert with_doc and all(u.doc.splitlines()[0] not in u.text for u in with_doc)
+    for units in (py, cpp):
+        with_doc = [u for u in units if len(u.doc) > 40][:200]
+        assert with_doc and all(u.doc.splitlines()[0] not in u.text for u in with_doc)
+
+
+HEADER = b"""// Licensed to the Apache Software Foundation
+#pragma once
+#include <memory>
+#define ARROW_MACRO(x) \\
+  do_something(x)
+
+namespace arrow {
+namespace io {
+
+/// \\brief Read a whole table from a stream.
+///
+/// Long description that is not the first sentence.
+/// \\param[in] source the stream
+ARROW_EXPORT Result<std::shared_ptr<Table>> ReadTable(InputStream* source,
+                                                      const ReadOptions& options = ReadOptions::Defaults());
+
+class ARROW_EXPORT BufferReader : public RandomAccessFile {
+ public:
+  /** Make a reader over a buffer. */
+  explicit BufferReader(std::shared_ptr<Buffer> buffer);
+
+  /// Return the size of the buffer in bytes
+  int64_t size() const { return ComputeSize(buffer_, "}"); }
+
+  ~BufferReader() override;
+  bool operator==(const BufferReader& other) const;
+  ARROW_DISALLOW_COPY_AND_ASSIGN(BufferReader);
+
+ protected:
+  template <typename T>
+  Status DoRead(int64_t nbytes, T* out) {
+    if (nbytes < 0) {
+      return Status::Invalid("negative");
+    }
+    return ReadInto(out, nbytes);
+  }
+
+ private:
+  std::shared_ptr<Buffer> buffer_;
+  int64_t position_ = Compute(1);
+};
+
+}  // namespace io
+}  // namespace arrow
+"""
+
+
+def test_cpp_units_spans_names_classes_docs():
+    from lens_engine.corpus import Unit
+    from lens_engine.cpp_units import units_of_cpp
+
+    units = units_of_cpp(HEADER, "cpp/src/arrow/io/x.h", Path("io/x.h"), "arrow", "arrow.io", "arrow.io.x", Unit)
+    by = {u.name: u for u in units}
+    assert sorted(by) == ["BufferReader", "DoRead", "ReadTable", "size"]  # no macro, operator, destructor
+    rt = by["ReadTable"]
+    assert (rt.start_line, rt.end_line, rt.cls, rt.params) == (14, 15, "", ("source", "options"))
+    assert rt.doc.startswith("Read a whole table from a stream.") and "source the stream" not in rt.doc
+    assert "Read a whole table" not in rt.text and rt.language == "cpp"
+    assert by["BufferReader"].cls == "BufferReader" and by["BufferReader"].doc == "Make a reader over a buffer."
+    sz = by["size"]
+    assert (sz.start_line, sz.end_line, sz.qualname) == (23, 23, "BufferReader.size")
+    assert sz.calls == ("ComputeSize",) and sz.doc == "Return the size of the buffer in bytes"
+    dr = by["DoRead"]
+    assert (dr.start_line, dr.end_line, dr.params) == (30, 36, ("nbytes", "out"))
+    assert dr.calls == ("Invalid", "ReadInto") and dr.doc == ""
