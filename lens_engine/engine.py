@@ -354,9 +354,14 @@ class Engine:
 
     # -- search ----------------------------------------------------------------------------------
     def search(self, q: str, k: int, system: SystemConfig, deadline_ms: float,
-               qid: str | None = None, debug: bool = False) -> Iterator[dict]:
+               qid: str | None = None, debug: bool = False,
+               arms: frozenset[str] | None = None) -> Iterator[dict]:
         """Wire lines of SPEC §2: hit lines (rank 1..) then one done line. `debug` adds a
-        `router` object (confidence, upshift, stopped_by) to the done line."""
+        `router` object (confidence, upshift, stopped_by) to the done line.
+
+        `arms` (ablation; None = the system as configured): fuse only these of
+        {"lex", "struct", "sem"}; with "sem" the dense arm searches every answered shard
+        whatever the router and the spend cap say (the deadline still holds)."""
         if not isinstance(q, str) or not q.strip():
             raise ValueError("q: empty query")
         if not (1 <= int(k) <= 1000):
@@ -364,6 +369,9 @@ class Engine:
         if not deadline_ms or deadline_ms <= 0:
             raise ValueError(f"deadline_ms={deadline_ms}: must be > 0")
         k = int(k)
+        only = None if arms is None else frozenset(arms)
+        if only is not None and (not only or not only <= {"lex", "struct", "sem"}):
+            raise ValueError(f"arms={sorted(only)}: expected a non-empty subset of lex, struct, sem")
         t0 = time.perf_counter()
         c0 = time.thread_time()
         deadline_at = t0 + deadline_ms / 1000.0
@@ -463,12 +471,13 @@ class Engine:
         lex_list = self._merge([w.lex for w in winners.values()], max(k, 50))
         st_list = self._merge([w.struct for w in winners.values()], max(k, 50))
         conf = self.lexical_confidence(plan, lex_list, st_list)
-        arms = {"lex": lex_list, "struct": st_list}
+        arms_out = {"lex": lex_list, "struct": st_list}
         weights = {"lex": ARM_WEIGHTS["lex"],
                    "struct": ARM_WEIGHTS["struct_template" if plan.template else "struct"]}
         dense_probes = 0
         upshift = False
-        if ix.dense is not None and conf < system.router_tau and time.perf_counter() < deadline_at:
+        if ix.dense is not None and conf < system.router_tau and time.perf_counter() < deadline_at \
+                and (only is None or "sem" in only):
             gain = (system.router_tau - conf) * (1.0 - math.exp(-system.spend_cap_ms / max(self._dense_ms, 1e-3)))
             if gain >= system.min_conf_gain:
                 upshift = True
@@ -476,10 +485,20 @@ class Engine:
                 # shards the lexical threshold stop skipped are healthy: the dense arm searches them
                 live = sorted(set(winners) | (set(ta_skipped)))
                 sem, dense_probes = self._dense(qv, live, system, max(k, 50), deadline_at)
-                arms["sem"] = sem
+                arms_out["sem"] = sem
                 weights["sem"] = ARM_WEIGHTS["sem"]
 
-        hits = self._fuse(arms, weights, k)
+        if only is not None:
+            if "sem" in only and "sem" not in arms_out and ix.dense is not None \
+                    and time.perf_counter() < deadline_at:
+                live = sorted(set(winners) | set(ta_skipped))
+                sem, dense_probes = self._dense(self._query_vector(q), live,
+                                                system.model_copy(update={"spend_cap_ms": 1e9}), max(k, 50),
+                                                deadline_at)
+                arms_out["sem"] = sem
+                weights["sem"] = ARM_WEIGHTS["sem"]
+            arms_out = {a: v for a, v in arms_out.items() if a in only}
+        hits = self._fuse(arms_out, weights, k)
         lat_ms = (time.perf_counter() - t0) * 1000.0
         cpu_ms = (time.thread_time() - c0) * 1000.0 + sum(p.cpu_ms for p in probes)
         for rank, (doc, score, why) in enumerate(hits, start=1):

@@ -1,8 +1,9 @@
 """Loopback HTTP server for the reference engine, SPEC §2 wire format (stdlib only).
 
 GET /health -> 200 {"status":"ok","corpus_digest":...,"functions":N,"systems":[...]}
-GET /search?q=&k=&system=&deadline_ms= -> 200 application/x-ndjson, one line per hit then a
-    done line, flushed line by line. Errors: non-2xx JSON {"error":..., "detail":...};
+GET /search?q=&k=&system=&deadline_ms=[&arms=lex,struct,sem][&debug=1] -> 200
+    application/x-ndjson, one line per hit then a done line (`arms`: an ablation that fuses only
+    those retrieval arms; see Engine.search). Errors: non-2xx JSON {"error":..., "detail":...};
     400 for bad parameters or an unknown system, 401 without the bearer token when
     LENS_ENGINE_TOKEN is set (the token is never logged or echoed).
 Fault injection (off by default; query parameters, or env LENS_ENGINE_FAULT / LENS_ENGINE_DELAY_MS
@@ -106,8 +107,14 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(delay_ms / 1000.0)
         if fault == "500":
             return self._error(500, "injected_fault", "fail=500")
+        arms = None
+        if params.get("arms"):
+            arms = frozenset(a.strip() for a in params["arms"].split(",") if a.strip())
+            if not arms or not arms <= {"lex", "struct", "sem"}:
+                return self._error(400, "bad_request", f"arms={params['arms']!r}: expected a comma-separated "
+                                                       "subset of lex, struct, sem")
         lines = self.server.engine.search(q, k, system, deadline_ms, qid=params.get("qid") or None,
-                                          debug=params.get("debug") == "1")
+                                          debug=params.get("debug") == "1", arms=arms)
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Connection", "close")

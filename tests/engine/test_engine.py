@@ -187,3 +187,16 @@ def test_straggler_model_seeded():
     share = np.mean([d > 0 for d in draws])
     assert 0.25 < share < 0.75 and all(d == 0 or 20 <= d <= 300 for d in draws)
     assert all(StragglerModel(p=0.0).delay_ms("q", s, 0) == 0 for s in range(8))
+
+
+def test_arm_ablation_fuses_only_the_asked_arms(engine, suites, base):
+    q, _ = suites
+    texts = q.filter(q["suite"] == "nl")["text"].head(8).to_list()
+    for text in texts:
+        for only in ({"lex"}, {"struct"}, {"sem"}, {"lex", "sem"}):
+            hits = list(engine.search(text, 20, base, 2000.0, arms=frozenset(only)))[:-1]
+            assert all(set(h["why"]) <= only for h in hits)
+        sem = list(engine.search(text, 20, base, 2000.0, arms=frozenset({"sem"})))
+        assert sem[:-1] and sem[-1]["cost"]["probes"] > engine.index.n_shards  # dense probes counted
+    with pytest.raises(ValueError, match="arms"):
+        list(engine.search(texts[0], 10, base, 2000.0, arms=frozenset({"bogus"})))
