@@ -85,20 +85,37 @@ def _queries(cache_dir: Path, max_functions: int | None, n: int):
 
     kw = {} if max_functions is None else {"max_functions": max_functions}
     corpus = build_corpus(cache_dir=cache_dir, **kw)
-    q, _ = build_suites(corpus)
+    q, g = build_suites(corpus)
     # the same queries for every system: a fixed, seeded sample across suites
-    return q.sample(n=min(n, q.height), seed=11, shuffle=True), corpus
+    q = q.sample(n=min(n, q.height), seed=11, shuffle=True)
+    return q, corpus, g.filter(g["qid"].is_in(q["qid"].implode()))
 
 
 def _pct(x: list[float], p: float) -> float:
     return float(np.percentile(np.asarray(x, dtype=float), p)) if x else float("nan")
 
 
-def _measure(client, queries, system: str) -> dict[str, Any]:
+def _quality(hits: list[dict], rel: set, late: bool) -> tuple[float, float]:
+    """(nDCG@10, SLA-Recall@50) of one answer against its ground-truth spans (all rel 3, so
+    binary gains); a late answer's hits count zero for SLA-Recall (the engine already drops
+    the hits of shards past the deadline)."""
+    spans = [(h["path"], h["start_line"], h["end_line"]) for h in hits]
+    dcg = sum(1.0 / np.log2(i + 2) for i, sp in enumerate(spans[:10]) if sp in rel)
+    idcg = sum(1.0 / np.log2(i + 2) for i in range(min(10, len(rel))))
+    rec = 0.0 if late else len(set(spans[:50]) & rel) / len(rel)
+    return (dcg / idcg if idcg else 0.0), rec
+
+
+def _measure(client, queries, system: str, gt: dict | None = None, extra: dict | None = None) -> dict[str, Any]:
     client_ms, lat, probes, cpu, errors, hedged = [], [], [], [], 0, 0
+    ndcg, rec = [], []
     req0 = client.stats["requests"] if "requests" in client.stats else 0
     for qid, text in queries.select("qid", "text").rows():
-        r = client.search(qid, text, system, deadline_ms=SLA_MS)
+        r = client.search(qid, text, system, deadline_ms=SLA_MS, extra=extra)
+        if gt is not None and qid in gt:
+            n_, r_ = _quality(r.hits if not r.error else [], gt[qid], r.late or bool(r.error))
+            ndcg.append(n_)
+            rec.append(r_)
         if r.error:
             errors += 1
             continue
@@ -111,7 +128,9 @@ def _measure(client, queries, system: str) -> dict[str, Any]:
     return {"system": system, "n": n, "errors": errors, "p50": _pct(client_ms, 50), "p95": _pct(client_ms, 95),
             "p99": _pct(client_ms, 99), "server_p99": _pct(lat, 99), "probes": float(np.mean(probes)) if probes else 0.0,
             "cpu_ms": float(np.mean(cpu)) if cpu else 0.0, "hedged_share": hedged / max(1, n),
-            "requests_per_query": (client.stats.get("requests", 0) - req0) / max(1, n)}
+            "requests_per_query": (client.stats.get("requests", 0) - req0) / max(1, n),
+            "ndcg10": float(np.mean(ndcg)) if ndcg else float("nan"),
+            "sla_recall50": float(np.mean(rec)) if rec else float("nan")}
 
 
 def run(size: str = "smoke", repeats: int = 3) -> dict[str, Any]:
@@ -145,7 +164,10 @@ def run(size: str = "smoke", repeats: int = 3) -> dict[str, Any]:
     notes: list[str] = []
     rows: list[dict] = []
     try:
-        queries, corpus = _queries(cache, cfg["max_functions"], cfg["queries"])
+        queries, corpus, gt_df = _queries(cache, cfg["max_functions"], cfg["queries"])
+        gt: dict[str, set] = {}
+        for qid, path, a, b in gt_df.select("qid", "path", "start_line", "end_line").iter_rows():
+            gt.setdefault(qid, set()).add((path, a, b))
         notes.append(f"Corpus: {len(corpus.units):,} functions (digest {corpus.digest[:12]}), dense arm "
                      f"{'on' if cfg['dense'] else 'off'}; server ready in {srv.start_s:.1f} s "
                      f"(index cache `{cache}`). {queries.height} queries per system, sequential, deadline {SLA_MS:g} ms, k = 50.")
@@ -159,7 +181,17 @@ def run(size: str = "smoke", repeats: int = 3) -> dict[str, Any]:
         per_sys = []
         for s in systems:
             c = client()
-            per_sys.append(_measure(c, queries, s.name))
+            per_sys.append(_measure(c, queries, s.name, gt))
+        # each retrieval arm of the baseline alone (the engine's `arms` ablation), then fused
+        arm_sets = [("lex", "lexical BM25 + phrase/proximity"), ("struct", "structural (symbols)"),
+                    ("lex,struct", "lexical + structural, no router")]
+        if cfg["dense"]:
+            arm_sets.append(("sem", "dense MiniLM + HNSW (every shard)"))
+        per_arm = []
+        for arms, label in arm_sets:
+            r = _measure(client(), queries, base, gt, extra={"arms": arms})
+            r["system"] = f"arm {arms}: {label}"
+            per_arm.append(r)
         hedged = _measure(client(hedge=True), queries, base)
         hedged["system"] = f"{base} + client hedge"
         res = {r["system"]: r for r in per_sys}
@@ -183,6 +215,16 @@ def run(size: str = "smoke", repeats: int = 3) -> dict[str, Any]:
                          f"{r['probes']:.2f} | {r['cpu_ms']:.1f} | {r['requests_per_query']:.2f} | "
                          f"{r['hedged_share']:.0%} | {r['errors']} |")
         notes.append("Per system (client-side latency includes HTTP on loopback):\n\n" + "\n".join(lines))
+        qlines = ["| system or arm | nDCG@10 | SLA-Recall@50 | p50 ms | p95 ms | p99 ms | probes/q |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in per_arm + per_sys:
+            qlines.append(f"| {r['system']} | {r['ndcg10']:.4f} | {r['sla_recall50']:.4f} | {r['p50']:.1f} | "
+                          f"{r['p95']:.1f} | {r['p99']:.1f} | {r['probes']:.2f} |")
+        notes.append(f"Quality and latency per retrieval arm (the baseline `{base}` with only those arms fused) and "
+                     f"per system, on the same {queries.height} queries (ground truth: the suites' spans; a late "
+                     "answer counts zero for SLA-Recall@50):\n\n" + "\n".join(qlines))
+        for r in per_arm:
+            rows.append(row(f"engine {r['system'].split(':')[0]}: nDCG@10", [r["ndcg10"]], target="info"))
         if t:
             notes.append(f"Hedging effect, tail arm vs baseline: p99 {t['p99']:.1f} vs {b['p99']:.1f} ms "
                          f"({(t['p99'] / b['p99'] - 1):+.0%}), probes/query {t['probes']:.2f} vs {b['probes']:.2f} "

@@ -566,12 +566,16 @@ class LensClient:
         base = self.backoff_ms * (2 ** (attempt - 1))
         return min(self.max_backoff_ms, base * (0.5 + rng.random())) / 1000.0
 
-    def search(self, qid: str, text: str, system: str, deadline_ms: float | None = None) -> QueryResult:
-        """One query with retries (and a hedge when enabled). Never raises for a failed query."""
+    def search(self, qid: str, text: str, system: str, deadline_ms: float | None = None,
+               extra: dict[str, str] | None = None) -> QueryResult:
+        """One query with retries (and a hedge when enabled). Never raises for a failed query.
+        `extra`: further query parameters the endpoint understands (e.g. the reference engine's
+        `arms` ablation)."""
         deadline = float(deadline_ms if deadline_ms is not None else self.sla_ms)
         cap_ms = float(self.hard_cap_ms) if self.hard_cap_ms is not None else max(10 * deadline, 1000.0)
         cap_ms = max(cap_ms, deadline)
-        params = urlencode({"q": text, "k": self.k, "system": system, "deadline_ms": int(round(deadline))})
+        params = urlencode({"q": text, "k": self.k, "system": system, "deadline_ms": int(round(deadline)),
+                            **(extra or {})})
         path = f"{self._base_path}/search?{params}"
         req_ts = time.time() * 1000.0
         t0 = time.monotonic()
