@@ -259,19 +259,51 @@ def labels_needed(conf, gate: float = DEFAULT_GATE, bins: int = DEFAULT_BINS,
     return hi
 
 
-def merged_bin_share(score, label, bins: int = DEFAULT_MERGE_BINS) -> float:
-    """Share of equal-mass score bins whose positive rate PAV had to pool with a neighbour
-    (see the module docstring). Ties in score stay in one bin."""
-    s = np.asarray(score, dtype=np.float64).ravel()
-    y = np.asarray(label, dtype=np.float64).ravel()
-    if s.size == 0:
-        raise ValueError("merged_bin_share: no labelled hits")
+def _unique_agg(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(unique scores, count, positives) of unsorted scores."""
     uniq, inv = np.unique(s, return_inverse=True)
-    cnt = np.bincount(inv).astype(np.float64)
-    pos = np.bincount(inv, weights=y)
+    return uniq, np.bincount(inv).astype(np.float64), np.bincount(inv, weights=y)
+
+
+def _run_starts(s: np.ndarray) -> np.ndarray:
+    return np.concatenate(([0], np.flatnonzero(s[1:] != s[:-1]) + 1))
+
+
+def _sorted_agg(s: np.ndarray, s_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(unique scores, count, positives) from the sorted scores of all labels and the sorted
+    scores of the positive ones: linear passes and one searchsorted, no sort. Counts are
+    integers, so they equal `_unique_agg`'s exactly."""
+    if s.size == 0:
+        return s, np.zeros(0), np.zeros(0)
+    starts = _run_starts(s)
+    ux = s[starts]
+    cnt = np.diff(np.append(starts, s.size)).astype(np.float64)
+    pos = np.zeros(ux.size)
+    if s_pos.size:
+        p_starts = _run_starts(s_pos)
+        pos[np.searchsorted(ux, s_pos[p_starts])] = np.diff(np.append(p_starts, s_pos.size))
+    return ux, cnt, pos
+
+
+def _merge_agg(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The aggregate of the union of several score-sorted aggregates: a stable sort of the
+    concatenated runs, then equal scores summed. Counts and positives are integer-valued
+    sums, exact in any order."""
+    if len(parts) == 1:
+        return parts[0]
+    ux = np.concatenate([p[0] for p in parts])
+    order = np.argsort(ux, kind="stable")
+    ux = ux[order]
+    cnt = np.concatenate([p[1] for p in parts])[order]
+    pos = np.concatenate([p[2] for p in parts])[order]
+    starts = np.concatenate(([0], np.flatnonzero(ux[1:] != ux[:-1]) + 1))
+    return ux[starts], np.add.reduceat(cnt, starts), np.add.reduceat(pos, starts)
+
+
+def _merged_share_agg(cnt: np.ndarray, pos: np.ndarray, n: int, bins: int = DEFAULT_MERGE_BINS) -> float:
     # Equal-mass bins over unique scores: a unique score goes wholly into one bin.
     cum = np.cumsum(cnt) - cnt / 2
-    bid = np.minimum((cum / s.size * bins).astype(np.int64), bins - 1)
+    bid = np.minimum((cum / n * bins).astype(np.int64), bins - 1)
     w = np.bincount(bid, weights=cnt, minlength=bins)
     keep = w > 0
     rate = np.bincount(bid, weights=pos, minlength=bins)[keep] / w[keep]
@@ -279,6 +311,17 @@ def merged_bin_share(score, label, bins: int = DEFAULT_MERGE_BINS) -> float:
         return 0.0
     fitted = isotonic_regression(rate, weights=w[keep], increasing=True).x
     return float(np.mean(np.abs(fitted - rate) > 1e-12))
+
+
+def merged_bin_share(score, label, bins: int = DEFAULT_MERGE_BINS) -> float:
+    """Share of equal-mass score bins whose positive rate PAV had to pool with a neighbour
+    (see the module docstring). Ties in score stay in one bin."""
+    s = np.asarray(score, dtype=np.float64).ravel()
+    y = np.asarray(label, dtype=np.float64).ravel()
+    if s.size == 0:
+        raise ValueError("merged_bin_share: no labelled hits")
+    _, cnt, pos = _unique_agg(s, y)
+    return _merged_share_agg(cnt, pos, s.size, bins)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,19 +407,30 @@ class Calibrator:
         return cal
 
 
-def _pav(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Isotonic (non-decreasing) least-squares fit of y on s, as scikit-learn does it:
-    duplicates of s are merged (mean label, summed weight), PAV runs on the unique scores
-    (scipy's C implementation), and only the first and last score of each constant run are
-    kept as thresholds. Returns (thresholds x, fitted y)."""
-    ux, inv = np.unique(s, return_inverse=True)
-    w = np.bincount(inv).astype(np.float64)
-    ym = np.bincount(inv, weights=y) / w
+def _pav_agg(ux: np.ndarray, w: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PAV on per-unique-score aggregates (see `_pav`)."""
+    ym = pos / w
     fitted = isotonic_regression(ym, weights=w, increasing=True).x
     keep = np.ones(ux.size, dtype=bool)
     if ux.size > 2:
         keep[1:-1] = (fitted[1:-1] != fitted[:-2]) | (fitted[1:-1] != fitted[2:])
     return ux[keep], np.clip(fitted[keep], 0.0, 1.0)
+
+
+def _pav(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Isotonic (non-decreasing) least-squares fit of y on s, as scikit-learn does it:
+    duplicates of s are merged (mean label, summed weight), PAV runs on the unique scores
+    (scipy's C implementation), and only the first and last score of each constant run are
+    kept as thresholds. Returns (thresholds x, fitted y)."""
+    return _pav_agg(*_unique_agg(s, y))
+
+
+def _fit_agg(ux: np.ndarray, cnt: np.ndarray, pos: np.ndarray, **meta) -> Calibrator:
+    """The calibrator of aggregated labels: what `fit_isotonic` returns on the raw ones."""
+    n = int(cnt.sum())
+    x, fy = _pav_agg(ux, cnt, pos)
+    return Calibrator(x=x, y=fy, n_fit=n, n_pos=int(pos.sum()),
+                      merged_bin_share=_merged_share_agg(cnt, pos, n), **meta)
 
 
 def fit_isotonic(score, label, **meta) -> Calibrator:
@@ -394,9 +448,7 @@ def fit_isotonic(score, label, **meta) -> Calibrator:
         raise ValueError(f"fit_isotonic {where}: {int((~np.isfinite(s)).sum())} non-finite score(s)")
     if not np.isin(y, (0.0, 1.0)).all():
         raise ValueError(f"fit_isotonic {where}: labels must be 0 or 1")
-    x, fy = _pav(s, y)
-    return Calibrator(x=x, y=fy, n_fit=int(s.size), n_pos=int(y.sum()),
-                      merged_bin_share=merged_bin_share(s, y), **meta)
+    return _fit_agg(*_unique_agg(s, y), **meta)
 
 
 def sklearn_reference(score, label):
@@ -598,12 +650,16 @@ def fit_cells(df: pl.DataFrame, min_labels: int = DEFAULT_MIN_LABELS,
     df, _ = _validate(df, nan_policy)
     if df.height == 0:
         raise ValueError("fit_cells: no labelled hits")
-    counts = (df.group_by(list(CELL_KEYS))
-              .agg(pl.len().alias("n"), pl.col("label").sum().cast(pl.Int64).alias("n_pos"))
-              .sort(list(CELL_KEYS)))
+    # One group-by over the labels: per cell its count, positives, its scores sorted and the
+    # scores of its positives sorted (in parallel, in Rust; no sort_by). Everything else works on these 40-odd rows.
+    grp = (df.group_by(list(CELL_KEYS))
+           .agg(pl.len().cast(pl.Int64).alias("n"), pl.col("label").sum().cast(pl.Int64).alias("n_pos"),
+                pl.col("score").sort().alias("s"), pl.col("score").filter(pl.col("label") == 1).sort().alias("s1"))
+           .sort(list(CELL_KEYS)))
+    counts = grp.select(*CELL_KEYS, "n", "n_pos")
     by_intent = {(r["system"], r["intent"]): (r["n"], r["n_pos"]) for r in
-                 df.group_by(["system", "intent"]).agg(
-                     pl.len().alias("n"), pl.col("label").sum().cast(pl.Int64).alias("n_pos")).iter_rows(named=True)}
+                 counts.group_by(["system", "intent"]).agg(pl.col("n").sum(), pl.col("n_pos").sum())
+                 .iter_rows(named=True)}
     params = {"min_labels": min_labels, "min_per_class": min_per_class}
     plan: dict[tuple[str, str, str], tuple[str, str, str, str]] = {}
     for r in counts.iter_rows(named=True):
@@ -620,23 +676,40 @@ def fit_cells(df: pl.DataFrame, min_labels: int = DEFAULT_MIN_LABELS,
     extra |= {(s, i, ANY, LEVEL_INTENT) for (s, i), (n, n_pos) in by_intent.items()
               if _enough(n, n_pos, min_labels, min_per_class)}
     needed = sorted(set(plan.values()) | extra)
-    parts = {LEVEL_CELL: df.partition_by(list(CELL_KEYS), as_dict=True),
-             LEVEL_INTENT: df.partition_by(["system", "intent"], as_dict=True),
-             LEVEL_SYSTEM: df.partition_by(["system"], as_dict=True)}
+    # Each cell is a contiguous sorted slice, aggregated per unique score in one linear pass;
+    # intent and system levels merge their cells' aggregates instead of re-sorting labels.
+    bounds = np.concatenate(([0], np.cumsum(grp.get_column("n").to_numpy())))
+    bounds1 = np.concatenate(([0], np.cumsum(grp.get_column("n_pos").to_numpy())))
+    s_all = grp.get_column("s").explode().to_numpy()
+    s1_all = grp.get_column("s1").explode(empty_as_null=False).to_numpy()
+    del grp
+    agg: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for k, cell in enumerate(counts.select(CELL_KEYS).iter_rows()):  # cells, not labels
+        agg[cell] = _sorted_agg(s_all[bounds[k]:bounds[k + 1]], s1_all[bounds1[k]:bounds1[k + 1]])
+
+    level_aggs: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def level_agg(s: str, i: str, level: str):
+        key = (level, s, i if level == LEVEL_INTENT else ANY)
+        if key not in level_aggs:
+            if level == LEVEL_INTENT:
+                level_aggs[key] = _merge_agg([a for (cs, ci, _), a in agg.items() if cs == s and ci == i])
+            else:  # a system: the merge of its intents' aggregates
+                level_aggs[key] = _merge_agg([level_agg(s, ci, LEVEL_INTENT)
+                                              for ci in sorted({ci for cs, ci, _ in agg if cs == s})])
+        return level_aggs[key]
+
     cals: dict[str, Calibrator] = {}
     for s, i, l, level in needed:
-        key_t = {LEVEL_CELL: (s, i, l), LEVEL_INTENT: (s, i), LEVEL_SYSTEM: (s,)}[level]
-        part = parts[level][key_t]
-        y = part.get_column("label").to_numpy()
-        n_pos = int(y.sum())
+        ux, cnt, pos = agg[(s, i, l)] if level == LEVEL_CELL else level_agg(s, i, level)
+        n, n_pos = int(cnt.sum()), int(pos.sum())
         note = None
-        if level == LEVEL_SYSTEM and not _enough(y.size, n_pos, min_labels, min_per_class):
-            note = (f"system-level pool has {y.size} labels ({n_pos} relevant); below "
+        if level == LEVEL_SYSTEM and not _enough(n, n_pos, min_labels, min_per_class):
+            note = (f"system-level pool has {n} labels ({n_pos} relevant); below "
                     f"min_labels {min_labels} / min_per_class {min_per_class}")
-            if n_pos in (0, y.size):
-                note += f"; all labels are {int(y[0])}: constant calibrator"
-        cal = fit_isotonic(part.get_column("score").to_numpy(), y, system=s, intent=i,
-                           language=l, level=level, note=note)
+            if n_pos in (0, n):
+                note += f"; all labels are {int(n_pos == n)}: constant calibrator"
+        cal = _fit_agg(ux, cnt, pos, system=s, intent=i, language=l, level=level, note=note)
         cals[cal.key] = cal
     cells = {cell: f"{s}|{i}|{l}" for cell, (s, i, l, _) in plan.items()}
     return CalibratorSet(cals, cells, params)
