@@ -130,6 +130,38 @@ def _scan_contract(p: Path, kind: str) -> pl.LazyFrame:
     return pl.scan_parquet(p).select(cols)
 
 
+def _parquet_systems(p: Path) -> list[tuple[str, str]] | None:
+    """The (run_id, system) pairs of a hits Parquet file from its row-group statistics; only
+    row groups that hold more than one pair have those two columns read. None when the
+    statistics are missing (the caller then reads the columns)."""
+    import pyarrow.parquet as papq
+
+    try:
+        f = papq.ParquetFile(p)
+        meta = f.metadata
+        names = [meta.schema.column(j).name for j in range(meta.num_columns)]
+        cols = [names.index("run_id"), names.index("system")]
+        pairs: set[tuple[str, str]] = set()
+        offset = 0
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            st = [rg.column(j).statistics for j in cols]
+            if rg.num_rows == 0:
+                continue
+            if any(s is None or not s.has_min_max for s in st):
+                return None
+            if all(s.null_count == 0 and s.min == s.max for s in st):
+                pairs.add((st[0].min, st[1].min))
+            else:  # a row group spanning two systems: read those two columns of it
+                t = (pl.scan_parquet(p).select("run_id", "system").slice(offset, rg.num_rows)
+                     .unique().drop_nulls().collect())
+                pairs.update(t.iter_rows())
+            offset += rg.num_rows
+        return sorted(pairs)
+    except Exception:  # statistics absent or unreadable: read the columns instead
+        return None
+
+
 def _collect(lf: pl.LazyFrame, p: Path) -> pl.DataFrame:
     try:
         return lf.collect()
@@ -186,7 +218,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     try:
         # One system at a time: the hits of the others are not held meanwhile.
         spans = relevant_spans(qrels)
-        ranking = hit_metrics(hits, qrels, spans)
+        systems = _parquet_systems(Path(args.hits)) if isinstance(hits, pl.LazyFrame) else None
+        ranking = hit_metrics(hits, qrels, spans, systems=systems)
     except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as e:
         raise CliError(f"{args.hits}: a column does not match the contract's type "
                        f"({str(e).splitlines()[0]})") from None

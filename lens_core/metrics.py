@@ -182,18 +182,20 @@ def _system_keys(hits: pl.DataFrame | pl.LazyFrame) -> list[tuple[str, str]]:
 
 
 def hit_metrics(hits: pl.DataFrame | pl.LazyFrame, qrels: pl.DataFrame,
-                spans: pl.DataFrame | None = None) -> pl.DataFrame:
+                spans: pl.DataFrame | None = None,
+                systems: list[tuple[str, str]] | None = None) -> pl.DataFrame:
     """Hit-derived per-ranking columns (RUN_KEYS + HIT_METRIC_COLS) for every ranking with
     at least one hit of rank <= MAX_RANK.
 
     One (run_id, system) at a time: with a LazyFrame (e.g. `pl.scan_parquet`), each system's
     hits are read with the filter pushed down and dropped before the next, so memory stays
-    at about one system's top-50 hits.
+    at about one system's top-50 hits. `systems`: the (run_id, system) pairs of `hits` when
+    the caller knows them (e.g. from Parquet statistics), saving a pass over those columns.
     """
     spans = relevant_spans(qrels) if spans is None else spans
     judged_spans = qrels.select(SPAN_KEYS).unique()
     parts = []
-    for run_id, system in _system_keys(hits):
+    for run_id, system in (_system_keys(hits) if systems is None else systems):
         hs = hits.filter((pl.col("run_id") == run_id) & (pl.col("system") == system)
                          & (pl.col("rank") <= MAX_RANK)).select(_HIT_COLS)
         if isinstance(hs, pl.LazyFrame):
