@@ -56,25 +56,23 @@ def bootstrap_means(values: np.ndarray, b: int = DEFAULT_B, seed: int = 0) -> np
     A 1-D input is one row. All rows share the same resamples (paired): the count vectors
     of `count_chunks(n, b, seed)`, drawn the same way.
 
-    Each resampled mean is `mean + counts · (v − mean) / n`. The deviations are small, so
-    the product runs in float32 (counts are exact integers there; the deviations carry a
-    relative rounding of ~6e-8 of the metric's spread), which halves the memory traffic of
-    the dominant step; the result is added back to the float64 mean. Differences from a
-    float64 product are ~1e-6 of a CI's width, far below the Monte-Carlo error.
+    Each resampled mean is `mean + counts · (v − mean) / n` in float64. (A float32 product
+    was tried: ~0.05 s faster at 48 k queries, but its ~1e-8 rounding put CI ends of
+    metrics bounded by 1 just above 1, which the scores checks rightly refuse.)
     """
     v = np.atleast_2d(np.asarray(values, dtype=np.float64))
     m, n = v.shape
     if n <= 0:
         raise ValueError("bootstrap needs at least one query (n = 0)")
     point = v.mean(axis=1)
-    dev = np.ascontiguousarray((v - point[:, None]).T, dtype=np.float32)  # n × m
-    sums = np.empty((b, m), dtype=np.float32)
+    dev = np.ascontiguousarray((v - point[:, None]).T)  # n × m
+    sums = np.empty((b, m))
     rngs = _streams(seed)
     step = _chunk_rows(b, n)
     n_chunks = -(-b // step)
 
     def fill(j: int) -> None:  # the chunks of stream j, in order (as count_chunks draws them)
-        buf = np.empty((step, n), dtype=np.float32)
+        buf = np.empty((step, n))
         for k in range(j, n_chunks, _N_STREAMS):
             start = k * step
             rows = min(b, start + step) - start
@@ -92,8 +90,7 @@ def bootstrap_means(values: np.ndarray, b: int = DEFAULT_B, seed: int = 0) -> np
     else:
         for j in range(_N_STREAMS):
             fill(j)
-    out = sums.T.astype(np.float64)
-    out /= n
+    out = sums.T / n
     out += point[:, None]
     return out
 
