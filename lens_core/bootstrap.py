@@ -56,23 +56,32 @@ def bootstrap_means(values: np.ndarray, b: int = DEFAULT_B, seed: int = 0) -> np
     A 1-D input is one row. All rows share the same resamples (paired): the count vectors
     of `count_chunks(n, b, seed)`, drawn the same way.
 
-    Each resampled mean is `mean + counts · (v − mean) / n` in float64. (A float32 product
-    was tried: ~0.05 s faster at 48 k queries, but its ~1e-8 rounding put CI ends of
-    metrics bounded by 1 just above 1, which the scores checks rightly refuse.)
+    Each resampled mean is `mean + counts · (v − mean) / n`. Constant rows (a metric equal
+    on every query) are not multiplied at all. The product runs in float32: counts are
+    exact there and the centred values carry a relative rounding of ~6e-8 of the metric's
+    spread, so the means move by ~1e-6 of a CI's width (far below the Monte-Carlo error)
+    for half the memory traffic and twice the BLAS rate. A resampled mean always lies in
+    [min, max] of its row; it is clipped there so rounding cannot push e.g. a CI end of a
+    metric bounded by 1 to 1 + 1e-8.
     """
     v = np.atleast_2d(np.asarray(values, dtype=np.float64))
     m, n = v.shape
     if n <= 0:
         raise ValueError("bootstrap needs at least one query (n = 0)")
     point = v.mean(axis=1)
-    dev = np.ascontiguousarray((v - point[:, None]).T)  # n × m
-    sums = np.empty((b, m))
+    v_lo, v_hi = v.min(axis=1), v.max(axis=1)
+    varies = ~(v_hi == v_lo)  # NaN rows count as varying: they stay NaN
+    out = np.repeat(point[:, None], b, axis=1)
+    if not varies.any():
+        return out
+    dev = np.ascontiguousarray((v[varies] - point[varies, None]).T, dtype=np.float32)  # n × m'
+    sums = np.empty((b, dev.shape[1]), dtype=np.float32)
     rngs = _streams(seed)
     step = _chunk_rows(b, n)
     n_chunks = -(-b // step)
 
     def fill(j: int) -> None:  # the chunks of stream j, in order (as count_chunks draws them)
-        buf = np.empty((step, n))
+        buf = np.empty((step, n), dtype=np.float32)
         for k in range(j, n_chunks, _N_STREAMS):
             start = k * step
             rows = min(b, start + step) - start
@@ -90,8 +99,9 @@ def bootstrap_means(values: np.ndarray, b: int = DEFAULT_B, seed: int = 0) -> np
     else:
         for j in range(_N_STREAMS):
             fill(j)
-    out = sums.T / n
-    out += point[:, None]
+    out[varies] += sums.T / n
+    with np.errstate(invalid="ignore"):
+        np.clip(out, v_lo[:, None], v_hi[:, None], out=out)
     return out
 
 
