@@ -6,7 +6,7 @@ for the baseline and the tail arm. Hedging: the tail arm (engine-side shard hedg
 early stop) vs the baseline, and client-side hedging (`LensClient(hedge=True)`) on the
 baseline: effect on p99 and on cost (probes and requests per query).
 
-Full size: the default corpus (`LENS_CORPUS_MAX_FUNCTIONS`, 4000 functions, dense arm on),
+Full size: the default corpus (`LENS_CORPUS_MAX_FUNCTIONS`, 4200 functions, dense arm on),
 the demo systems (`all_systems()`; `LENS_BENCH_ENGINE_GRID=full` for every grid variant),
 200 queries per system. Smoke: 250 functions, no dense arm, 15 queries per system, 3 systems.
 Skips with a clear row when the engine is not available.

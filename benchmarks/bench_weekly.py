@@ -6,7 +6,7 @@ per-step wall time read from the Dagster instance's step stats.
 Full size: what `make demo` runs, the reference engine over HTTP (`DATA_SOURCE=local`) with the
 demo's queries per suite. "Cold" gets a fresh cache directory (corpus, index, HNSW and the
 engine are rebuilt) seeded only with the MiniLM vector store of the product's cache when there
-is one: embedding 4,000 functions on 2 cores takes minutes and is measured once by the cold
+is one: embedding 4,200 functions on 2 cores takes minutes and is measured once by the cold
 `make demo` itself. Smoke: the simulator, 10 queries per suite.
 """
 

@@ -5,7 +5,7 @@ python -m lens_engine suites  --cache-dir D --out DIR [--split test]   queries.p
 python -m lens_engine index   --cache-dir D [--max-functions N]        build embeddings + indexes (cached)
 python -m lens_engine serve   --host 127.0.0.1 --port 0 --cache-dir D  prints `LISTENING http://...`
 
-`--max-functions` defaults to LENS_CORPUS_MAX_FUNCTIONS (4000); 0 = the whole stdlib.
+`--max-functions` defaults to LENS_CORPUS_MAX_FUNCTIONS (4200); 0 = everything.
 Progress and logs go to stderr; stdout carries only the result line(s).
 """
 
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     def common(p):
         p.add_argument("--cache-dir", required=True, help="content-addressed cache directory")
         p.add_argument("--max-functions", type=int, default=None,
-                       help="corpus cap by whole packages (default LENS_CORPUS_MAX_FUNCTIONS or 4000; 0 = all)")
+                       help="corpus cap by whole packages (default LENS_CORPUS_MAX_FUNCTIONS or 4200; 0 = all)")
         p.add_argument("-v", "--verbose", action="store_true")
 
     p = sub.add_parser("corpus", help="build the corpus, print its digest and sizes")

@@ -43,7 +43,7 @@ from lens_core.hashing import atomic_write_text, canonical_json, sha256_hex
 log = logging.getLogger(__name__)
 
 CORPUS_VERSION = "2"
-DEFAULT_MAX_FUNCTIONS = 4000
+DEFAULT_MAX_FUNCTIONS = 4200  # the smallest default with >= 200 hard-NL and >= 500 NL test queries
 EXCLUDED_DIRS = frozenset({"test", "tests", "idle_test", "testing", "__pycache__", "site-packages", "vendored"})
 ALWAYS_EXCLUDED = frozenset({"__pycache__", "site-packages", "vendored"})
 LANGUAGES = ("python", "cpp")
@@ -356,7 +356,7 @@ def build_corpus(roots: Sequence[tuple] | None = None,
     """The corpus (see the module docstring).
 
     `roots`: (repo, directory, path prefix[, language]) tuples; default `default_roots()`. `max_functions`: cap by whole packages; default from
-    `LENS_CORPUS_MAX_FUNCTIONS` (default 4000; 0 = everything); None = no cap.
+    `LENS_CORPUS_MAX_FUNCTIONS` (default 4200; 0 = everything); None = no cap.
     `cache_dir`: where parsed units are cached by the digest of the full manifest.
     """
     if max_functions is _UNSET:

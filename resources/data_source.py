@@ -13,10 +13,10 @@ differs.
   with). Cap: `max_per_suite` / env `LENS_MAX_PER_SUITE`, either one number for every suite
   or `suite=n` pairs (`nl=0,identifier=150,*=150`; `*` = every other suite; 0 = whole).
   Default `DEFAULT_MAX_PER_SUITE` (`nl=0,*=150`): the NL suite stays whole (its hard-NL slice
-  needs >= 200 queries; the default 4000-function corpus has 499 NL queries, 196 hard-NL) and
-  the identifier (1068) and structural (1716) suites are capped at 150 each: 799 queries x 9
-  systems = ~7200 HTTP queries, 70-95 queries/s at concurrency 4 against the engine's two worker
-  processes on 2 cores, so the warm weekly run fits in 3 minutes. `LENS_MAX_PER_SUITE=0` runs every query (~3300 per system).
+  needs >= 200 queries; the default 4200-function corpus has 547 NL queries, 214 hard-NL) and
+  the identifier (1143) and structural (1852) suites are capped at 150 each: 847 queries x 9
+  systems = ~7600 HTTP queries, 70-95 queries/s at concurrency 4 against the engine's two worker
+  processes on 2 cores, so the warm weekly run fits in 3 minutes. `LENS_MAX_PER_SUITE=0` runs every query (~3500 per system).
 * `collect()`: `collect_run` against an `EngineServer` started lazily on the first call and
   stopped by `teardown_after_execution` (Dagster calls it after the run's last step, also when a
   step failed) or by `close()` / the context manager outside Dagster. Dagster's in-process

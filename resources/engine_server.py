@@ -83,7 +83,7 @@ class EngineServer:
                  dense: bool = True, env: Mapping[str, str] | None = None, grace_s: float = 5.0,
                  progress_every_s: float = 15.0, logger: logging.Logger | None = None):
         """`max_functions`: corpus cap (None = the engine's default: LENS_CORPUS_MAX_FUNCTIONS,
-        4000; 0 = the whole stdlib). `env`: extra environment for the child (e.g. fault
+        4200; 0 = everything). `env`: extra environment for the child (e.g. fault
         injection `LENS_ENGINE_FAULT`); the child otherwise inherits ours. `log_dir`: where the
         engine log goes (default `$LENS_DATA_DIR/logs`). `logger`: where startup progress and
         lifecycle lines go (e.g. a Dagster `context.log`); default this module's logger."""
