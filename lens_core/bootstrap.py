@@ -5,7 +5,7 @@ drawn once per (seed, n, B) and shared by every metric and system resampled toge
 makes CIs of different systems paired over the same queries. Means are then one matrix
 product (values @ counts.T / n); percentiles come from cumulative counts over the sorted
 values, identical to `np.percentile` (linear interpolation) on the resampled array.
-Memory stays bounded: B is processed in chunks so a chunk holds at most ~4 M counts.
+Memory stays bounded: B is processed in chunks so a chunk holds at most ~400 k counts.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 DEFAULT_B = 2000
-_CHUNK_ELEMS = 4_000_000
+_CHUNK_ELEMS = 400_000  # ~3 MB of draws per chunk: stays in cache and off fresh mmap pages (4 M: +40% time)
 _N_STREAMS = 2
 
 
