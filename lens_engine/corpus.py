@@ -153,10 +153,17 @@ def _iter_files(roots: Sequence[tuple[str, Path, str, str]], include_tests: bool
         if not root.is_dir():
             raise FileNotFoundError(f"corpus root {root} is not a directory")
         suffixes = SUFFIXES[language]
-        for p in sorted(root.rglob("*")):
-            if p.suffix not in suffixes:
-                continue
-            rel = p.relative_to(root)
+        bad = ALWAYS_EXCLUDED if include_tests else EXCLUDED_DIRS
+        found: list[tuple[str, ...]] = []
+        # os.walk pruning excluded folders (the stdlib root holds site-packages); sorted by path
+        # parts, the order pathlib sorts in, which fixes the unit order the index relies on
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if d not in bad and not d.startswith("config-")]
+            base = Path(dirpath).relative_to(root).parts
+            found.extend(base + (f,) for f in filenames if os.path.splitext(f)[1] in suffixes)
+        for parts in sorted(found):
+            rel = Path(*parts)
+            p = root / rel
             if _excluded(rel, include_tests) or not p.is_file():
                 continue
             yield repo, p, rel, (f"{prefix}/{rel.as_posix()}" if prefix else rel.as_posix()), language
