@@ -15,7 +15,7 @@ differs.
   Default `DEFAULT_MAX_PER_SUITE` (`nl=0,*=150`): the NL suite stays whole (its hard-NL slice
   needs >= 200 queries; the default 4200-function corpus has 547 NL queries, 214 hard-NL) and
   the identifier (1143) and structural (1852) suites are capped at 150 each: 847 queries x 9
-  systems = ~7600 HTTP queries, ~90 queries/s at concurrency 6 against the engine's two worker
+  systems = ~7600 HTTP queries, ~80 queries/s at concurrency 4 against the engine's two worker
   processes on 2 cores, so the warm weekly run fits in 3 minutes. `LENS_MAX_PER_SUITE=0` runs every query (~3500 per system).
 * `collect()`: `collect_run` against an `EngineServer` started lazily on the first call and
   stopped by `teardown_after_execution` (Dagster calls it after the run's last step, also when a
@@ -24,7 +24,7 @@ differs.
   run, so ONE engine serves every step; under the multiprocess executor each step process gets
   its own resource, so each step that collects starts (and stops) its own engine (only
   `raw_runs` collects; `suites()` never needs the server). Client: concurrency `concurrency` /
-  env `LENS_CLIENT_CONCURRENCY` (default 6), deadline `SLA_MS`, hedging off unless `hedge`
+  env `LENS_CLIENT_CONCURRENCY` (default 4), deadline `SLA_MS`, hedging off unless `hedge`
   (the engine-side tail taming is part of each system's configuration, not the client's).
   Token: `LENS_ENGINE_TOKEN` (what the engine checks) or else `AUTH_TOKEN`; never logged.
 
@@ -61,7 +61,7 @@ from resources.lens_client import LensClient, LensUnreachable, collect_run, endp
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PER_SUITE = "nl=0,*=150"
-DEFAULT_CONCURRENCY = 6  # on 2 cores vs the 2-worker engine: 90 q/s at p95 122 ms (4: 65 q/s, p95 118 ms; 8: p95 152 ms)
+DEFAULT_CONCURRENCY = 4  # measured in the demo: 6 gave no more throughput on 2 cores and +15-20 ms p95
 
 
 # ---------------------------------------------------------------------------------------------
