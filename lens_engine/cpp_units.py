@@ -22,6 +22,7 @@ skipped (no useful identifier or docstring queries).
 
 from __future__ import annotations
 
+import bisect
 import re
 from pathlib import Path
 
@@ -35,6 +36,8 @@ _HEAD_RE = re.compile(r"([A-Za-z_~]\w*)\s*(?:<[^<>()]*>)?\s*\(")
 _SKIP_START = re.compile(r"^(?:typedef|using|friend|return|enum|extern\s+\"|static_assert|goto)\b")
 _IDENT = re.compile(r"[A-Za-z_]\w*")
 _CALL = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
+_STMT_END = re.compile(r"[;{}]")
+_BRACE = re.compile(r"[{}]")
 _DOX = re.compile(r"^[\\@](?:brief|short)\s+")
 _DOX_END = re.compile(r"^[\\@](?:param|tparam|return|returns|retval|throws|note|see|sa|pre|post|deprecated)\b")
 
@@ -182,12 +185,7 @@ def units_of_cpp(data: bytes, wire_path: str, rel: Path, repo: str, package: str
     src = data.decode("utf-8", errors="replace")
     blank, comments = _blank(src)
     src_lines = src.splitlines(keepends=True)
-    # line number of each character offset
-    line_starts = [0]
-    for k, ch in enumerate(blank):
-        if ch == "\n":
-            line_starts.append(k + 1)
-    import bisect
+    line_starts = [0] + [m.end() for m in re.finditer("\n", blank)]
 
     def line_of(off: int) -> int:
         return bisect.bisect_right(line_starts, off)
@@ -198,10 +196,11 @@ def units_of_cpp(data: bytes, wire_path: str, rel: Path, repo: str, package: str
     stmt_start = 0
     i, n = 0, len(blank)
     while i < n:
+        m = _STMT_END.search(blank, i)
+        if m is None:
+            break
+        i = m.start()
         ch = blank[i]
-        if ch not in ";{}":
-            i += 1
-            continue
         stmt = blank[stmt_start:i]
         first = stmt_start + (len(stmt) - len(stmt.lstrip()))
         if ch == "}":
@@ -230,16 +229,13 @@ def units_of_cpp(data: bytes, wire_path: str, rel: Path, repo: str, package: str
                 continue
             if head is not None and not in_function:
                 # a definition: find the matching brace
-                d, k = 0, i
-                while k < n:
-                    if blank[k] == "{":
-                        d += 1
-                    elif blank[k] == "}":
-                        d -= 1
-                        if d == 0:
-                            break
-                    k += 1
-                end = min(k, n - 1)
+                d, k = 0, n - 1
+                for b in _BRACE.finditer(blank, i):
+                    d += 1 if b.group() == "{" else -1
+                    if d == 0:
+                        k = b.start()
+                        break
+                end = k
                 out.append(_unit(head, first, end, blank[i:end], scopes, src_lines, comments, line_of,
                                  wire_path, repo, package, module, unit_cls))
                 i = end + 1

@@ -6,8 +6,63 @@ import pyarrow as pa
 from lens_core.contracts import GROUND_TRUTH_SCHEMA, QUERIES_SCHEMA
 import scipy.sparse as sp
 
-from lens_engine.index import DenseShards, Positions, SparseArm, _bm25_matrix, _pca, proximity_features
+from lens_engine.index import DenseShards, Positions, SparseArm, _bm25_matrix, _pca
 from lens_engine.suites import build_suites, first_sentence, split_of
+
+
+def proximity_features(streams: np.ndarray, offsets: np.ndarray, docs: np.ndarray,
+                       qseq: Sequence[int], window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference (test oracle): a plain scan of the candidates' token streams.
+
+    Per candidate doc: (phrase fraction, window coverage), both in [0, 1], vectorised.
+
+    phrase fraction: share of the query's adjacent term pairs that occur adjacently, in order,
+    in the doc's sub-token stream. window coverage: (most distinct query terms inside any
+    window of `window` stream tokens − 1) / (distinct query terms − 1).
+    """
+    n = len(docs)
+    phrase = np.zeros(n, dtype=np.float32)
+    cover = np.zeros(n, dtype=np.float32)
+    qset = np.unique(np.asarray(qseq, dtype=np.int64))
+    if n == 0 or qset.size < 2:
+        return phrase, cover
+    starts = offsets[docs]
+    lens = offsets[docs + 1] - starts
+    total = int(lens.sum())
+    if total == 0:
+        return phrase, cover
+    doc_idx = np.repeat(np.arange(n), lens)
+    base = np.repeat(np.cumsum(lens) - lens, lens)
+    toks = streams[np.repeat(starts, lens) + (np.arange(total) - base)].astype(np.int64)
+    vsize = int(max(streams.max(initial=0), qset.max())) + 1
+    # phrase: adjacent query pairs found adjacent in the doc
+    qpairs = np.unique(np.array([qseq[i] * vsize + qseq[i + 1] for i in range(len(qseq) - 1)
+                                 if qseq[i] != qseq[i + 1]], dtype=np.int64))
+    if qpairs.size and total > 1:
+        keys = toks[:-1] * vsize + toks[1:]
+        ok = (doc_idx[:-1] == doc_idx[1:]) & np.isin(keys, qpairs)
+        if ok.any():
+            pairs = np.unique(np.stack([doc_idx[:-1][ok], keys[ok]], axis=1), axis=0)
+            phrase = (np.bincount(pairs[:, 0], minlength=n) / qpairs.size).astype(np.float32)
+    # window coverage
+    m = np.isin(toks, qset)
+    if m.any():
+        md = doc_idx[m]
+        gpos = np.flatnonzero(m) + md * (window + 1)  # a gap of `window` between docs
+        mt = np.searchsorted(qset, toks[m])
+        cov = np.zeros(md.size, dtype=np.int32)
+        for j in range(qset.size):
+            pj = gpos[mt == j]
+            if pj.size == 0:
+                continue
+            idx = np.searchsorted(pj, gpos, side="left")
+            hit = idx < pj.size
+            hit[hit] = pj[idx[hit]] < gpos[hit] + window
+            cov += hit
+        best = np.zeros(n, dtype=np.int32)
+        np.maximum.at(best, md, cov)
+        cover = (np.maximum(best - 1, 0) / (qset.size - 1)).astype(np.float32)
+    return phrase, cover
 
 
 def test_bm25_sanity():
