@@ -175,3 +175,22 @@ def test_judged_share():
     hits = _hits([("q", 1, "a.py", 2, 9), ("q", 2, "b.py", 1, 10), ("q", 3, "c.py", 1, 10)])
     pq = per_query_metrics(_agg_for(hits, ["q"]), hits, qrels)
     assert pq["judged_10"][0] == pytest.approx(2 / 3)
+
+
+def test_hit_order_and_file_key_collisions_do_not_change_metrics(monkeypatch):
+    """The hit metrics code queries by run-length ids when hits come grouped by qid (else they
+    are sorted first) and join files on a u64 key re-checked against the strings: shuffled
+    hits, and a key that collides for every file, give exactly the same metrics."""
+    import lens_core.metrics as m
+
+    hits, qrels, _, _ = _random_case(7)
+    qids = sorted(hits["qid"].unique().to_list())
+    # every 3rd hit from another repo with the same path: only the repo tells the files apart
+    hits = hits.with_columns(pl.when(pl.col("rank") % 3 == 0).then(pl.lit("other")).otherwise("repo").alias("repo"))
+    base = per_query_metrics(_agg_for(hits, qids), hits, qrels)
+    assert base["ndcg_10"].sum() > 0
+    shuffled = hits.sample(fraction=1.0, shuffle=True, seed=3)
+    assert not shuffled["qid"].is_sorted()
+    assert per_query_metrics(_agg_for(hits, qids), shuffled, qrels).equals(base)
+    monkeypatch.setattr(m, "_file_key", lambda df: pl.lit(0, pl.UInt64).alias("_f"))
+    assert per_query_metrics(_agg_for(hits, qids), hits, qrels).equals(base)
