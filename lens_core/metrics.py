@@ -114,10 +114,16 @@ def credit_hits(hits: pl.DataFrame, spans: pl.DataFrame, file_only: bool = False
 
 
 def ideal_dcg(spans: pl.DataFrame, k: int = 10) -> pl.DataFrame:
-    """(qid, idcg_10, n_rel) from the relevant spans of each query."""
+    """(qid, idcg_10, n_rel) from the relevant spans of each query.
+
+    Spans sorted by (qid, rel descending); each span's position in its query comes from the
+    run-length ids of qid (numpy), not a window expression."""
+    s = spans.select("qid", "rel").sort(["qid", "rel"], descending=[False, True])
+    q = s.select(pl.col("qid").rle_id()).to_series().to_numpy()
+    starts = np.flatnonzero(np.diff(q, prepend=-1)) if q.size else np.zeros(0, dtype=np.int64)
+    pos = np.arange(q.size) - starts[q] + 1 if q.size else np.zeros(0, dtype=np.int64)
     return (
-        spans.sort(["qid", "rel"], descending=[False, True])
-        .with_columns(pl.int_range(1, pl.len() + 1).over("qid").alias("_pos"))
+        s.with_columns(pl.Series("_pos", pos, dtype=pl.Int64))
         .group_by("qid")
         .agg(
             (pl.when(pl.col("_pos") <= k).then(pl.col("rel") / (pl.col("_pos") + 1).log(2)).otherwise(0.0))
