@@ -1,9 +1,10 @@
 """Ingest benchmark (issue 8, row 4): the scoring workload's first system as one raw-run
 NDJSON file (about 0.74 GB at full size) -> agg + hits Parquet.
 
-Ours: `lens_core.ingest.ingest` (fast pyarrow parse against the contract, validation,
-derived SLA/shard/why columns, schema guard) + `lens_core.tables.write_parquet` (atomic,
-zstd). Peers: the stdlib `json` line loop + pyarrow write (no validation, fewer derived
+Ours: `lens_core.ingest.ingest` (DuckDB's typed scan, trusted only once an RE2 check
+generated from the contract has certified every line's layout and JSON types, else the exact
+pyarrow + line validator path; derived SLA/shard/why columns, schema guard) +
+`lens_core.tables.write_parquet` (atomic, zstd). Peers: the stdlib `json` line loop + pyarrow write (no validation, fewer derived
 columns), and the pyarrow floor (`pyarrow.json.read_json` + flatten + write). Each runs in
 its own process, timed inside it after imports; peak RSS per process.
 Targets: >= 4× faster than the stdlib path; within 1.5× of the pyarrow floor.

@@ -1,19 +1,41 @@
 """Ingestion: raw-run NDJSON files -> `agg` and `hits` tables (SPEC §3), with the schema guard.
 
-Fast path: the file is read once (hashed beside the parse); pyarrow's JSON reader parses it once
-against the contract's explicit schema; nested hits are flattened with pyarrow compute and
-numpy, per-record columns with polars, no per-row Python. When the fast path rejects
-a file (a line that is not JSON, a wrong type), a line-by-line validator re-reads it to name
-the exact line and field. Any error stops ingestion before anything is written.
+Two paths, one contract, the same tables:
+
+- Canonical fast path. A raw run written by `lens_core.rawruns.write_raw_run` has a fixed
+  layout (compact JSON, the contract's keys in the contract's order). One RE2 regular
+  expression generated from the contract (`_canonical_line_regex`) certifies every record
+  line of the file: strict JSON syntax, every key present exactly once, every value of the
+  contract's JSON type (integers are integer tokens, strings are strings, null only where the
+  contract allows it), why reasons and shard statuses from their vocabularies, no blank line.
+  Only then are DuckDB's typed values used: its JSON reader is lax (it would turn "150" into
+  150.0, 1.5 or true into an integer, a number into a string, and accepts trailing commas), so
+  its values are trusted only for a file the regex has certified, where no such conversion can
+  happen. DuckDB scans the file from its path in a thread while the file is streamed, through
+  small reused buffers, once for its sha256 and once (in pieces, one thread each) through the
+  regex (all of them release the GIL); the file's identity (inode, size, mtime) must be the
+  same after the scan as when it was opened, so DuckDB's values belong to the hashed bytes.
+- Exact path, for everything else (another writer's layout, a wrong type, a missing key,
+  anything the fast path cannot certify): the file is read into memory and hashed beside the
+  parse; pyarrow's JSON reader parses it against the contract's explicit schema; when it
+  rejects a file, a line-by-line validator re-reads it to name the exact file, line and
+  field. The fast path never names errors; it only detects them and steps aside.
+
+Nested hits are flattened with pyarrow compute and numpy, per-record columns with polars, no
+per-row Python. Any error stops ingestion before anything is written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import threading
 from pathlib import Path
 from typing import Iterable
 
+import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -21,11 +43,12 @@ import pyarrow.compute as pc
 import pyarrow.json as paj
 
 from lens_core.contracts import (
-    AGG_SCHEMA, COST_FIELD_TYPES, HIT_FIELD_TYPES, HIT_STRUCT, HITS_SCHEMA, RAW_FIELD_TYPES, RAW_PRESENT,
-    RAW_RECORD_SCHEMA, RAW_REQUIRED, RAW_TRAILER_TYPE, SHARD_FIELD_TYPES, SHARD_STATUSES,
-    WHY_REASONS,
+    AGG_SCHEMA, COST_FIELD_TYPES, COST_STRUCT, HIT_FIELD_TYPES, HIT_STRUCT, HITS_SCHEMA, RAW_FIELD_TYPES,
+    RAW_PRESENT, RAW_RECORD_SCHEMA, RAW_REQUIRED, RAW_TRAILER_TYPE, SHARD_FIELD_TYPES, SHARD_STATUSES,
+    SHARD_STRUCT, WHY_REASONS,
 )
 from lens_core.hashing import sha256_hex
+from lens_core.rawruns import RECORD_KEYS
 from lens_core.tables import SchemaError, conform
 
 _HIT_REQUIRED = ("rank", "repo", "path", "start_line", "end_line", "score", "why")
@@ -112,6 +135,17 @@ def _split_trailer(path: Path, data: bytes) -> tuple[memoryview, int]:
     return memoryview(data)[:max(cut, 0)], declared
 
 
+def _np(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Arrow -> numpy through polars: pyarrow's own to_numpy (and pa.array) import pandas on
+    first use, half a second of a fresh process that the fast path does not otherwise need."""
+    return pl.from_arrow(a).to_numpy()
+
+
+def _arrow(x: np.ndarray) -> pa.Array:
+    """numpy -> Arrow through polars (see `_np`)."""
+    return pl.Series(x).to_arrow()
+
+
 def _first_index(mask: pl.Series) -> int:
     return int(mask.arg_true()[0])
 
@@ -141,50 +175,344 @@ def _read_json(body: memoryview) -> pa.Table:
     )
 
 
-def parse_raw_run(path: str | Path) -> tuple[pa.Table, str, memoryview]:
-    """Parse and validate one raw-run file's records -> (records table, sha256 of the file,
-    body). The file is read once; pyarrow parses it once against the contract's explicit
-    schema. Nested hits and shards are checked by `records_to_tables`."""
-    path = Path(path)
+def _first_line(fd: int, limit: int = 1 << 24) -> bytes | None:
+    """The first line of an open file with its newline (None when there is none within
+    `limit` bytes), read with pread: the file position is left alone."""
+    buf = bytearray()
+    while len(buf) < limit:
+        chunk = os.pread(fd, max(1 << 16, len(buf)), len(buf))
+        if not chunk:
+            return None
+        i = chunk.find(b"\n")
+        if i >= 0:
+            return bytes(buf + chunk[:i + 1])
+        buf += chunk
+    return None
+
+
+def _parse_exact(path: Path, data: bytes, body: memoryview, declared: int) -> pa.Table:
+    """The exact path: pyarrow parses the body once against the contract's explicit schema;
+    whatever it cannot accept is explained by `validate_lines` (file, line, field)."""
+    if not body:
+        table = RAW_RECORD_SCHEMA.empty_table()
+    else:
+        try:
+            table = _read_json(body)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            validate_lines(path, bytes(body))
+            raise _fail(path, None, None, f"unreadable raw run ({e})") from None
+        # pyarrow skips blank lines: one record per line means exactly rows - 1 newlines
+        # in the body; otherwise the exact validator names the blank line.
+        if _count_newlines(body) != table.num_rows - 1:
+            validate_lines(path, bytes(body))
+    if table.num_rows != declared:
+        raise _fail(path, table.num_rows + 1, "records",
+                    f"done line declares {declared} records, file has {table.num_rows}")
+    # Nullable fields (lat_ms, error) must still be present: with an explicit schema a
+    # missing key parses as null. Only when a column has nulls, count the key's occurrences
+    # (a key inside a JSON string is escaped and cannot match) and let the exact validator
+    # name the line when the count is off.
+    for f in (x for x in RAW_PRESENT if x not in RAW_REQUIRED):
+        if body and table.column(f).null_count and data.count(b'"' + f.encode() + b'":', 0, len(body)) != table.num_rows:
+            validate_lines(path, bytes(body))
+    # Missing fields parse as null with an explicit schema: locate the first one exactly.
+    for f in RAW_REQUIRED:
+        col = table.column(f)
+        if col.null_count:
+            validate_lines(path, bytes(body))
+            raise _fail(path, _first_index(pl.from_arrow(col.is_null())) + 1, f, "missing or null")
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Canonical fast path: RE2 certifies the file's layout and JSON types, DuckDB parses it
+# ---------------------------------------------------------------------------------------------
+_JSON_STR = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
+_JSON_INT = r"-?(?:0|[1-9][0-9]*)"
+_JSON_NUM = _JSON_INT + r"(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
+
+
+def _json_words(words: Iterable[str]) -> str:
+    return '"(?:' + "|".join(re.escape(w) for w in words) + ')"'
+
+
+def _json_leaf(types: tuple[type, ...]) -> str:
+    """The JSON token(s) the exact validator accepts for these Python types."""
+    base = {(str,): _JSON_STR, (int,): _JSON_INT, (int, float): _JSON_NUM}[
+        tuple(t for t in types if t is not type(None))]
+    return f"(?:{base}|null)" if type(None) in types else base
+
+
+def _json_array(item: str) -> str:
+    return rf"\[(?:{item}(?:,{item})*)?\]"
+
+
+def _json_object(fields: list[tuple[str, str]]) -> str:
+    return r"\{" + ",".join(f'"{k}":{v}' for k, v in fields) + r"\}"
+
+
+def _canonical_line_regex() -> str:
+    """RE2 pattern of one record line as `rawruns.encode_record` writes it: compact JSON,
+    record keys in RECORD_KEYS order, hit/shard/cost keys in their struct's order, every key
+    present (optional ones too), every value a JSON token of the contract's type, why reasons
+    and shard statuses from their vocabularies. A line that matches is a JSON object the exact
+    validator accepts, with no key the contract does not know; a line that does not match goes
+    to the exact path (which accepts other layouts too, or names the problem)."""
+    hit = _json_object([(f.name, _json_array(_json_words(WHY_REASONS)) if f.name == "why"
+                         else _json_leaf(HIT_FIELD_TYPES[f.name])) for f in HIT_STRUCT])
+    shard = _json_object([(f.name, _json_words(SHARD_STATUSES) if f.name == "status"
+                           else _json_leaf(SHARD_FIELD_TYPES[f.name])) for f in SHARD_STRUCT])
+    cost = _json_object([(f.name, _json_leaf(COST_FIELD_TYPES[f.name])) for f in COST_STRUCT])
+    nested = {"hits": _json_array(hit), "shards": _json_array(shard), "cost": cost}
+    return _json_object([(k, nested.get(k) or _json_leaf(RAW_FIELD_TYPES[k])) for k in RECORD_KEYS])
+
+
+# Certifies a run of whole record lines, each ending in a newline.
+_CANONICAL_LINES = r"\A(?:" + _canonical_line_regex() + r"\n)+\z"
+
+
+def _certified(lines: memoryview) -> bool:
+    """Whether `lines` (whole lines, each ending in a newline) all have the canonical layout.
+    pyarrow's RE2 kernel releases the GIL: pieces of a file are certified in parallel."""
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise _fail(path, None, None, f"cannot read ({e.strerror})") from None
-    hasher = _Hasher(data)
-    hasher.start()
+        arr = pa.Array.from_buffers(pa.large_binary(), 1, [
+            None, pa.py_buffer(np.array([0, len(lines)], dtype=np.int64)), pa.py_buffer(lines)])
+        return bool(pc.match_substring_regex(arr, _CANONICAL_LINES)[0].as_py())
+    except Exception:  # noqa: BLE001 - anything unexpected: not certified, exact path decides
+        return False
+
+
+def _duck_type(t: pa.DataType) -> str:
+    if pa.types.is_string(t):
+        return "VARCHAR"
+    if pa.types.is_int32(t):
+        return "INTEGER"
+    if pa.types.is_float64(t):
+        return "DOUBLE"
+    if pa.types.is_struct(t):
+        return "STRUCT(" + ", ".join(f"{f.name} {_duck_type(f.type)}" for f in t) + ")"
+    if pa.types.is_list(t):
+        return _duck_type(t.value_type) + "[]"
+    raise TypeError(f"no DuckDB type for {t}")
+
+
+def _duckdb_query() -> str:
+    """One scan of the file, every column typed as the contract says, except `why`: read as
+    VARCHAR, which DuckDB fills with the list's compact JSON text (certified to hold only the
+    known reasons) and `_why_flags` turns into flags. No per-hit expression in SQL: computing
+    the flags or repeating run_id/system/qid per hit there costs more than it does in Arrow."""
+    hit_t = pa.struct([f if f.name != "why" else pa.field("why", pa.string()) for f in HIT_STRUCT])
+    columns = ", ".join(f"{f.name}: '{_duck_type(pa.list_(hit_t) if f.name == 'hits' else f.type)}'"
+                        for f in RAW_RECORD_SCHEMA)
+    return (f"SELECT {', '.join(f.name for f in RAW_RECORD_SCHEMA)} "
+            f"FROM read_json($path, format := 'newline_delimited', records := true, compression := 'none', "
+            f"hive_partitioning := false, union_by_name := false, filename := false, columns := {{{columns}}})")
+
+
+def _why_flags(why: pa.ChunkedArray) -> dict[str, pa.ChunkedArray]:
+    """why_<reason> flags from each hit's `why` list as compact JSON text: dictionary-encoded
+    per chunk (few distinct lists), each distinct list decoded once."""
+    flags: dict[str, list[pa.Array]] = {r: [] for r in WHY_REASONS}
+    for chunk in pc.dictionary_encode(why).chunks:
+        lists = [json.loads(t) for t in chunk.dictionary.to_pylist()]
+        idx = _np(chunk.indices)
+        for r in WHY_REASONS:
+            flags[r].append(_arrow(np.array([r in x for x in lists], dtype=bool)[idx]))
+    return {r: pa.chunked_array(v, type=pa.bool_()) for r, v in flags.items()}
+
+
+def _per_hit(col: pa.ChunkedArray, counts: np.ndarray) -> pa.Array:
+    """A record-level string column repeated for each of the record's hits: a plain string
+    array built directly when the column holds one value (run_id and system of a file), a
+    take otherwise."""
+    arr = col.combine_chunks()
+    n = int(counts.sum())
+    if len(arr) and not arr.null_count and pc.all(pc.equal(arr, arr[0])).as_py():
+        v = arr[0].as_py().encode()
+        if n * len(v) < 2 ** 31 - 1:
+            offsets = np.arange(n + 1, dtype=np.int32) * np.int32(len(v))
+            return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(v * n)])
+    return arr.take(_arrow(np.repeat(np.arange(len(arr), dtype=np.int64), counts)))
+
+
+_DUCKDB_QUERY = _duckdb_query()
+_FLOAT_COLUMNS = [f.name for f in RAW_RECORD_SCHEMA if pa.types.is_float64(f.type)]
+
+
+def _all_finite(arrays: Iterable[pa.Array | pa.ChunkedArray]) -> bool:
+    return all(pc.all(pc.is_finite(a)).as_py() is not False for a in arrays)
+
+
+class _DuckScan(threading.Thread):
+    """DuckDB's typed scan of a raw-run file (`_DUCKDB_QUERY`), run in a thread so that the
+    file's bytes are read, hashed and certified beside it (DuckDB releases the GIL)."""
+
+    def __init__(self, path: str):
+        super().__init__(daemon=True)
+        self.path, self.table = path, None
+        self.con = duckdb.connect(":memory:")
+
+    def run(self) -> None:
+        try:
+            self.table = self.con.sql(_DUCKDB_QUERY, params={"path": self.path}).to_arrow_table()
+        except Exception:  # noqa: BLE001 - DuckDB refused the file: the exact path names why
+            self.table = None
+
+    def finish(self, cancel: bool = False) -> pa.Table | None:
+        if cancel:
+            self.con.interrupt()
+        self.join()
+        self.con.close()
+        return None if cancel else self.table
+
+
+def _fast_scan(path: Path, fd: int) -> _DuckScan | None:
+    """Start DuckDB's scan when the file's first line has the canonical layout (another
+    writer's layout goes straight to the exact path); None otherwise."""
+    spath = os.path.abspath(path)  # absolute: no "~" expansion or search path on DuckDB's side
+    if any(c in spath for c in "*?[") or "://" in spath:  # DuckDB would read these as globs/URLs
+        return None
+    if not hasattr(os, "preadv"):  # the streaming readers need positional reads
+        return None
+    head = _first_line(fd)
+    if head is None or not _certified(memoryview(head)):
+        return None
     try:
-        body, declared = _split_trailer(path, data)
-        if not body:
-            table = RAW_RECORD_SCHEMA.empty_table()
-        else:
-            try:
-                table = _read_json(body)
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-                validate_lines(path, bytes(body))
-                raise _fail(path, None, None, f"unreadable raw run ({e})") from None
-            # pyarrow skips blank lines: one record per line means exactly rows - 1 newlines
-            # in the body; otherwise the exact validator names the blank line.
-            if _count_newlines(body) != table.num_rows - 1:
-                validate_lines(path, bytes(body))
-        if table.num_rows != declared:
-            raise _fail(path, table.num_rows + 1, "records",
-                        f"done line declares {declared} records, file has {table.num_rows}")
-        # Nullable fields (lat_ms, error) must still be present: with an explicit schema a
-        # missing key parses as null. Only when a column has nulls, count the key's occurrences
-        # (a key inside a JSON string is escaped and cannot match) and let the exact validator
-        # name the line when the count is off.
-        for f in (x for x in RAW_PRESENT if x not in RAW_REQUIRED):
-            if body and table.column(f).null_count and data.count(b'"' + f.encode() + b'":', 0, len(body)) != table.num_rows:
-                validate_lines(path, bytes(body))
-        # Missing fields parse as null with an explicit schema: locate the first one exactly.
-        for f in RAW_REQUIRED:
-            col = table.column(f)
-            if col.null_count:
-                validate_lines(path, bytes(body))
-                raise _fail(path, _first_index(pl.from_arrow(col.is_null())) + 1, f, "missing or null")
-    finally:
-        hasher.join()
-    return table, hasher.hexdigest, body
+        scan = _DuckScan(spath)
+    except Exception:  # noqa: BLE001 - no DuckDB connection: the exact path does the work
+        return None
+    scan.start()
+    return scan
+
+
+_CHUNK = 1 << 25  # bytes a streaming reader holds at a time
+
+
+def _pread_into(fd: int, buf: memoryview, offset: int) -> int:
+    n = os.preadv(fd, [buf], offset)
+    if n <= 0:
+        raise OSError("file shorter than its size")
+    return n
+
+
+class _StreamHasher(threading.Thread):
+    """sha256 of bytes [0, size) of an open file, read in chunks into one reused buffer."""
+
+    def __init__(self, fd: int, size: int):
+        super().__init__(daemon=True)
+        self.fd, self.size, self.hexdigest = fd, size, None
+
+    def run(self) -> None:
+        try:
+            h, buf = hashlib.sha256(), memoryview(bytearray(min(_CHUNK, max(self.size, 1))))
+            pos = 0
+            while pos < self.size:
+                n = _pread_into(self.fd, buf[:min(len(buf), self.size - pos)], pos)
+                h.update(buf[:n])
+                pos += n
+            self.hexdigest = h.hexdigest()
+        except Exception:  # noqa: BLE001 - unreadable: the exact path reads (and reports) it
+            self.hexdigest = None
+
+
+class _StreamCertifier(threading.Thread):
+    """Certify the record lines in bytes [start, end) of an open file (a run of whole lines),
+    read in chunks into one reused buffer, each chunk's whole lines at once."""
+
+    def __init__(self, fd: int, start: int, end: int):
+        super().__init__(daemon=True)
+        self.fd, self.start_, self.end, self.ok = fd, start, end, False
+
+    def run(self) -> None:
+        try:
+            buf = bytearray(min(_CHUNK, self.end - self.start_))
+            mv = memoryview(buf)
+            pos, have = self.start_, 0
+            while pos < self.end:
+                pos += (n := _pread_into(self.fd, mv[have:min(len(buf), have + self.end - pos)], pos))
+                have += n
+                last = buf.rfind(b"\n", 0, have)
+                if last < 0:
+                    if have == len(buf):
+                        return  # a line longer than the buffer: not certified
+                    continue
+                if not _certified(mv[:last + 1]):
+                    return
+                buf[:have - last - 1] = buf[last + 1:have]
+                have -= last + 1
+            self.ok = have == 0
+        except Exception:  # noqa: BLE001 - anything unexpected: not certified, exact path decides
+            self.ok = False
+
+
+def _line_start_after(fd: int, pos: int, end: int) -> int | None:
+    """The offset just past the first newline at or after `pos` (None when none before `end`)."""
+    while pos < end:
+        window = os.pread(fd, min(1 << 16, end - pos), pos)
+        if not window:
+            return None
+        i = window.find(b"\n")
+        if i >= 0:
+            return pos + i + 1
+        pos += len(window)
+    return None
+
+
+def _tail_trailer(fd: int, size: int) -> tuple[int, int] | None:
+    """(offset of the newline that ends the last record, declared record count) read from the
+    file's tail, or None when the tail is anything but records then a well-formed done line
+    (the exact path then reads the whole file and says what is wrong)."""
+    take = min(size, 1 << 20)
+    tail = os.pread(fd, take, size - take)
+    end = len(tail)
+    while end and tail[end - 1] == 0x0A:
+        end -= 1
+    cut = tail.rfind(b"\n", 0, end)
+    if cut < 0:
+        return None
+    try:
+        trailer = json.loads(tail[cut + 1:end])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not (isinstance(trailer, dict) and trailer.get("type") == RAW_TRAILER_TYPE):
+        return None
+    declared = trailer.get("records")
+    if not isinstance(declared, int) or isinstance(declared, bool) or declared < 1:
+        return None
+    return size - take + cut, declared
+
+
+def _fast_tables(table: pa.Table | None, declared: int) -> tuple[pa.Table, pa.Table, np.ndarray] | None:
+    """DuckDB's scan -> (records without hits, flat hits in record order, hits per record),
+    or None when the scan does not look like `declared` certified records plus the done line.
+    Only usable once the certifiers have accepted every record line."""
+    # the record lines plus the done line, which reads as an all-null row
+    if (table is None or declared < 1 or table.num_rows != declared + 1
+            or table.column("run_id").null_count != 1 or table.column("run_id")[-1].is_valid):
+        return None
+    table = table.slice(0, declared)
+    hits_col = table.column("hits")
+    if hits_col.null_count:
+        return None
+    hit_t = hits_col.type.value_type
+    names = [x.name for x in hit_t]
+    hits = pa.Table.from_batches(
+        [pa.RecordBatch.from_arrays(pc.list_flatten(c).flatten(), names=names) for c in hits_col.chunks],
+        schema=pa.schema(list(hit_t)))
+    counts = _np(pc.list_value_length(hits_col)).astype(np.int64)
+    for r, flag in _why_flags(hits.column("why")).items():
+        hits = hits.append_column(f"why_{r}", flag)
+    hits = hits.drop_columns(["why"])
+    rec = table.drop_columns(["hits"])
+    shards = pa.chunked_array([pc.list_flatten(c) for c in rec.column("shards").chunks],
+                              type=rec.schema.field("shards").type.value_type)
+    floats = ([rec.column(f) for f in _FLOAT_COLUMNS]
+              + [hits.column("score"), pc.struct_field(rec.column("cost"), "cpu_ms")]
+              + [pc.struct_field(shards, f.name) for f in SHARD_STRUCT if pa.types.is_float64(f.type)])
+    # JSON allows numbers too large for a double (1e400 reads as inf): leave those to the exact path
+    if counts.sum() != hits.num_rows or not _all_finite(floats):
+        return None
+    return rec, hits, counts
 
 
 def _flatten_hits(path: Path, hits_col: pa.ChunkedArray, body: memoryview) -> tuple[pa.Table, np.ndarray]:
@@ -229,13 +557,63 @@ def _flatten_hits(path: Path, hits_col: pa.ChunkedArray, body: memoryview) -> tu
 
 def records_to_tables(table: pa.Table, sha: str, path: str | Path = "<records>",
                       body: memoryview | bytes = b"") -> tuple[pl.DataFrame, pa.Table]:
-    """Validate the nested hits and shards of one parsed raw-run file and derive its agg
-    rows (polars, one row per record) and hits rows (pyarrow + numpy, no explode/sort of
-    millions of rows unless a ranking is out of rank order)."""
+    """Validate the nested hits and shards of one parsed raw-run file (exact path) and derive
+    its agg rows (polars, one row per record) and hits rows (pyarrow + numpy)."""
     path = Path(path)
-    n = table.num_rows
     hits, parent = _flatten_hits(path, table.column("hits"), body)
-    df = pl.from_arrow(table.drop_columns(["hits"])).with_row_index("_row")
+    counts = np.bincount(parent, minlength=table.num_rows)
+    return _derive(path, table.drop_columns(["hits"]), hits, counts, sha, body)
+
+
+def _shard_in_sla(shard_done: pl.DataFrame, sla: np.ndarray, counts: np.ndarray,
+                  hit_shard: pa.ChunkedArray) -> np.ndarray:
+    """For every hit: its shard is null, or gave an `ok` answer within the record's sla_ms
+    (`shard_done`: ms from request to each (record, shard)'s first ok answer). A dense
+    (record, shard) table of booleans when shard ids span a small range (they are
+    0..n_shards-1 in practice), gathered per hit; a polars join otherwise."""
+    n = len(counts)
+    shard_null = _np(pc.is_null(hit_shard))
+    lo_hi = pc.min_max(hit_shard).as_py()
+    lo, hi = lo_hi["min"], lo_hi["max"]
+    if shard_done.height:
+        lo, hi = min(lo, shard_done["shard"].min()), max(hi, shard_done["shard"].max())
+    width = int(hi) - int(lo) + 1
+    if n * width <= min(max(1 << 22, 4 * len(shard_null)), 2 ** 31 - 1):
+        row = shard_done["_row"].to_numpy().astype(np.int64)
+        cell_ok = np.zeros(n * width, dtype=bool)
+        with np.errstate(invalid="ignore"):  # no done_ts (NaN) -> not within the SLA
+            cell_ok[row * width + (shard_done["shard"].to_numpy().astype(np.int64) - lo)] = (
+                shard_done["_done_ms"].to_numpy() <= sla[row])
+        key = np.repeat((np.arange(n, dtype=np.int64) * width - lo).astype(np.int32), counts)
+        key += pl.from_arrow(hit_shard).fill_null(lo).to_numpy()
+        return shard_null | cell_ok[key]
+    done = (
+        pl.DataFrame({"_row": np.repeat(np.arange(n, dtype=np.uint32), counts), "shard": pl.from_arrow(hit_shard)})
+        .join(shard_done.with_columns(pl.col("_row").cast(pl.UInt32)), on=["_row", "shard"], how="left",
+              maintain_order="left")
+    )
+    with np.errstate(invalid="ignore"):
+        return shard_null | (done["_done_ms"].to_numpy() <= np.repeat(sla, counts))  # NaN -> False
+
+
+def _derive(path: Path, table: pa.Table, hits: pa.Table, counts: np.ndarray, sha: str,
+            body: memoryview | bytes) -> tuple[pl.DataFrame, pa.Table]:
+    """Agg rows (polars, one row per record) and hits rows (pyarrow + numpy, no explode/sort
+    of millions of rows unless a ranking is out of rank order) from the records (without
+    their hits), the flat hits in record order (hit fields and why flags) and each record's
+    number of hits."""
+    n = table.num_rows
+    starts = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=starts[1:])
+
+    def per_record(flags: np.ndarray) -> np.ndarray:  # how many of each record's hits are flagged
+        padded = np.zeros(len(flags) + 1, dtype=np.uint8)  # a last 0: every start is an index
+        padded[:-1] = flags
+        total = np.add.reduceat(padded, starts[:-1], dtype=np.int64)
+        total[counts == 0] = 0  # reduceat gives the element at an empty segment's start
+        return total
+
+    df = pl.from_arrow(table).with_row_index("_row")
     row = pl.col("_row")
     shards = df.select(row, "req_ts", "shards").explode("shards").drop_nulls("shards").unnest("shards")
     for f in _SHARD_REQUIRED:
@@ -261,34 +639,24 @@ def records_to_tables(table: pa.Table, sha: str, path: str | Path = "<records>",
     rec = df.select(
         ((pl.col("error").is_null() & pl.col("lat_ms").is_not_null() & (pl.col("lat_ms") <= pl.col("sla_ms")))
          .fill_null(False)).alias("ok"), "sla_ms")
-    rec_ok = rec["ok"].to_numpy()
-    sla = rec["sla_ms"].to_numpy()
-    shard_done = (
-        shards.filter(pl.col("status") == "ok")
-        .group_by("_row", "shard")
-        .agg((pl.col("done_ts") - pl.col("req_ts")).min().alias("_done_ms"))
-    )
+    in_sla = np.repeat(rec["ok"].to_numpy(), counts)
     hit_shard = hits.column("shard")
-    in_sla = rec_ok[parent]
     if hit_shard.null_count < len(hit_shard):
-        done = (
-            pl.DataFrame({"_row": parent.astype(np.uint32), "shard": pl.from_arrow(hit_shard)})
-            .join(shard_done.with_columns(row.cast(pl.UInt32)), on=["_row", "shard"], how="left",
-                  maintain_order="left")
+        shard_done = (
+            shards.filter(pl.col("status") == "ok")
+            .group_by("_row", "shard")
+            .agg((pl.col("done_ts") - pl.col("req_ts")).min().alias("_done_ms"))
         )
-        shard_null = done["shard"].is_null().to_numpy()
-        done_ok = (done["_done_ms"].to_numpy() <= sla[parent])  # NaN (no ok shard) -> False
-        in_sla = in_sla & (shard_null | done_ok)
-    n_hits = np.bincount(parent, minlength=n)
+        in_sla &= _shard_in_sla(shard_done, rec["sla_ms"].to_numpy(), counts, hit_shard)
+    n_hits = np.asarray(counts, dtype=np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mix = {r: np.where(n_hits > 0, np.bincount(parent, weights=hits.column(f"why_{r}").to_numpy(zero_copy_only=False),
-                                                   minlength=n) / np.maximum(n_hits, 1), 0.0)
+        mix = {r: np.where(n_hits > 0, per_record(_np(hits.column(f"why_{r}"))) / np.maximum(n_hits, 1), 0.0)
                for r in WHY_REASONS}
     agg = (
         df.join(shard_stats, on="_row", how="left")
         .with_columns(
             pl.Series("n_hits", n_hits, dtype=pl.Int32),
-            pl.Series("n_hits_in_sla", np.bincount(parent, weights=in_sla, minlength=n).astype(np.int32)),
+            pl.Series("n_hits_in_sla", per_record(in_sla).astype(np.int32)),
             *[pl.Series(f"why_mix_{r}", mix[r], dtype=pl.Float64) for r in WHY_REASONS],
         )
         .with_columns(
@@ -303,18 +671,104 @@ def records_to_tables(table: pa.Table, sha: str, path: str | Path = "<records>",
         )
         .sort("_row")
     )
-    idx = pa.array(parent)
-    cols = {"run_id": table.column("run_id").take(idx), "system": table.column("system").take(idx),
-            "qid": table.column("qid").take(idx)}
+    cols = {c: _per_hit(table.column(c), counts) for c in ("run_id", "system", "qid")}
     for f in HITS_SCHEMA:
         if f.name in hits.column_names:
             cols[f.name] = hits.column(f.name)
-    cols["in_sla"] = pa.array(in_sla)
+    cols["in_sla"] = _arrow(in_sla)
     out = pa.table({f.name: cols[f.name] for f in HITS_SCHEMA})
-    rank = hits.column("rank").to_numpy()
-    if len(rank) > 1 and not np.all((np.diff(rank) > 0) | (np.diff(parent) != 0)):
-        out = out.take(pa.array(np.lexsort((rank, parent))))  # hits listed out of rank order
+    # hits listed out of rank order within a record: sort them (rare; the writers list by rank)
+    rank = _np(hits.column("rank"))
+    if len(rank) > 1:
+        ordered = rank[1:] > rank[:-1]
+        first = starts[1:-1][starts[1:-1] < len(rank)]  # index of each record's first hit
+        ordered[first[first > 0] - 1] = True
+        if not ordered.all():
+            parent = np.repeat(np.arange(n, dtype=np.int64), counts)
+            out = out.take(_arrow(np.lexsort((rank, parent))))
     return agg.select([f.name for f in AGG_SCHEMA]), out
+
+
+def _ingest_fast(path: Path, fd: int, st: os.stat_result, scan: _DuckScan) -> tuple[pl.DataFrame, pa.Table] | None:
+    """The fast path for an open file whose first line has the canonical layout, DuckDB's scan
+    of it already running: stream the file once for its sha256 and once (in pieces, one thread
+    each) through the certifier, beside the scan; derive the tables from DuckDB's values while
+    the last pieces are certified. None (nothing derived is used) unless every record line is
+    certified, the done line is well formed and counts DuckDB's records, and the file's
+    identity (inode, size, mtime) is the same after the scan as when it was opened."""
+    hasher: _StreamHasher | None = None
+    certifiers: list[_StreamCertifier] = []
+    try:
+        tail = _tail_trailer(fd, st.st_size)
+        if tail is None:
+            return None
+        cut, declared = tail
+        hasher = _StreamHasher(fd, st.st_size)
+        hasher.start()
+        end = cut + 1  # the record lines with their newlines
+        bounds = [0]
+        n_pieces = max(1, min(os.cpu_count() or 1, 8, end >> 20))
+        for k in range(1, n_pieces):
+            b = _line_start_after(fd, max(bounds[-1], end * k // n_pieces), end)
+            if b is not None and bounds[-1] < b < end:
+                bounds.append(b)
+        bounds.append(end)
+        certifiers = [_StreamCertifier(fd, a, b) for a, b in zip(bounds, bounds[1:])]
+        for c in certifiers:
+            c.start()
+        table, scan = scan.finish(), None
+        now = os.stat(path)
+        if (now.st_ino, now.st_dev, now.st_size, now.st_mtime_ns) != (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns):
+            return None  # the file changed under us
+        fast = _fast_tables(table, declared)
+        del table
+        hasher.join()
+        if fast is None or hasher.hexdigest is None:
+            return None
+        try:  # beside the certifiers' last pieces; an uncertified file's tables are dropped
+            out = _derive(path, *fast, hasher.hexdigest, b"")
+        except Exception:  # noqa: BLE001 - the exact path re-derives and names the problem
+            return None
+        for c in certifiers:
+            c.join()
+        return out if all(c.ok for c in certifiers) else None
+    except OSError:
+        return None
+    finally:
+        if scan is not None:
+            scan.finish(cancel=True)
+        if hasher is not None:
+            hasher.join()
+        for c in certifiers:
+            c.join()
+
+
+def _ingest_exact(path: Path, data: bytes) -> tuple[pl.DataFrame, pa.Table]:
+    hasher = _Hasher(data)
+    hasher.start()
+    try:
+        body, declared = _split_trailer(path, data)
+        table = _parse_exact(path, data, body, declared)
+    finally:
+        hasher.join()
+    return records_to_tables(table, hasher.hexdigest, path, body)
+
+
+def _ingest_file(path: Path) -> tuple[pl.DataFrame, pa.Table]:
+    """One raw-run file -> (agg rows, hits rows): the canonical fast path when it certifies
+    the file (`_ingest_fast`), the exact path otherwise (the whole file read into memory)."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            scan = _fast_scan(path, f.fileno())
+            if scan is not None:
+                out = _ingest_fast(path, f.fileno(), st, scan)
+                if out is not None:
+                    return out
+            data = f.read()
+    except OSError as e:
+        raise _fail(path, None, None, f"cannot read ({e.strerror})") from None
+    return _ingest_exact(path, data)
 
 
 def ingest(paths: Iterable[str | Path]) -> tuple[pa.Table, pa.Table]:
@@ -326,8 +780,7 @@ def ingest(paths: Iterable[str | Path]) -> tuple[pa.Table, pa.Table]:
     """
     aggs, hitss = [], []
     for p in paths:
-        table, sha, body = parse_raw_run(p)
-        a, h = records_to_tables(table, sha, p, body)
+        a, h = _ingest_file(Path(p))
         aggs.append(a)
         hitss.append(h)
     if not aggs:

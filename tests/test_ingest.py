@@ -9,9 +9,10 @@ import dagster as dg
 import polars as pl
 import pytest
 
+import lens_core.ingest as ingest_mod
 from lens_core.contracts import AGG_SCHEMA, HITS_SCHEMA
 from lens_core.ingest import ingest
-from lens_core.rawruns import write_raw_run
+from lens_core.rawruns import encode_record, write_raw_run
 from lens_core.settings import load_config
 from lens_core.simulator import Simulator
 from lens_core.systems import baseline
@@ -156,3 +157,221 @@ def test_failed_ingestion_leaves_staged_tables_untouched(data_dir, records):
     msg = "".join(m for e in res.all_events if e.is_step_failure for m in chain(e.event_specific_data.error))
     assert "good.ndjson" in msg and "done line" in msg
     assert agg_path.read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# The canonical fast path (RE2 certifies the layout and JSON types, DuckDB parses): it must
+# give the exact path's tables, and never accept what the exact path refuses. DuckDB's JSON
+# reader alone is lax (it turns "150" into 150.0, 1.5 or true into an integer, a number into a
+# string, and accepts trailing commas), so every such case is written here in the canonical
+# layout, where the fast path does run, and must still be refused with file, line and field.
+# ---------------------------------------------------------------------------------------------
+def _compact(obj) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def _canonical_lines(records) -> list[str]:
+    return [encode_record(r) for r in records] + [_compact({"type": "done", "records": len(records)})]
+
+
+@pytest.fixture
+def paths_taken(monkeypatch):
+    """("fast"|"exact", file name) for every file that entered the fast path (its first line
+    has the canonical layout) or reached the exact path."""
+    taken = []
+    real_fast, real_exact = ingest_mod._ingest_fast, ingest_mod._parse_exact
+
+    def fast(path, *a, **k):
+        taken.append(("fast", Path(path).name))
+        return real_fast(path, *a, **k)
+
+    def exact(path, *a, **k):
+        taken.append(("exact", Path(path).name))
+        return real_exact(path, *a, **k)
+    monkeypatch.setattr(ingest_mod, "_ingest_fast", fast)
+    monkeypatch.setattr(ingest_mod, "_parse_exact", exact)
+    return taken
+
+
+def _varied(records) -> list[dict]:
+    """Records that exercise the derived columns: a failed query (error set, lat_ms null), no
+    hits, a hit without shard, escapes and non-ASCII in strings, an int where a float is
+    expected, hits listed out of rank order."""
+    recs = json.loads(json.dumps(records[:6]))
+    recs[0]["error"], recs[0]["lat_ms"] = "timeout: shard 3", None
+    recs[1]["hits"] = []
+    recs[2]["hits"][0]["shard"] = None
+    recs[2]["hits"][1]["path"] = 'src/a "quoted"\\path\u00e9\n\u0000.py'
+    recs[2]["qid"] = recs[2]["qid"] + "/\u2028"
+    recs[3]["sla_ms"] = 150
+    recs[4]["hits"][0]["rank"], recs[4]["hits"][1]["rank"] = 2, 1
+    return recs
+
+
+def test_fast_path_gives_the_exact_paths_tables(tmp_path, records, monkeypatch, paths_taken):
+    recs = _varied(records)
+    info = write_raw_run(tmp_path / "fast.ndjson", recs)
+    agg, hits = ingest([info["path"]])
+    assert paths_taken == [("fast", "fast.ndjson")]  # certified: never reaches the exact path
+    monkeypatch.setattr(ingest_mod, "_fast_scan", lambda path, fd: None)
+    agg_x, hits_x = ingest([info["path"]])
+    assert paths_taken[1:] == [("exact", "fast.ndjson")]
+    assert agg.equals(agg_x) and hits.equals(hits_x)
+    h = pl.from_arrow(hits)
+    assert h.filter(pl.col("qid") == recs[4]["qid"])["rank"].to_list()[:2] == [1, 2]
+    assert recs[2]["hits"][1]["path"] in h["path"].to_list()
+    assert pl.from_arrow(agg)["error"][0] == "timeout: shard 3"
+
+
+def test_other_layouts_take_the_exact_path(tmp_path, records, paths_taken):
+    p = _write_lines(tmp_path / "spaced.ndjson", _good_lines(records[:3]))  # json.dumps: ", " and ": "
+    agg, _ = ingest([p])
+    assert agg.num_rows == 3 and paths_taken == [("exact", "spaced.ndjson")]
+
+
+def _set(path: str, value):
+    """A mutation setting a (dotted, [index]) field of a record."""
+    def mutate(obj):
+        keys = path.replace("[", ".").replace("]", "").split(".")
+        for k in keys[:-1]:
+            obj = obj[int(k)] if k.isdigit() else obj[k]
+        obj[keys[-1]] = value
+    return mutate
+
+
+def _drop(path: str):
+    def mutate(obj):
+        keys = path.split(".")
+        for k in keys[:-1]:
+            obj = obj[k]
+        del obj[keys[-1]]
+    return mutate
+
+
+LAX_CASES = [
+    ("sla_str", _set("sla_ms", "150"), r"x\.ndjson:2: field 'sla_ms': expected int or float, got str"),
+    ("rank_float", _set("hits[0].rank", 1.5), r"x\.ndjson:2: field 'hits\[0\]\.rank': expected int, got float"),
+    ("rank_bool", _set("hits[0].rank", True), r"x\.ndjson:2: field 'hits\[0\]\.rank': expected int, got bool"),
+    ("rank_integral_float", _set("hits[0].rank", 2.0), r"x\.ndjson:2: field 'hits\[0\]\.rank': expected int, got float"),
+    ("rank_str", _set("hits[0].rank", "1"), r"x\.ndjson:2: field 'hits\[0\]\.rank': expected int, got str"),
+    ("path_number", _set("hits[1].path", 7), r"x\.ndjson:2: field 'hits\[1\]\.path': expected str, got int"),
+    ("qid_number", _set("qid", 7), r"x\.ndjson:2: field 'qid': expected str, got int"),
+    ("repo_null", _set("hits[0].repo", None), r"x\.ndjson:2: field 'hits\[0\]\.repo': expected str, got NoneType"),
+    ("start_line_null", _set("hits[2].start_line", None), r"x\.ndjson:2: field 'hits\[2\]\.start_line': expected int"),
+    ("score_str", _set("hits[0].score", "9.5"), r"x\.ndjson:2: field 'hits\[0\]\.score': expected int or float, got str"),
+    ("shard_str", _set("hits[0].shard", "3"), r"x\.ndjson:2: field 'hits\[0\]\.shard': expected int or null, got str"),
+    ("why_number", _set("hits[0].why", [1]), r"x\.ndjson:2: field 'hits\[0\]\.why': unknown reason"),
+    ("lat_ms_missing", _drop("lat_ms"), r"x\.ndjson:2: field 'lat_ms': missing"),
+    ("error_missing", _drop("error"), r"x\.ndjson:2: field 'error': missing"),
+    ("probes_float", _set("cost.probes", 1.0), r"x\.ndjson:2: field 'cost\.probes': expected int, got float"),
+    ("cpu_ms_missing", _drop("cost.cpu_ms"), r"x\.ndjson:2: field 'cost\.cpu_ms': missing"),
+    ("status_unknown", _set("shards[0].status", "weird"), r"x\.ndjson:2: field 'shards\[\]\.status': 'weird' not in"),
+    ("status_number", _set("shards[0].status", 1), r"x\.ndjson:2: field 'shards\[0\]\.status': expected str, got int"),
+    ("issued_ts_bool", _set("shards[0].issued_ts", False),
+     r"x\.ndjson:2: field 'shards\[0\]\.issued_ts': expected int or float, got bool"),
+]
+
+
+@pytest.mark.parametrize("case, mutate, match", LAX_CASES)
+def test_fast_path_refuses_what_duckdb_would_coerce(tmp_path, records, paths_taken, case, mutate, match):
+    objs = [json.loads(encode_record(r)) for r in records[:4]]
+    mutate(objs[1])
+    lines = [_compact(o) for o in objs] + [_compact({"type": "done", "records": len(objs)})]
+    p = _write_lines(tmp_path / "x.ndjson", lines)
+    with pytest.raises(SchemaError, match=match):
+        ingest([p])
+    # the fast path ran (the first line is canonical), declined, and the exact path named it
+    assert paths_taken == [("fast", "x.ndjson"), ("exact", "x.ndjson")]
+
+
+@pytest.mark.parametrize("case, match", [
+    ("trailing_comma_list", r"x\.ndjson:2: not JSON"),
+    ("trailing_comma_object", r"x\.ndjson:2: not JSON"),
+    ("blank_line", r"x\.ndjson:2: empty line"),
+    ("blank_before_done", r"x\.ndjson:5: empty line"),
+    ("count", r"done line declares 99 records, file has 4"),
+    ("first_line", r"x\.ndjson:1: field 'hits\[0\]\.rank': expected int, got float"),
+    ("last_line", r"x\.ndjson:4: field 'qid': expected str, got int"),
+])
+def test_fast_path_refuses_bad_lines(tmp_path, records, paths_taken, case, match):
+    lines = _canonical_lines(records[:4])
+    if case == "trailing_comma_list":  # DuckDB's JSON parser accepts trailing commas
+        lines[1] = lines[1].replace('],"shards":', ',],"shards":', 1)
+    elif case == "trailing_comma_object":
+        lines[1] = lines[1][:-1] + ",}"
+    elif case == "blank_line":
+        lines.insert(1, "")
+    elif case == "blank_before_done":
+        lines.insert(4, "")
+    elif case == "count":
+        lines[-1] = _compact({"type": "done", "records": 99})
+    elif case == "first_line":
+        obj = json.loads(lines[0])
+        obj["hits"][0]["rank"] = 1.5
+        lines[0] = _compact(obj)
+    elif case == "last_line":
+        obj = json.loads(lines[3])
+        obj["qid"] = 12
+        lines[3] = _compact(obj)
+    p = _write_lines(tmp_path / "x.ndjson", lines)
+    with pytest.raises(SchemaError, match=match):
+        ingest([p])
+    # a non-canonical first line skips the fast path; otherwise it runs and declines
+    assert paths_taken == ([] if case == "first_line" else [("fast", "x.ndjson")]) + [("exact", "x.ndjson")]
+
+
+def test_written_tables_read_back_as_the_contract(tmp_path, records):
+    import pyarrow.parquet as pq
+
+    info = write_raw_run(tmp_path / "s.ndjson", _varied(records))
+    agg, hits = ingest([info["path"]])
+    for name, table, schema in (("agg", agg, AGG_SCHEMA), ("hits", hits, HITS_SCHEMA)):
+        out = write_parquet(table, tmp_path / f"{name}.parquet", schema=schema)
+        back = pq.read_table(out["path"])
+        assert back.schema.equals(schema), name  # plain strings, timestamp[ms, tz=UTC]
+        assert back.equals(table), name
+
+
+@pytest.mark.parametrize("case, mutate, match", LAX_CASES)
+def test_certifier_itself_refuses_each_lax_line(records, case, mutate, match):
+    """The guard is the regex, not an accident of DuckDB's reader: the canonical line passes,
+    the same line with the drift does not."""
+    good = encode_record(records[0])
+    obj = json.loads(good)
+    mutate(obj)
+    for line, ok in ((good, True), (_compact(obj), False)):
+        assert ingest_mod._certified(memoryview((line + "\n").encode())) is ok, line[:120]
+
+
+def test_in_sla_with_shard_ids_far_apart(tmp_path, records):
+    """Shard ids spanning a range too wide for the dense (record, shard) table take the join:
+    same in_sla as with small ids."""
+    recs = _varied(records)
+    wide = json.loads(json.dumps(recs))
+    spread = lambda s: s * 1_000_000_007 % 2_147_483_647  # noqa: E731 - distinct for small ids, int32
+    for r in wide:
+        for s in r["shards"]:
+            s["shard"] = spread(s["shard"])
+        for h in r["hits"]:
+            h["shard"] = None if h["shard"] is None else spread(h["shard"])
+    _, hits = ingest([write_raw_run(tmp_path / "small.ndjson", recs)["path"]])
+    _, hits_w = ingest([write_raw_run(tmp_path / "wide.ndjson", wide)["path"]])
+    assert hits_w.column("in_sla").to_pylist() == hits.column("in_sla").to_pylist()
+    assert any(hits.column("in_sla").to_pylist()) and not all(hits.column("in_sla").to_pylist())
+
+
+def test_fast_path_does_not_import_pandas(tmp_path, records):
+    """pyarrow's to_numpy/pa.array import pandas on first use (about half a second of a fresh
+    process); the fast path and the writes convert through polars and never need it."""
+    import subprocess
+    import sys
+
+    info = write_raw_run(tmp_path / "s.ndjson", _varied(records))
+    code = ("import sys; from lens_core.ingest import ingest; from lens_core.tables import write_parquet; "
+            "from lens_core.contracts import AGG_SCHEMA, HITS_SCHEMA; "
+            f"a, h = ingest([{str(info['path'])!r}]); "
+            f"write_parquet(a, {str(tmp_path / 'a.parquet')!r}, schema=AGG_SCHEMA); "
+            f"write_parquet(h, {str(tmp_path / 'h.parquet')!r}, schema=HITS_SCHEMA); "
+            "print('pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
