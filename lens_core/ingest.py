@@ -111,26 +111,39 @@ def validate_lines(path: Path, body: bytes) -> None:
         _check_obj(path, lineno, obj["cost"], COST_FIELD_TYPES, tuple(COST_FIELD_TYPES), "cost.")
 
 
+def _last_line(buf: bytes) -> tuple[int, int]:
+    """(cut, end) of the last line of `buf`, trailing newlines dropped: the line is
+    buf[cut + 1:end]; cut is -1 when it is the only line, end is 0 when `buf` holds nothing else."""
+    end = len(buf)
+    while end and buf[end - 1] == 0x0A:  # trailing newlines only
+        end -= 1
+    return buf.rfind(b"\n", 0, end), end
+
+
+def _done_line(line: bytes) -> tuple[bool, int | None]:
+    """(whether `line` is the done trailer, its integer record count or None)."""
+    try:
+        trailer = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False, None
+    if not (isinstance(trailer, dict) and trailer.get("type") == RAW_TRAILER_TYPE):
+        return False, None
+    declared = trailer.get("records")
+    return True, (declared if isinstance(declared, int) and not isinstance(declared, bool) else None)
+
+
 def _split_trailer(path: Path, data: bytes) -> tuple[memoryview, int]:
     """Return (body, declared record count); refuse a file without its done trailer.
 
     The body is a view into `data` (no copy of a file that can be gigabytes)."""
-    end = len(data)
-    while end and data[end - 1] == 0x0A:  # trailing newlines only
-        end -= 1
+    cut, end = _last_line(data)
     if not end:
         raise _fail(path, 1, None, "empty file: stream ended without a done line")
-    cut = data.rfind(b"\n", 0, end)
-    last = data[cut + 1:end]
-    try:
-        trailer = json.loads(last)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        trailer = None
-    if not (isinstance(trailer, dict) and trailer.get("type") == RAW_TRAILER_TYPE):
+    is_done, declared = _done_line(data[cut + 1:end])
+    if not is_done:
         raise _fail(path, data.count(b"\n", 0, end) + 1, None,
                     "stream ended without a done line (truncated run file)")
-    declared = trailer.get("records")
-    if not isinstance(declared, int):
+    if declared is None:
         raise _fail(path, data.count(b"\n", 0, end) + 1, "records", "done line lacks an integer record count")
     return memoryview(data)[:max(cut, 0)], declared
 
@@ -178,16 +191,8 @@ def _read_json(body: memoryview) -> pa.Table:
 def _first_line(fd: int, limit: int = 1 << 24) -> bytes | None:
     """The first line of an open file with its newline (None when there is none within
     `limit` bytes), read with pread: the file position is left alone."""
-    buf = bytearray()
-    while len(buf) < limit:
-        chunk = os.pread(fd, max(1 << 16, len(buf)), len(buf))
-        if not chunk:
-            return None
-        i = chunk.find(b"\n")
-        if i >= 0:
-            return bytes(buf + chunk[:i + 1])
-        buf += chunk
-    return None
+    end = _line_start_after(fd, 0, limit)
+    return None if end is None else os.pread(fd, end, 0)
 
 
 def _parse_exact(path: Path, data: bytes, body: memoryview, declared: int) -> pa.Table:
@@ -464,20 +469,11 @@ def _tail_trailer(fd: int, size: int) -> tuple[int, int] | None:
     (the exact path then reads the whole file and says what is wrong)."""
     take = min(size, 1 << 20)
     tail = os.pread(fd, take, size - take)
-    end = len(tail)
-    while end and tail[end - 1] == 0x0A:
-        end -= 1
-    cut = tail.rfind(b"\n", 0, end)
+    cut, end = _last_line(tail)
     if cut < 0:
         return None
-    try:
-        trailer = json.loads(tail[cut + 1:end])
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    if not (isinstance(trailer, dict) and trailer.get("type") == RAW_TRAILER_TYPE):
-        return None
-    declared = trailer.get("records")
-    if not isinstance(declared, int) or isinstance(declared, bool) or declared < 1:
+    is_done, declared = _done_line(tail[cut + 1:end])
+    if not is_done or declared is None or declared < 1:
         return None
     return size - take + cut, declared
 

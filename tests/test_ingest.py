@@ -366,6 +366,7 @@ def test_fast_path_does_not_import_pandas(tmp_path, records):
     import subprocess
     import sys
 
+    pytest.importorskip("pandas")  # without pandas installed this could not fail
     info = write_raw_run(tmp_path / "s.ndjson", _varied(records))
     code = ("import sys; from lens_core.ingest import ingest; from lens_core.tables import write_parquet; "
             "from lens_core.contracts import AGG_SCHEMA, HITS_SCHEMA; "
@@ -375,3 +376,12 @@ def test_fast_path_does_not_import_pandas(tmp_path, records):
             "print('pandas' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_done_line_count_must_be_an_integer_not_a_bool(tmp_path, records):
+    """`true` is not a record count (json gives a bool, which Python counts as 1)."""
+    lines = _good_lines(records[:1])
+    lines[-1] = json.dumps({"type": "done", "records": True})
+    p = _write_lines(tmp_path / "x.ndjson", lines)
+    with pytest.raises(SchemaError, match=r"x\.ndjson:2: field 'records': done line lacks an integer record count"):
+        ingest([p])
