@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 
-from benchmarks.common import (BENCH, PY, have, last_json, profile_subprocess, repeat, row,
+from benchmarks.common import (BENCH, PY, have, last_json, profile_subprocess, repeat, row, stats,
                                run_proc, sub_env)
 from benchmarks.workloads import SYSTEMS, scoring_workload
 
@@ -84,10 +84,10 @@ def run(size: str = "smoke", repeats: int = 3) -> dict[str, Any]:
     rows.append(row("scoring 1 system: means equal pytrec_eval", [diff], unit="abs diff",
                     target="<= 1e-9", kind="max", threshold=TOL if same_n else -1.0,
                     note=f"same query count: {same_n}"))
-    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    m_ci, m_noci, m_pt = (stats(t)["median"] for t in (t_ci, t_noci, t_pt))
     notes.append(f"1 system: the bootstrap CIs (B = 2,000 resamples of {cfg['queries']:,} queries for 10 series) "
-                 f"add {med(t_ci) - med(t_noci):.2f} s to the whole process ({med(t_noci):.2f} -> {med(t_ci):.2f} s "
-                 f"median); with them `lens-eval score` is {med(t_pt) / med(t_ci):.2f}× faster than pytrec_eval "
+                 f"add {m_ci - m_noci:.2f} s to the whole process ({m_noci:.2f} -> {m_ci:.2f} s "
+                 f"median); with them `lens-eval score` is {m_pt / m_ci:.2f}× faster than pytrec_eval "
                  f"scoring without CIs.")
     m = r_ci[0]["means"][SYSTEMS[0]]
     notes.append(f"1 system: ndcg_cut.10 mean ours {m['ndcg_10']:.12f} vs pytrec_eval "

@@ -138,12 +138,18 @@ HIT_METRIC_COLS = ["dcg_10", "ret_rel_50", "first_rank", "span_gain_10", "ret_re
                    "n_hits_10", "judged_hits_10"]
 
 
-def _file_key(df: pl.DataFrame) -> pl.Expr:
+def _file_key() -> pl.Expr:
     """A u64 key of (query code, path): joins on it replace joins on three strings (4x
     faster). The repo is left out of the hash (files of one query rarely share a path across
     repos); a shared path or a hash collision only adds candidate pairs, which the exact
     comparison of query, repo and path after the join removes."""
     return (pl.col("_q").hash(11) ^ pl.col("path").hash(17)).alias("_f")
+
+
+# After a join on `_file_key` (right-hand columns suffixed `_s`): the pairs that really share
+# query, repo and path.
+_SAME_FILE = ((pl.col("_q") == pl.col("_q_s")) & (pl.col("repo") == pl.col("repo_s"))
+              & (pl.col("path") == pl.col("path_s")))
 
 
 def _with_query_codes(hs: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -167,14 +173,13 @@ def _ranking_metrics(hs: pl.DataFrame, spans: pl.DataFrame, judged_spans: pl.Dat
     against the strings after each join (`_file_key`).
     """
     hs, qids = _with_query_codes(hs)
-    hs = hs.with_columns(_file_key(hs))
+    hs = hs.with_columns(_file_key())
     sp = (spans.join(qids, on="qid", how="inner")
           .select("_q", "repo", "path", pl.col("start_line").alias("s_start"), pl.col("end_line").alias("s_end"),
                   "span_id", "rel"))
-    sp = sp.with_columns(_file_key(sp))
+    sp = sp.with_columns(_file_key())
     pairs = (hs.join(sp, on="_f", how="inner", suffix="_s")
-             .filter((pl.col("_q") == pl.col("_q_s")) & (pl.col("repo") == pl.col("repo_s"))
-                     & (pl.col("path") == pl.col("path_s"))))
+             .filter(_SAME_FILE))
     inter = (pl.min_horizontal("end_line", "s_end") - pl.max_horizontal("start_line", "s_start") + 1).clip(0)
     union = (pl.col("end_line") - pl.col("start_line") + 1) + (pl.col("s_end") - pl.col("s_start") + 1) - inter
     inside = (pl.col("start_line") >= pl.col("s_start")) & (pl.col("end_line") <= pl.col("s_end"))
@@ -198,10 +203,9 @@ def _ranking_metrics(hs: pl.DataFrame, spans: pl.DataFrame, judged_spans: pl.Dat
     # Judged top-10 hits: those earning span credit, plus those equal to any judged span
     # (relevant or not; an exact relevant match already earns credit, unique() merges them).
     js = judged_spans.join(qids, on="qid", how="inner")
-    js = js.select("_q", "repo", "path", "start_line", "end_line", _file_key(js))
+    js = js.select("_q", "repo", "path", "start_line", "end_line", _file_key())
     exact = (h10.join(js, on=["_f", "start_line", "end_line"], how="inner", suffix="_s")
-             .filter((pl.col("_q") == pl.col("_q_s")) & (pl.col("repo") == pl.col("repo_s"))
-                     & (pl.col("path") == pl.col("path_s")))
+             .filter(_SAME_FILE)
              .select("_q", "rank"))
     q_judged = (
         pl.concat([span_pairs.filter(pl.col("rank") <= 10).select("_q", "rank"), exact])

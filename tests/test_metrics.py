@@ -192,5 +192,5 @@ def test_hit_order_and_file_key_collisions_do_not_change_metrics(monkeypatch):
     shuffled = hits.sample(fraction=1.0, shuffle=True, seed=3)
     assert not shuffled["qid"].is_sorted()
     assert per_query_metrics(_agg_for(hits, qids), shuffled, qrels).equals(base)
-    monkeypatch.setattr(m, "_file_key", lambda df: pl.lit(0, pl.UInt64).alias("_f"))
+    monkeypatch.setattr(m, "_file_key", lambda: pl.lit(0, pl.UInt64).alias("_f"))
     assert per_query_metrics(_agg_for(hits, qids), hits, qrels).equals(base)
