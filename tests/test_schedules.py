@@ -338,7 +338,9 @@ def test_gate_monitor_pages_once_and_resolves(monkeypatch):
         assert pager.events[-1] == ("resolve", "lens/gate_monitor/stubgrp") and json.loads(c)["open"] == []
 
 
-def _bundle(root: Path, tail=1.5, age_days=0.0):
+def _bundle(root: Path, tail=1.5, age_days=0.0, now: datetime | None = None):
+    """A published bundle created `age_days` before `now` (default: the wall clock; a test that
+    ticks at a fixed time passes that time, so the bundle's age does not drift with the date)."""
     fp = "v22_cafef00d_1"
     b = root / "bundles" / fp
     (b / "tables").mkdir(parents=True, exist_ok=True)
@@ -347,7 +349,7 @@ def _bundle(root: Path, tail=1.5, age_days=0.0):
     pl.DataFrame({"system": ["a"] * 3, "qid": list("xyz"), "ndcg_10": [0.1, 0.5, 0.9]}).write_parquet(b / "per_query.parquet")
     pl.DataFrame({"system": ["a"], "ndcg_10": [0.5], "sla_recall_50": [0.6], "lat_p95": [40.0], "lat_p99": [60.0],
                   "p99_p95": [tail], "file_credit": [0.01]}).write_csv(b / "tables" / "hero_span_v22.csv")
-    ms = int((datetime.now(ET) - timedelta(days=age_days)).timestamp() * 1000)
+    ms = int(((now or datetime.now(ET)) - timedelta(days=age_days)).timestamp() * 1000)
     atomic_write_json(b / "attestation.json", {
         "fingerprint": fp, "created_ms": ms, "all_blocking_green": True, "gates": [],
         "artifacts": {"scores.parquet": sha256_file(b / "scores.parquet"),
@@ -385,10 +387,11 @@ def test_emergency_tripwire_sensor(data_dir):
 
 def test_hero_health_schedule(data_dir):
     pager = FakePager()
-    _bundle(data_dir, tail=2.6, age_days=9)
+    tick_time = et(2026, 11, 24, 10, 5)
+    _bundle(data_dir, tail=2.6, age_days=9, now=tick_time)
     sched = MON.hero_health
     for _ in range(2):
-        ctx = dg.build_schedule_context(scheduled_execution_time=et(2026, 11, 24, 10, 5), resources={"pager": pager})
+        ctx = dg.build_schedule_context(scheduled_execution_time=tick_time, resources={"pager": pager})
         res = sched.evaluate_tick(ctx)
         assert not res.run_requests and "problem" in res.skip_message
     assert sorted(e[1] for e in pager.events) == ["lens/hero_health/a/tail", "lens/hero_health/stale"]
