@@ -5,6 +5,7 @@ query_suites/ground_truth -> raw_runs (NDJSON) -> agg + hits -> pool -> qrels + 
 """
 
 
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -12,12 +13,13 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 import polars as pl
+import pyarrow.parquet as pq
 
 from lens_assets.metadata import markdown_table, table_metadata
 from lens_core import contracts
 from lens_core.bundle import assemble
 from lens_core.gates import gate_table_markdown
-from lens_core.ingest import ingest
+from lens_core.ingest import ingest_to_parquet
 from lens_core.judging import build_pool, judge, pool_counts
 from lens_core.metrics import per_query_metrics
 from lens_core.rawruns import raw_run_path, write_raw_run
@@ -121,15 +123,29 @@ def raw_runs(context: dg.AssetExecutionContext, lens_source: LensDataSource, que
 )
 def agg_and_hits(context: dg.AssetExecutionContext, raw_runs: pl.DataFrame):
     root = data_dir()
-    agg_t, hits_t = ingest([root / p for p in raw_runs["path"].to_list()])
-    agg, hits = pl.from_arrow(agg_t), pl.from_arrow(hits_t)
+    # hits are written while the raw files are still being verified, into a scratch file that
+    # the IO manager then moves into place (lens_core.ingest.ingest_to_parquet)
+    scratch = root / "staging" / ".ingest" / context.run_id
+    try:
+        yield from _agg_and_hits(context, [root / p for p in raw_runs["path"].to_list()], scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _agg_and_hits(context: dg.AssetExecutionContext, raw_paths: list[Path], scratch: Path):
+    raw_runs_n = len(raw_paths)
+    agg_t, hits_file = ingest_to_parquet(raw_paths, None, scratch / "hits.parquet")
+    agg = pl.from_arrow(agg_t)
+    preview = pl.from_arrow(next(pq.ParquetFile(hits_file.path).iter_batches(batch_size=8), None)
+                            or contracts.HITS_SCHEMA.empty_table())
     summary = agg.group_by("system").agg(
         pl.len().alias("queries"), pl.col("error").is_not_null().sum().alias("errors"),
         pl.col("within_sla").mean().alias("within_sla"), pl.col("lat_ms").quantile(0.95).alias("p95_ms"),
         pl.col("why_mix_sem").mean().alias("why_sem")).sort("system")
     yield dg.Output(agg, output_name="agg", metadata=table_metadata(
-        agg, contracts.AGG_SCHEMA, headline=markdown_table(summary), files_ingested=raw_runs.height))
-    yield dg.Output(hits, output_name="hits", metadata=table_metadata(hits, contracts.HITS_SCHEMA, preview=hits.head(8)))
+        agg, contracts.AGG_SCHEMA, headline=markdown_table(summary), files_ingested=raw_runs_n))
+    yield dg.Output(hits_file, output_name="hits", metadata=table_metadata(
+        preview, contracts.HITS_SCHEMA, preview=preview, **{"dagster/row_count": hits_file.rows}))
 
 
 @dg.asset(

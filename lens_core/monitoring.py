@@ -38,10 +38,10 @@ import numpy as np
 import polars as pl
 
 from lens_core import calibration as cal
-from lens_core.contracts import AGG_SCHEMA, BUNDLE_FILES, HITS_SCHEMA, PUBLISHED_POINTER, SLICE_ALL
+from lens_core.contracts import AGG_SCHEMA, BUNDLE_FILES, PUBLISHED_POINTER, SLICE_ALL
 from lens_core.gates import file_credit_gate, flatline_gate, gate_config
 from lens_core.hashing import atomic_path, sha256_file
-from lens_core.ingest import ingest
+from lens_core.ingest import ingest_to_parquet
 from lens_core.metrics import _match_pairs, relevant_spans
 from lens_core.stats import compare
 from lens_core.tables import write_parquet
@@ -178,14 +178,13 @@ def micro_suite_summary(report: pl.DataFrame, per_suite: int = MICRO_SUITE_SIZE)
 # Parquet regeneration
 # ---------------------------------------------------------------------------------------------
 def regenerate_tables(raw_paths: Iterable[str | Path], out_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """Re-ingest raw runs into agg/hits exactly as the weekly chain stores them (ingest ->
-    polars -> schema guard -> zstd Parquet). Returns {name: {path, sha256, rows}}."""
+    """Re-ingest raw runs into agg/hits exactly as the weekly chain stores them (the
+    `agg_and_hits` asset: `ingest_to_parquet` writes hits; agg goes polars -> schema guard ->
+    zstd Parquet, as the IO manager writes it). Returns {name: {path, sha256, rows}}."""
     out_dir = Path(out_dir)
-    agg_t, hits_t = ingest(list(raw_paths))
-    out = {}
-    for name, table, schema in (("agg", agg_t, AGG_SCHEMA), ("hits", hits_t, HITS_SCHEMA)):
-        out[name] = write_parquet(pl.from_arrow(table), out_dir / f"{name}.parquet", schema=schema, name=name)
-    return out
+    agg_t, hits = ingest_to_parquet(list(raw_paths), None, out_dir / "hits.parquet")
+    return {"agg": write_parquet(pl.from_arrow(agg_t), out_dir / "agg.parquet", schema=AGG_SCHEMA, name="agg"),
+            "hits": {"path": str(hits.path), "sha256": hits.sha256, "rows": hits.rows}}
 
 
 def compare_files(stored: Mapping[str, str | Path], regenerated: Mapping[str, Mapping[str, Any]]) -> pl.DataFrame:

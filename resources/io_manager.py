@@ -8,6 +8,8 @@ go through the schema guard: a drifted table is refused and nothing is written.
 
 from __future__ import annotations
 
+import os
+import shutil
 from typing import Any
 
 import dagster as dg
@@ -16,7 +18,8 @@ from upath import UPath
 
 from lens_core import contracts
 from lens_core.settings import data_dir
-from lens_core.tables import read_parquet, write_parquet
+from lens_core.hashing import atomic_path
+from lens_core.tables import ParquetFile, read_parquet, write_parquet
 
 TABLE_SCHEMAS = {
     "agg": contracts.AGG_SCHEMA,
@@ -39,12 +42,33 @@ def staging_table_path(asset_name: str, partition_key: str | None, base_dir: str
     return base / asset_name / f"{partition_key or '__unpartitioned__'}.parquet"
 
 
+def adopt_parquet(written: ParquetFile, path: UPath) -> None:
+    """Move a table a streaming writer already wrote into the IO manager's place for it:
+    a rename on the same file system, else a copy into a temporary file beside the target that
+    is renamed over it; readers see the old file or the new one, never half of one."""
+    target = os.fspath(path)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    try:
+        os.replace(written.path, target)
+        return
+    except OSError:  # another file system: copy, then rename beside the target
+        pass
+    with atomic_path(target, suffix=".parquet") as tmp:
+        shutil.copyfile(written.path, tmp)
+    os.unlink(written.path)
+
+
 class PolarsParquetIOManager(dg.UPathIOManager):
     extension = ".parquet"
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
+        if isinstance(obj, ParquetFile):
+            adopt_parquet(obj, path)
+            context.add_output_metadata({"sha256": obj.sha256})
+            return
         if not isinstance(obj, pl.DataFrame):
-            raise TypeError(f"{context.asset_key.to_user_string()}: expected a polars DataFrame, got {type(obj).__name__}")
+            raise TypeError(f"{context.asset_key.to_user_string()}: expected a polars DataFrame or a ParquetFile, "
+                            f"got {type(obj).__name__}")
         name = context.asset_key.path[-1]
         info = write_parquet(obj, path, schema=TABLE_SCHEMAS.get(name), name=name, keep_extra=name in KEEP_EXTRA)
         context.add_output_metadata({"sha256": info["sha256"]})

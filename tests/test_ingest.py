@@ -385,3 +385,106 @@ def test_done_line_count_must_be_an_integer_not_a_bool(tmp_path, records):
     p = _write_lines(tmp_path / "x.ndjson", lines)
     with pytest.raises(SchemaError, match=r"x\.ndjson:2: field 'records': done line lacks an integer record count"):
         ingest([p])
+
+
+# ---------------------------------------------------------------------------------------------
+# ingest_to_parquet: hits encoded into a temporary Parquet file while the raw file is still
+# being verified. Same tables as ingest + write_parquet, atomic, nothing left on any error.
+# ---------------------------------------------------------------------------------------------
+def _files(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+def test_ingest_to_parquet_single_file_writes_write_parquets_bytes(tmp_path, records):
+    import pyarrow.parquet as pq
+
+    info = write_raw_run(tmp_path / "a.ndjson", _varied(records))
+    agg, hits = ingest([info["path"]])
+    ref = write_parquet(hits, tmp_path / "ref" / "hits.parquet", schema=HITS_SCHEMA)
+    out = tmp_path / "out"
+    agg2, hf = ingest_mod.ingest_to_parquet([info["path"]], out / "agg.parquet", out / "hits.parquet")
+    assert agg2.equals(agg)
+    assert hf.path == out / "hits.parquet" and hf.rows == hits.num_rows
+    assert hf.path.read_bytes() == Path(ref["path"]).read_bytes() and hf.sha256 == ref["sha256"]
+    assert pq.read_table(out / "agg.parquet").equals(agg)
+    assert _files(out) == ["agg.parquet", "hits.parquet"]  # no temporary file left behind
+
+
+def test_ingest_to_parquet_mixed_paths_give_ingests_rows(tmp_path, records, paths_taken):
+    import pyarrow.parquet as pq
+
+    fast = write_raw_run(tmp_path / "fast.ndjson", records[:6])["path"]
+    exact = _write_lines(tmp_path / "spaced.ndjson", _good_lines(records[6:10]))  # another writer's layout
+    agg, hits = ingest([fast, exact])
+    del paths_taken[:]
+    agg2, hf = ingest_mod.ingest_to_parquet([fast, exact], None, tmp_path / "out" / "hits.parquet")
+    assert paths_taken == [("exact", "spaced.ndjson")]  # the canonical file never reached the exact path
+    assert agg2.equals(agg)
+    back = pq.read_table(hf.path)
+    assert back.schema.equals(HITS_SCHEMA) and back.equals(hits) and hf.rows == hits.num_rows
+    assert _files(tmp_path / "out") == ["hits.parquet"]
+
+
+def test_ingest_to_parquet_falls_back_when_verification_fails_after_writing(tmp_path, records, monkeypatch):
+    """The certifier's verdict arrives after the hits were handed to the writer: a refusal
+    then aborts the temporary file and the exact path redoes the whole set."""
+    info = write_raw_run(tmp_path / "a.ndjson", records[:5])
+    agg, hits = ingest([info["path"]])
+    written = []
+    real_write = ingest_mod.pq.ParquetWriter.write_table
+
+    def spy(self, table, *a, **k):
+        written.append(table.num_rows)
+        return real_write(self, table, *a, **k)
+
+    monkeypatch.setattr(ingest_mod.pq.ParquetWriter, "write_table", spy)
+    monkeypatch.setattr(ingest_mod._StreamCertifier, "run", lambda self: setattr(self, "ok", False))
+    out = tmp_path / "out"
+    agg2, hf = ingest_mod.ingest_to_parquet([info["path"]], None, out / "hits.parquet")
+    assert written and written[0] == hits.num_rows  # the fast path did write before the verdict
+    assert agg2.equals(agg) and hf.rows == hits.num_rows
+    assert hf.sha256 == write_parquet(hits, tmp_path / "ref.parquet", schema=HITS_SCHEMA)["sha256"]
+    assert _files(out) == ["hits.parquet"]
+
+
+@pytest.mark.parametrize("case, mutate, match", [c for c in LAX_CASES if c[0] in (
+    "sla_str", "rank_float", "path_number", "lat_ms_missing", "status_unknown")])
+def test_ingest_to_parquet_refuses_like_ingest_and_writes_nothing(tmp_path, records, case, mutate, match):
+    objs = [json.loads(encode_record(r)) for r in records[:4]]
+    mutate(objs[1])
+    good = write_raw_run(tmp_path / "good.ndjson", records[4:8])["path"]
+    p = _write_lines(tmp_path / "x.ndjson", [_compact(o) for o in objs] + [_compact({"type": "done", "records": 4})])
+    out = tmp_path / "out"
+    with pytest.raises(SchemaError, match=match):
+        ingest_mod.ingest_to_parquet([good, p], out / "agg.parquet", out / "hits.parquet")
+    assert _files(out) == []
+
+
+def test_io_manager_adopts_a_written_parquet_file(tmp_path, records, monkeypatch):
+    import os
+
+    from upath import UPath
+
+    from resources import io_manager
+
+    src = tmp_path / "scratch" / "hits.parquet"
+    _, hf = ingest_mod.ingest_to_parquet([write_raw_run(tmp_path / "a.ndjson", records[:3])["path"]], None, src)
+    body = src.read_bytes()
+    target = UPath(tmp_path / "staging" / "hits" / "2026-01-04.parquet")
+    io_manager.adopt_parquet(hf, target)
+    assert Path(target).read_bytes() == body and not src.exists()
+    # another file system: os.replace refuses the move, the file is copied in beside the target
+    _, hf2 = ingest_mod.ingest_to_parquet([write_raw_run(tmp_path / "b.ndjson", records[3:6])["path"]], None, src)
+    body2 = src.read_bytes()
+    assert body2 != body
+    real_replace = os.replace
+
+    def no_cross_device(a, b):
+        if Path(a) == src:
+            raise OSError(18, "Invalid cross-device link")
+        return real_replace(a, b)
+
+    monkeypatch.setattr(io_manager.os, "replace", no_cross_device)
+    io_manager.adopt_parquet(hf2, target)
+    assert Path(target).read_bytes() == body2 and not src.exists()
+    assert _files(Path(target).parent) == ["2026-01-04.parquet"]

@@ -3,8 +3,9 @@ inside the process (after imports). Prints one JSON line {seconds, agg_rows, hit
 
     python ingest_worker.py ours|stdlib|pyarrow RAW.ndjson OUT_DIR
 
-- ours: lens_core.ingest.ingest (validation + derived columns + schema guard) and
-  lens_core.tables.write_parquet (atomic, zstd) for both tables.
+- ours: lens_core.ingest.ingest_to_parquet, what the weekly chain's agg_and_hits asset and the
+  nightly Parquet regeneration run (validation + derived columns + schema guard, both tables
+  written atomically as zstd Parquet with `tables.write_parquet`'s options).
 - stdlib: the notebook way: a `json.loads` loop over lines appending to column lists (no
   validation, no derived SLA columns), then pyarrow tables written as zstd Parquet.
 - pyarrow: the floor: `pyarrow.json.read_json` with the contract's explicit schema, the hits
@@ -17,15 +18,11 @@ from pathlib import Path
 
 
 def ours(src: Path, out: Path):
-    from lens_core.contracts import AGG_SCHEMA, HITS_SCHEMA
-    from lens_core.ingest import ingest
-    from lens_core.tables import write_parquet
+    from lens_core.ingest import ingest_to_parquet
 
     t0 = time.perf_counter()
-    agg, hits = ingest([src])
-    write_parquet(agg, out / "agg.parquet", schema=AGG_SCHEMA)
-    write_parquet(hits, out / "hits.parquet", schema=HITS_SCHEMA)
-    return time.perf_counter() - t0, agg.num_rows, hits.num_rows
+    agg, hits = ingest_to_parquet([src], out / "agg.parquet", out / "hits.parquet")
+    return time.perf_counter() - t0, agg.num_rows, hits.rows
 
 
 def stdlib(src: Path, out: Path):
