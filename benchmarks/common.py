@@ -1,5 +1,5 @@
 """Shared helpers for the benchmarks: timing with repeats, subprocess runs with their own
-peak RSS (`os.wait4`), result rows, and the output folder.
+peak RSS (`os.wait4` in a small launcher, see `run_proc`), result rows, and the output folder.
 
 A benchmark module exposes `run(size, repeats) -> dict` with this shape:
 
@@ -54,34 +54,51 @@ class SubprocessFailed(RuntimeError):
     pass
 
 
+# The process that launches a measured command. Linux records the old memory map's high-water
+# mark into the new program's ru_maxrss at exec (with vfork/posix_spawn, the parent's map), so a
+# command started straight from this (by then often gigabytes large) harness reports the
+# harness's peak as its own. This tiny interpreter spawns the command instead, waits for it and
+# writes the command's own rusage to a file: the command's peak RSS, floored at this launcher's
+# ~10 MB.
+_LAUNCHER = """
+import os, sys
+out, argv = sys.argv[1], sys.argv[2:]
+pid = os.posix_spawnp(argv[0], argv, os.environ)
+_, status, ru = os.wait4(pid, 0)
+with open(out, "w") as f:
+    f.write(f"{ru.ru_maxrss} {ru.ru_utime} {ru.ru_stime}")
+code = os.waitstatus_to_exitcode(status)
+os._exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_proc(cmd: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None,
              timeout_s: float = 1800.0) -> dict[str, Any]:
-    """Run a command; return {wall_s, rss_mb (peak RSS of that child), stdout, stderr, rc}.
+    """Run a command; return {wall_s, rss_mb (the command's own peak RSS), cpu_s, stdout,
+    stderr, rc}.
 
     Wall time is measured around the whole process (start-up and imports included). Peak
-    RSS comes from `os.wait4` on that one child, so runs never mix.
-    """
-    with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe:
+    RSS and CPU come from `os.wait4` on the command itself, through `_LAUNCHER`, so neither
+    this harness's memory nor another run's is counted. On timeout the command's whole
+    process group is killed."""
+    with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe, \
+            tempfile.NamedTemporaryFile(prefix="lens-bench-rusage-", mode="r") as fr:
         t0 = time.perf_counter()
-        p = subprocess.Popen(list(map(str, cmd)), stdout=fo, stderr=fe, env=env or sub_env(),
-                             cwd=str(cwd or REPO))
-        deadline = t0 + timeout_s
-        while True:
-            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                p.kill()
-                pid, status, ru = os.wait4(p.pid, 0)
-                break
-            time.sleep(0.005)
+        p = subprocess.Popen([PY, "-S", "-c", _LAUNCHER, fr.name, *map(str, cmd)], stdout=fo, stderr=fe,
+                             env=env or sub_env(), cwd=str(cwd or REPO), start_new_session=True)
+        try:
+            p.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+            p.wait()
         wall = time.perf_counter() - t0
-        p.returncode = os.waitstatus_to_exitcode(status)
         fo.seek(0)
         fe.seek(0)
         out, err = fo.read().decode(errors="replace"), fe.read().decode(errors="replace")
-    res = {"wall_s": wall, "rss_mb": ru.ru_maxrss / 1024.0, "stdout": out, "stderr": err,
-           "rc": p.returncode, "cpu_s": ru.ru_utime + ru.ru_stime}
+        usage = fr.read().split()
+    rss_kb, utime, stime = (float(x) for x in usage) if len(usage) == 3 else (float("nan"),) * 3
+    res = {"wall_s": wall, "rss_mb": rss_kb / 1024.0, "stdout": out, "stderr": err,
+           "rc": p.returncode, "cpu_s": utime + stime}
     if p.returncode != 0:
         raise SubprocessFailed(f"{' '.join(map(str, cmd))[:300]} exited {p.returncode}: {err.strip()[-800:]}")
     return res
