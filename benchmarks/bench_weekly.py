@@ -1,14 +1,18 @@
 """Weekly-run benchmark (issue 8, row 8): what `make demo` runs (`lens-eval run --with-lvm`:
-the weekly chain, `lens_assets.run.run_weekly`, then the LVM group) in a subprocess, cold (fresh
-data dir, Dagster home and caches) and warm (again on the same data dir): wall time and peak
-RSS of the process, and per step (from the Dagster instance's step stats) its wall time and
-peak RSS (a sampler thread in the worker, see `peers/weekly_worker.py`).
+the weekly chain, `lens_assets.run.run_weekly`, then the LVM group, `lvm_assets.run.run_lvm`)
+in one subprocess (`peers/weekly_worker.py`), cold then warm: wall time and peak RSS of the
+process, and per step (every Dagster run the worker launched, from the instance's step stats)
+its wall time and peak RSS (a sampler thread in the worker).
 
-Full size: the reference engine over HTTP (`DATA_SOURCE=local`) with the demo's queries per
-suite. "Cold" gets a fresh cache directory (corpus, index, HNSW, the engine, the LVM's
-vectors are rebuilt) seeded only with the MiniLM embedding store of the product's cache when
-there is one: embedding 4,200 functions on 2 cores takes minutes and is measured once by the
-cold `make demo` itself. Smoke: the simulator, 10 queries per suite.
+Cold: a fresh data dir, Dagster home and caches (corpus, index, HNSW, the engine, the LVM's
+vectors and checkpoints are rebuilt), seeded only with the MiniLM embedding store (the product
+cache's for the first pair, when there is one; the previous pair's for later ones): embedding
+4,200 functions on 2 cores takes minutes. Warm: the same command again on that data dir and
+Dagster home.
+
+Full size: the reference engine over HTTP (`DATA_SOURCE=local`, as make demo) with the demo's
+queries per suite, the weekly chain and the LVM group. Smoke: the simulator, 10 queries per
+suite, the weekly chain only (`--no-lvm`: the LVM's cold run alone took ~170 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -21,16 +25,17 @@ from typing import Any
 
 from benchmarks.common import BENCH, PY, last_json, repeat, row, run_proc, sub_env
 
-SIZES = {"smoke": {"qps": 10, "budget_s": 0.0, "source": "sim"},
-         "full": {"qps": 0, "budget_s": 1000.0, "source": "local"}}
+SIZES = {"smoke": {"qps": 10, "budget_s": 0.0, "source": "sim", "lvm": False},
+         "full": {"qps": 0, "budget_s": 1000.0, "source": "local", "lvm": True}}
 EMBEDDINGS_STORE = "embeddings-all-MiniLM-L6-v2.sqlite"
 PARTITION = "2026-01-04"
 
 
-def _once(data: Path, home: Path, qps: int, source: str = "sim") -> dict[str, Any]:
+def _once(data: Path, home: Path, qps: int, source: str = "sim", lvm: bool = True) -> dict[str, Any]:
     env = sub_env(LENS_DATA_DIR=str(data), DAGSTER_HOME=str(home), DATA_SOURCE=source)
     env.pop("LENS_CACHE_DIR", None)  # the data dir's own cache: cold means cold
-    r = run_proc([PY, BENCH / "peers" / "weekly_worker.py", PARTITION, str(qps)], env=env, timeout_s=1500)
+    r = run_proc([PY, BENCH / "peers" / "weekly_worker.py", PARTITION, str(qps),
+                  *([] if lvm else ["--no-lvm"])], env=env, timeout_s=1500)
     out = last_json(r["stdout"])
     # the worker's sampler resets the kernel's high-water mark, so its own largest sample is the
     # process's peak (run_proc's ru_maxrss then only covers the last 10 ms interval and start-up)
@@ -66,8 +71,8 @@ def run(size: str = "smoke", repeats: int = 3) -> dict[str, Any]:
                 seeds.append(f"{seed.stat().st_size / 1e6:,.1f} MB")
             else:
                 seeds.append("none")
-            c = _once(d / "data", d / "dagster_home", cfg["qps"], cfg["source"])
-            w = _once(d / "data", d / "dagster_home", cfg["qps"], cfg["source"])
+            c = _once(d / "data", d / "dagster_home", cfg["qps"], cfg["source"], cfg["lvm"])
+            w = _once(d / "data", d / "dagster_home", cfg["qps"], cfg["source"], cfg["lvm"])
             cold.append(c)
             warm.append(w)
             # the next pair is seeded with every embedding this one computed (the LVM corpus's
@@ -100,13 +105,20 @@ def run(size: str = "smoke", repeats: int = 3) -> dict[str, Any]:
     qps = cfg["qps"] or "config default"
     src = ("the reference engine over HTTP (DATA_SOURCE=local, as make demo)" if cfg["source"] == "local"
            else "simulator source")
-    notes = [f"Partition {PARTITION}, {src}, queries per suite: {qps}, the weekly chain then the LVM group (as "
-             f"`lens-eval run --with-lvm`); {len(cold)} cold+warm pair(s) (fewer than the requested repeats when "
-             "a pair exceeds the time budget). "
+    what = ("the weekly chain then the LVM group, in one process (as `lens-eval run --with-lvm`, make demo)"
+            if cfg["lvm"] else "the weekly chain only, in one process (smoke size: the LVM group of make demo is "
+            "left out, its cold run alone takes minutes; the full size runs it)")
+    seeded = (f"seeded only with the MiniLM embedding store ({', '.join(seeds)}: the first from the product's cache, "
+              "each later one from the previous pair's)" if cfg["source"] == "local"
+              else "nothing seeded (the full size seeds only the MiniLM embedding store; the simulator source at "
+              "smoke size has nothing to embed)")
+    notes = [f"Partition {PARTITION}, {src}, queries per suite: {qps}, {what}; {len(cold)} cold+warm pair(s) "
+             "(fewer than the requested repeats when a pair exceeds the time budget). Cold: a fresh data dir, "
+             f"Dagster home and caches, {seeded}; warm: the same command again on that data dir and Dagster home. "
+             "Wall: the whole process (start-up and imports included). "
              f"Peak RSS of the whole process: cold {max(r['rss_mb'] for r in cold):,.0f} MB, warm "
              f"{max(r['rss_mb'] for r in warm):,.0f} MB. "
-             f"Embedding store seeded into each cold run: {', '.join(seeds)} (the first from the product's "
-             "cache, each later one from the previous pair's). Cold wall per pair: "
+             "Cold wall per pair: "
              + ", ".join(f"{r['process_wall_s']:.0f} s" for r in cold) + ". "
              f"Outcome: success={cold[0]['success']}, published={cold[0]['published']}"
              + (f", errors {cold[0]['errors']}" if cold[0]["errors"] else "") + ".",
