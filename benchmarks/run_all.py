@@ -116,6 +116,8 @@ def render(results: list[dict], meta: dict) -> str:
            "## Summary", "", summary_table(results), ""]
     for res in results:
         out += [f"## {res['title']}", ""]
+        if res.get("ran"):
+            out.append(f"- {res['ran']}")
         out += [f"- {n}" if "\n" not in n else f"\n{n}\n" for n in res["notes"]]
         if res.get("profile"):
             out += ["", "Profile (a target does not hold):", "", "```", res["profile"].rstrip(), "```"]
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in names:
         t1 = time.perf_counter()
+        started, load0 = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), loadavg()
         print(f"[bench] {name} ({size}, repeats {repeats}) ...", file=sys.stderr, flush=True)
         try:
             res = importlib.import_module(BENCHMARKS[name]).run(size, repeats)
@@ -165,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             res = {"name": name, "title": name, "notes": [f"failed: {type(e).__name__}: {e}"], "profile": None,
                    "rows": [row(name, None, skipped=f"benchmark failed: {type(e).__name__}: {str(e)[:200]}")]}
         print(f"[bench] {name} done in {time.perf_counter() - t1:.0f} s", file=sys.stderr, flush=True)
+        res["ran"] = (f"ran {started} – {datetime.now(timezone.utc).strftime('%H:%M')} UTC "
+                      f"({time.perf_counter() - t1:.0f} s); load average (1/5/15 min) before: {load0}, after: {loadavg()}")
         results.append(res)
     meta["wall_s"] = time.perf_counter() - t0
     meta["load_end"] = loadavg()
