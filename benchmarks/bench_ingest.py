@@ -74,7 +74,7 @@ def run(size: str = "smoke", repeats: int = 3) -> dict[str, Any]:
     if size == "full" and any(r["holds"] is False for r in rows):
         out = Path(tempfile.mkdtemp(prefix="lens-bench-ingest-prof-"))
         try:
-            profile = ("ours (lens_core.ingest.ingest + write_parquet), cProfile cumulative:\n\n"
+            profile = ("ours (lens_core.ingest.ingest_to_parquet), cProfile cumulative (main thread only: the per-phase table above shows the threads):\n\n"
                        + profile_subprocess([PY, WORKER, "ours", src, out]))
         finally:
             shutil.rmtree(out, ignore_errors=True)
