@@ -27,13 +27,14 @@ per-row Python. Any error stops ingestion before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import threading
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import duckdb
 import numpy as np
@@ -408,10 +409,8 @@ def _background_priority(niceness: int = 10) -> None:
     """Lower the calling thread's CPU priority (Linux: per-thread nice). The verification
     threads (hash, certifiers) then fill the cores the caller's thread leaves idle instead of
     taking turns with it: the caller derives and writes at full speed while they run."""
-    try:
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: same result, less overlap
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-    except (AttributeError, OSError):  # not Linux, or not allowed: same result, less overlap
-        pass
 
 
 class _StreamHasher(threading.Thread):
@@ -798,17 +797,6 @@ def _with_sha(agg: pl.DataFrame, sha: str) -> pl.DataFrame:
     return agg.with_columns(pl.lit(sha).alias("attestation_sha256"))
 
 
-def _ingest_fast(path: Path, fd: int, st: os.stat_result, scan: _DuckScan) -> tuple[pl.DataFrame, pa.Table] | None:
-    """The fast path (`_FastFile`) for one file: its tables once verified, else None."""
-    fast = _FastFile(path, fd, st, scan)
-    try:
-        out = fast.tables()
-        sha = fast.verified_sha() if out is not None else None
-        return None if sha is None else (_with_sha(out[0], sha), out[1])
-    finally:
-        fast.close()
-
-
 def _ingest_exact(path: Path, data: bytes) -> tuple[pl.DataFrame, pa.Table]:
     hasher = _Hasher(data)
     hasher.start()
@@ -820,21 +808,40 @@ def _ingest_exact(path: Path, data: bytes) -> tuple[pl.DataFrame, pa.Table]:
     return records_to_tables(table, hasher.hexdigest, path, body)
 
 
-def _ingest_file(path: Path) -> tuple[pl.DataFrame, pa.Table]:
+def _ingest_file(path: Path, write_hits: Callable[[pa.Table], None] | None = None) -> tuple[pl.DataFrame, pa.Table]:
     """One raw-run file -> (agg rows, hits rows): the canonical fast path when it certifies
-    the file (`_ingest_fast`), the exact path otherwise (the whole file read into memory)."""
+    the file (`_FastFile`), the exact path otherwise (the whole file read into memory).
+
+    With `write_hits` (`ingest_to_parquet`), the fast path hands the hits to it before the
+    verification's verdict, so that the encode runs beside the hash and the certifiers; a file
+    then refused raises `_Unverified` (what was written must be discarded). The exact path hands
+    them over once they are validated."""
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
             scan = _fast_scan(path, f.fileno())
             if scan is not None:
-                out = _ingest_fast(path, f.fileno(), st, scan)
-                if out is not None:
-                    return out
+                fast = _FastFile(path, f.fileno(), st, scan)
+                try:
+                    out = fast.tables()
+                    if out is not None:
+                        if write_hits is not None:
+                            write_hits(out[1])
+                        sha = fast.verified_sha()
+                        if sha is not None:
+                            return _with_sha(out[0], sha), out[1]
+                        if write_hits is not None:
+                            raise _Unverified(str(path))
+                finally:
+                    fast.close()
             data = f.read()
     except OSError as e:
         raise _fail(path, None, None, f"cannot read ({e.strerror})") from None
-    return _ingest_exact(path, data)
+    agg, hits = _ingest_exact(path, data)
+    del data
+    if write_hits is not None:
+        write_hits(hits)
+    return agg, hits
 
 
 def _combine(aggs: list[pl.DataFrame]) -> pl.DataFrame:
@@ -908,38 +915,10 @@ def _ingest_to_parquet(paths: list[Path], hits_path: Path) -> tuple[pa.Table, Pa
         writer = pq.ParquetWriter(hits_tmp, HITS_SCHEMA, **parquet_options(HITS_SCHEMA))
         try:
             for path in paths:
-                agg, hits = _ingest_streaming(path, writer)
+                agg, hits = _ingest_file(path, lambda t: writer.write_table(conform(t, HITS_SCHEMA, "hits")))
                 aggs.append(agg)
-                n_hits += hits
+                n_hits += hits.num_rows
         finally:
             writer.close()
         agg_t = conform(_combine(aggs), AGG_SCHEMA, "agg")
     return agg_t, ParquetFile(hits_path, sha256_file(hits_path), n_hits)
-
-
-def _ingest_streaming(path: Path, writer: pq.ParquetWriter) -> tuple[pl.DataFrame, int]:
-    """One file for `ingest_to_parquet`: its hits written to `writer`, its agg rows returned."""
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            scan = _fast_scan(path, f.fileno())
-            if scan is not None:
-                fast = _FastFile(path, f.fileno(), st, scan)
-                try:
-                    out = fast.tables()
-                    if out is not None:
-                        agg, hits = out
-                        writer.write_table(conform(hits, HITS_SCHEMA, "hits"))  # beside the verification
-                        sha = fast.verified_sha()
-                        if sha is None:
-                            raise _Unverified(str(path))
-                        return _with_sha(agg, sha), hits.num_rows
-                finally:
-                    fast.close()
-            data = f.read()
-    except OSError as e:
-        raise _fail(path, None, None, f"cannot read ({e.strerror})") from None
-    agg, hits = _ingest_exact(path, data)
-    del data
-    writer.write_table(conform(hits, HITS_SCHEMA, "hits"))
-    return agg, hits.num_rows

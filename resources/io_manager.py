@@ -50,12 +50,10 @@ def adopt_parquet(written: ParquetFile, path: UPath) -> None:
     os.makedirs(os.path.dirname(target), exist_ok=True)
     try:
         os.replace(written.path, target)
-        return
     except OSError:  # another file system: copy, then rename beside the target
-        pass
-    with atomic_path(target, suffix=".parquet") as tmp:
-        shutil.copyfile(written.path, tmp)
-    os.unlink(written.path)
+        with atomic_path(target, suffix=".parquet") as tmp:
+            shutil.copyfile(written.path, tmp)
+        os.unlink(written.path)
 
 
 class PolarsParquetIOManager(dg.UPathIOManager):

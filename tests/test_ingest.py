@@ -179,16 +179,16 @@ def paths_taken(monkeypatch):
     """("fast"|"exact", file name) for every file that entered the fast path (its first line
     has the canonical layout) or reached the exact path."""
     taken = []
-    real_fast, real_exact = ingest_mod._ingest_fast, ingest_mod._parse_exact
+    real_fast, real_exact = ingest_mod._FastFile.tables, ingest_mod._parse_exact
 
-    def fast(path, *a, **k):
-        taken.append(("fast", Path(path).name))
-        return real_fast(path, *a, **k)
+    def fast(self, *a, **k):
+        taken.append(("fast", Path(self.path).name))
+        return real_fast(self, *a, **k)
 
     def exact(path, *a, **k):
         taken.append(("exact", Path(path).name))
         return real_exact(path, *a, **k)
-    monkeypatch.setattr(ingest_mod, "_ingest_fast", fast)
+    monkeypatch.setattr(ingest_mod._FastFile, "tables", fast)
     monkeypatch.setattr(ingest_mod, "_parse_exact", exact)
     return taken
 
@@ -418,7 +418,8 @@ def test_ingest_to_parquet_mixed_paths_give_ingests_rows(tmp_path, records, path
     agg, hits = ingest([fast, exact])
     del paths_taken[:]
     agg2, hf = ingest_mod.ingest_to_parquet([fast, exact], None, tmp_path / "out" / "hits.parquet")
-    assert paths_taken == [("exact", "spaced.ndjson")]  # the canonical file never reached the exact path
+    # the canonical file was certified on the fast path and never reached the exact path
+    assert paths_taken == [("fast", "fast.ndjson"), ("exact", "spaced.ndjson")]
     assert agg2.equals(agg)
     back = pq.read_table(hf.path)
     assert back.schema.equals(HITS_SCHEMA) and back.equals(hits) and hf.rows == hits.num_rows
