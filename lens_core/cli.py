@@ -12,6 +12,7 @@ Errors are one clear line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -428,5 +429,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The console script: `main`, then exit. Everything is written by then, so the objects
+    left are frozen out of the interpreter's final garbage collections, which would otherwise
+    walk every object of polars, pyarrow and numpy (~50 ms of each command's wall time)."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()
