@@ -87,7 +87,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,10 +296,13 @@ def _merge_agg(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[
     ux = np.concatenate([p[0] for p in parts])
     order = np.argsort(ux, kind="stable")
     ux = ux[order]
-    cnt = np.concatenate([p[1] for p in parts])[order]
-    pos = np.concatenate([p[2] for p in parts])[order]
-    starts = np.concatenate(([0], np.flatnonzero(ux[1:] != ux[:-1]) + 1))
-    return ux[starts], np.add.reduceat(cnt, starts), np.add.reduceat(pos, starts)
+    new = np.empty(ux.size, dtype=bool)
+    new[:1] = True
+    np.not_equal(ux[1:], ux[:-1], out=new[1:])
+    run = np.cumsum(new) - 1  # each label's unique-score index; bincount sums (faster than reduceat)
+    cnt = np.bincount(run, weights=np.concatenate([p[1] for p in parts])[order])
+    pos = np.bincount(run, weights=np.concatenate([p[2] for p in parts])[order])
+    return ux[new], cnt, pos
 
 
 def _merged_share_agg(cnt: np.ndarray, pos: np.ndarray, n: int, bins: int = DEFAULT_MERGE_BINS) -> float:
@@ -652,10 +657,11 @@ def fit_cells(df: pl.DataFrame, min_labels: int = DEFAULT_MIN_LABELS,
         raise ValueError("fit_cells: no labelled hits")
     # One group-by over the labels: per cell its count, positives, its scores sorted and the
     # scores of its positives sorted (in parallel, in Rust; no sort_by). Everything else works on these 40-odd rows.
-    grp = (df.group_by(list(CELL_KEYS))
+    grp = (df.lazy().group_by(list(CELL_KEYS))
            .agg(pl.len().cast(pl.Int64).alias("n"), pl.col("label").sum().cast(pl.Int64).alias("n_pos"),
-                pl.col("score").sort().alias("s"), pl.col("score").filter(pl.col("label") == 1).sort().alias("s1"))
-           .sort(list(CELL_KEYS)))
+                pl.col("score").alias("s"), pl.col("score").filter(pl.col("label") == 1).alias("s1"))
+           .sort(list(CELL_KEYS))
+           .collect())
     counts = grp.select(*CELL_KEYS, "n", "n_pos")
     by_intent = {(r["system"], r["intent"]): (r["n"], r["n_pos"]) for r in
                  counts.group_by(["system", "intent"]).agg(pl.col("n").sum(), pl.col("n_pos").sum())
@@ -683,25 +689,12 @@ def fit_cells(df: pl.DataFrame, min_labels: int = DEFAULT_MIN_LABELS,
     s_all = grp.get_column("s").explode().to_numpy()
     s1_all = grp.get_column("s1").explode(empty_as_null=False).to_numpy()
     del grp
-    agg: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for k, cell in enumerate(counts.select(CELL_KEYS).iter_rows()):  # cells, not labels
-        agg[cell] = _sorted_agg(s_all[bounds[k]:bounds[k + 1]], s1_all[bounds1[k]:bounds1[k + 1]])
+    cell_keys = list(counts.select(CELL_KEYS).iter_rows())
 
-    level_aggs: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    wanted = set(needed)
 
-    def level_agg(s: str, i: str, level: str):
-        key = (level, s, i if level == LEVEL_INTENT else ANY)
-        if key not in level_aggs:
-            if level == LEVEL_INTENT:
-                level_aggs[key] = _merge_agg([a for (cs, ci, _), a in agg.items() if cs == s and ci == i])
-            else:  # a system: the merge of its intents' aggregates
-                level_aggs[key] = _merge_agg([level_agg(s, ci, LEVEL_INTENT)
-                                              for ci in sorted({ci for cs, ci, _ in agg if cs == s})])
-        return level_aggs[key]
-
-    cals: dict[str, Calibrator] = {}
-    for s, i, l, level in needed:
-        ux, cnt, pos = agg[(s, i, l)] if level == LEVEL_CELL else level_agg(s, i, level)
+    def fit(agg: tuple[np.ndarray, np.ndarray, np.ndarray], s: str, i: str, l: str, level: str) -> Calibrator:
+        ux, cnt, pos = agg
         n, n_pos = int(cnt.sum()), int(pos.sum())
         note = None
         if level == LEVEL_SYSTEM and not _enough(n, n_pos, min_labels, min_per_class):
@@ -709,7 +702,39 @@ def fit_cells(df: pl.DataFrame, min_labels: int = DEFAULT_MIN_LABELS,
                     f"min_labels {min_labels} / min_per_class {min_per_class}")
             if n_pos in (0, n):
                 note += f"; all labels are {int(n_pos == n)}: constant calibrator"
-        cal = _fit_agg(ux, cnt, pos, system=s, intent=i, language=l, level=level, note=note)
+        return _fit_agg(ux, cnt, pos, system=s, intent=i, language=l, level=level, note=note)
+
+    def fit_intent(si: tuple[str, str]) -> tuple[tuple, list[Calibrator]]:
+        """One (system, intent): its cells' aggregates (each cell's slice sorted, then one
+        linear pass), their merge (the intent level; no re-sort of labels), and the cell-
+        and intent-level fits it needs."""
+        s, i = si
+        agg = {cell: _sorted_agg(np.sort(s_all[bounds[k]:bounds[k + 1]]), np.sort(s1_all[bounds1[k]:bounds1[k + 1]]))
+               for k, cell in enumerate(cell_keys) if cell[:2] == si}
+        merged = _merge_agg(list(agg.values()))
+        out = [fit(agg[(s, i, l)], s, i, l, LEVEL_CELL) for (_, _, l) in agg if (s, i, l, LEVEL_CELL) in wanted]
+        if (s, i, ANY, LEVEL_INTENT) in wanted:
+            out.append(fit(merged, s, i, ANY, LEVEL_INTENT))
+        return merged, out
+
+    # Units share nothing, so they run in parallel threads (numpy's sorts, gathers and
+    # reductions release the GIL): every (system, intent), then every system, whose pool is
+    # the merge of its intents' aggregates.
+    pairs = sorted({c[:2] for c in cell_keys})
+    systems = sorted({c[0] for c in cell_keys})
+    workers = min(len(pairs), os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        run = pool.map if pool is not None else map
+        by_pair = dict(zip(pairs, run(fit_intent, pairs)))
+        fitted = [c for _, part in by_pair.values() for c in part]
+        fitted += run(lambda s: fit(_merge_agg([m for (ps, _), (m, _) in by_pair.items() if ps == s]),
+                                    s, ANY, ANY, LEVEL_SYSTEM), systems)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    cals: dict[str, Calibrator] = {}
+    for cal in sorted(fitted, key=lambda c: (c.system, c.intent, c.language, c.level)):
         cals[cal.key] = cal
     cells = {cell: f"{s}|{i}|{l}" for cell, (s, i, l, _) in plan.items()}
     return CalibratorSet(cals, cells, params)
