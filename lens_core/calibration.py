@@ -655,8 +655,9 @@ def fit_cells(df: pl.DataFrame, min_labels: int = DEFAULT_MIN_LABELS,
     df, _ = _validate(df, nan_policy)
     if df.height == 0:
         raise ValueError("fit_cells: no labelled hits")
-    # One group-by over the labels: per cell its count, positives, its scores sorted and the
-    # scores of its positives sorted (in parallel, in Rust; no sort_by). Everything else works on these 40-odd rows.
+    # One group-by over the labels: per cell its count, positives, its scores and the scores
+    # of its positives (gathered, unsorted: each cell's slice is sorted by numpy in the fit
+    # units below). Everything else works on these 40-odd rows.
     grp = (df.lazy().group_by(list(CELL_KEYS))
            .agg(pl.len().cast(pl.Int64).alias("n"), pl.col("label").sum().cast(pl.Int64).alias("n_pos"),
                 pl.col("score").alias("s"), pl.col("score").filter(pl.col("label") == 1).alias("s1"))
