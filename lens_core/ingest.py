@@ -27,7 +27,9 @@ per-row Python. Any error stops ingestion before anything is written.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -395,6 +397,10 @@ def _fast_scan(path: Path, fd: int) -> _DuckScan | None:
 # Bytes a streaming reader holds at a time: small, so the hash and the regex run on cached
 # bytes and no fresh memory is touched (a fresh page costs more than hashing it here).
 _CHUNK = 1 << 22
+# Bytes of record lines per certification range (`_StreamCertifier`): small enough that the
+# certifier threads end within a range's time of each other (~30 ms), large enough that a
+# range is several chunks.
+_PIECE = 1 << 24
 _MAX_LINE = 1 << 28  # a certifier's buffer grows to hold a longer record line, up to this
 
 
@@ -435,37 +441,55 @@ class _StreamHasher(threading.Thread):
 
 
 class _StreamCertifier(threading.Thread):
-    """Certify the record lines in bytes [start, end) of an open file (a run of whole lines),
-    read in chunks into one reused buffer, each chunk's whole lines at once."""
+    """Certify the record lines of an open file, one range (bytes [start, end), a run of whole
+    lines) at a time, taken from a queue the certifiers share: a thread that is given more of
+    the cores takes more ranges, so they all end together. Each range is read in chunks into
+    one reused buffer, each chunk's whole lines at once. `ok`: every range it took certified;
+    a failure stops the others (`failed`)."""
 
-    def __init__(self, fd: int, start: int, end: int):
+    def __init__(self, fd: int, ranges: collections.deque, failed: threading.Event):
         super().__init__(daemon=True)
-        self.fd, self.start_, self.end, self.ok = fd, start, end, False
+        self.fd, self.ranges, self.failed, self.ok = fd, ranges, failed, False
 
     def run(self) -> None:
         _background_priority()
         try:
-            buf = bytearray(min(_CHUNK, self.end - self.start_))
-            mv = memoryview(buf)
-            pos, have = self.start_, 0
-            while pos < self.end:
-                pos += (n := _pread_into(self.fd, mv[have:min(len(buf), have + self.end - pos)], pos))
-                have += n
-                last = buf.rfind(b"\n", 0, have)
-                if last < 0:
-                    if have == len(buf):  # a line longer than the buffer: a larger buffer
-                        if len(buf) >= _MAX_LINE:
-                            return  # not certified: the exact path reads it
-                        buf.extend(bytes(len(buf)))
-                        mv = memoryview(buf)
-                    continue
-                if not _certified(mv[:last + 1]):
+            buf = bytearray(_CHUNK)
+            while not self.failed.is_set():
+                try:
+                    start, end = self.ranges.popleft()
+                except IndexError:
+                    self.ok = True
                     return
-                buf[:have - last - 1] = buf[last + 1:have]
-                have -= last + 1
-            self.ok = have == 0
+                buf = self._certify(buf, start, end)
+                if buf is None:
+                    self.failed.set()
+                    return
         except Exception:  # noqa: BLE001 - anything unexpected: not certified, exact path decides
-            self.ok = False
+            self.failed.set()
+
+    def _certify(self, buf: bytearray, start: int, end: int) -> bytearray | None:
+        """The buffer (grown for a longer line) when bytes [start, end) certify, else None."""
+        mv = memoryview(buf)
+        pos, have = start, 0
+        while pos < end:
+            pos += (n := _pread_into(self.fd, mv[have:min(len(buf), have + end - pos)], pos))
+            have += n
+            last = buf.rfind(b"\n", 0, have)
+            if last < 0:
+                if have == len(buf):  # a line longer than the buffer: a larger buffer
+                    if len(buf) >= _MAX_LINE:
+                        return None  # not certified: the exact path reads it
+                    mv.release()
+                    buf.extend(bytes(len(buf)))
+                    mv = memoryview(buf)
+                continue
+            if not _certified(mv[:last + 1]):
+                return None
+            buf[:have - last - 1] = buf[last + 1:have]
+            have -= last + 1
+        mv.release()
+        return buf if have == 0 else None
 
 
 def _line_start_after(fd: int, pos: int, end: int) -> int | None:
@@ -751,13 +775,16 @@ class _FastFile:
         self.hasher = _StreamHasher(self.fd, self.st.st_size)
         self.hasher.start()
         bounds = [0]
-        n_pieces = max(1, min(os.cpu_count() or 1, 8, end >> 20))
+        n_pieces = max(1, min(256, end // _PIECE))
         for k in range(1, n_pieces):
             b = _line_start_after(self.fd, max(bounds[-1], end * k // n_pieces), end)
             if b is not None and bounds[-1] < b < end:
                 bounds.append(b)
         bounds.append(end)
-        self.certifiers = [_StreamCertifier(self.fd, a, b) for a, b in zip(bounds, bounds[1:])]
+        ranges = collections.deque(zip(bounds, bounds[1:]))
+        failed = threading.Event()
+        self.certifiers = [_StreamCertifier(self.fd, ranges, failed)
+                           for _ in range(min(os.cpu_count() or 1, 8, len(ranges)))]
         for c in self.certifiers:
             c.start()
 
@@ -911,14 +938,22 @@ def ingest_to_parquet(paths: Iterable[str | Path], agg_path: str | os.PathLike |
 def _ingest_to_parquet(paths: list[Path], hits_path: Path) -> tuple[pa.Table, ParquetFile]:
     aggs: list[pl.DataFrame] = []
     n_hits = 0
+    digest: list[str] = []
     with atomic_path(hits_path, suffix=".parquet") as hits_tmp:
         writer = pq.ParquetWriter(hits_tmp, HITS_SCHEMA, **parquet_options(HITS_SCHEMA))
+
+        def write(table: pa.Table, last: bool) -> None:
+            writer.write_table(conform(table, HITS_SCHEMA, "hits"))
+            if last:  # the last file's verification still runs: finish and hash the hits file meanwhile
+                writer.close()
+                digest.append(sha256_file(hits_tmp))
+
         try:
-            for path in paths:
-                agg, hits = _ingest_file(path, lambda t: writer.write_table(conform(t, HITS_SCHEMA, "hits")))
+            for k, path in enumerate(paths):
+                agg, hits = _ingest_file(path, functools.partial(write, last=k == len(paths) - 1))
                 aggs.append(agg)
                 n_hits += hits.num_rows
         finally:
             writer.close()
         agg_t = conform(_combine(aggs), AGG_SCHEMA, "agg")
-    return agg_t, ParquetFile(hits_path, sha256_file(hits_path), n_hits)
+    return agg_t, ParquetFile(hits_path, digest[0] if digest else sha256_file(hits_path), n_hits)

@@ -124,7 +124,7 @@ def phases(src: Path, out: Path):
         return run
 
     labels = {ing._DuckScan: "DuckDB typed scan (its own threads)", ing._StreamHasher: "sha256 of the file",
-              ing._StreamCertifier: "RE2 certification (one piece)"}
+              ing._StreamCertifier: "RE2 certification (one thread, ranges from a shared queue)"}
     for cls, label in labels.items():
         # DuckDB's scan runs alone (the other phases start after it): the process's CPU time
         # over its span is DuckDB's, all its worker threads included
@@ -134,6 +134,7 @@ def phases(src: Path, out: Path):
     ing.pq = type("pq", (), {"ParquetWriter": type("W", (pq.ParquetWriter,), {
         "write_table": timed("encode + write hits Parquet", pq.ParquetWriter.write_table)})})
     ing.write_parquet = timed("write agg Parquet", ing.write_parquet)
+    ing.sha256_file = timed("sha256 of the hits Parquet", ing.sha256_file)
     t0 = time.perf_counter()
     agg, hits = ing.ingest_to_parquet([src], out / "agg.parquet", out / "hits.parquet")
     return time.perf_counter() - t0, agg.num_rows, hits.rows, spans
