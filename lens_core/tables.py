@@ -79,7 +79,7 @@ def parquet_options(schema: pa.Schema) -> dict:
     """The writer options of every table the product writes (`write_parquet`, and the
     streaming writer of `lens_core.ingest.ingest_to_parquet`, which must write the same bytes).
 
-    Floating-point columns of flat tables are written PLAIN: their values rarely repeat, so
+    Floating-point columns of flat tables are not dictionary-encoded: their values rarely repeat, so
     the dictionary pyarrow would try first is a hash table per value that ends up discarded
     (4.9 M hit scores: 0.37 s -> 0.24 s, and the file is 3% smaller). Tables with nested
     columns keep pyarrow's default (its column list names leaves, not top-level fields)."""
@@ -91,7 +91,11 @@ def parquet_options(schema: pa.Schema) -> dict:
     # (run_id, system) pairs from them.
     stats = ([f.name for f in schema if not _is_text(f.type) or f.name in STATS_TEXT_COLUMNS]
              if flat else True)
-    return {"compression": "zstd", "write_statistics": stats, "use_dictionary": dictionary}
+    # Floating-point columns BYTE_STREAM_SPLIT: bytes of equal significance together compress
+    # better (4.9 M hit scores: 35.8 -> 30.5 MB) and cost less CPU to compress.
+    floats = [f.name for f in schema if pa.types.is_floating(f.type)] if flat else False
+    return {"compression": "zstd", "write_statistics": stats, "use_dictionary": dictionary,
+            "use_byte_stream_split": floats or False}
 
 
 # String columns whose row-group statistics are written (see `parquet_options`).
