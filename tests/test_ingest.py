@@ -320,6 +320,31 @@ def test_fast_path_refuses_bad_lines(tmp_path, records, paths_taken, case, match
     assert paths_taken == ([] if case == "first_line" else [("fast", "x.ndjson")]) + [("exact", "x.ndjson")]
 
 
+def test_certifiers_share_ranges_and_grow_for_long_lines(tmp_path, records, monkeypatch, paths_taken):
+    """Certification in many small ranges taken by the certifier threads from one queue, each
+    record line longer than a certifier's read buffer (which grows to hold it): the fast path
+    still certifies the file and gives the exact path's tables; a bad line in a later range
+    makes it decline, and the exact path names the line."""
+    monkeypatch.setattr(ingest_mod, "_CHUNK", 256)
+    monkeypatch.setattr(ingest_mod, "_PIECE", 1024)
+    lines = _canonical_lines(records[:12])
+    assert min(len(line) for line in lines[:-1]) > 256
+    p = _write_lines(tmp_path / "long.ndjson", lines)
+    agg, hits = ingest([p])
+    assert paths_taken == [("fast", "long.ndjson")]  # certified: never reaches the exact path
+    real_scan = ingest_mod._fast_scan
+    monkeypatch.setattr(ingest_mod, "_fast_scan", lambda path, fd: None)
+    agg_x, hits_x = ingest([p])
+    assert agg.equals(agg_x) and hits.equals(hits_x)
+    monkeypatch.setattr(ingest_mod, "_fast_scan", real_scan)
+    obj = json.loads(lines[10])
+    obj["sla_ms"] = "150"
+    lines[10] = _compact(obj)
+    with pytest.raises(SchemaError, match=r"x\.ndjson:11: field 'sla_ms': expected int or float, got str"):
+        ingest([_write_lines(tmp_path / "x.ndjson", lines)])
+    assert paths_taken[2:] == [("fast", "x.ndjson"), ("exact", "x.ndjson")]
+
+
 def test_written_tables_read_back_as_the_contract(tmp_path, records):
     import pyarrow.parquet as pq
 
