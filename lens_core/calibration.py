@@ -705,7 +705,7 @@ def fit_cells(df: pl.DataFrame, min_labels: int = DEFAULT_MIN_LABELS,
                 note += f"; all labels are {int(n_pos == n)}: constant calibrator"
         return _fit_agg(ux, cnt, pos, system=s, intent=i, language=l, level=level, note=note)
 
-    def fit_intent(si: tuple[str, str]) -> tuple[tuple, list[Calibrator]]:
+    def fit_intent(si: tuple[str, str]) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], list[Calibrator]]:
         """One (system, intent): its cells' aggregates (each cell's slice sorted, then one
         linear pass), their merge (the intent level; no re-sort of labels), and the cell-
         and intent-level fits it needs."""
@@ -722,18 +722,14 @@ def fit_cells(df: pl.DataFrame, min_labels: int = DEFAULT_MIN_LABELS,
     # reductions release the GIL): every (system, intent), then every system, whose pool is
     # the merge of its intents' aggregates.
     pairs = sorted({c[:2] for c in cell_keys})
-    systems = sorted({c[0] for c in cell_keys})
-    workers = min(len(pairs), os.cpu_count() or 1)
-    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
-    try:
-        run = pool.map if pool is not None else map
-        by_pair = dict(zip(pairs, run(fit_intent, pairs)))
+
+    def fit_system(s: str) -> Calibrator:
+        return fit(_merge_agg([m for (ps, _), (m, _) in by_pair.items() if ps == s]), s, ANY, ANY, LEVEL_SYSTEM)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(pairs), os.cpu_count() or 1))) as pool:
+        by_pair = dict(zip(pairs, pool.map(fit_intent, pairs)))
         fitted = [c for _, part in by_pair.values() for c in part]
-        fitted += run(lambda s: fit(_merge_agg([m for (ps, _), (m, _) in by_pair.items() if ps == s]),
-                                    s, ANY, ANY, LEVEL_SYSTEM), systems)
-    finally:
-        if pool is not None:
-            pool.shutdown()
+        fitted += pool.map(fit_system, sorted({s for s, _ in pairs}))
     cals: dict[str, Calibrator] = {}
     for cal in sorted(fitted, key=lambda c: (c.system, c.intent, c.language, c.level)):
         cals[cal.key] = cal

@@ -956,4 +956,4 @@ def _ingest_to_parquet(paths: list[Path], hits_path: Path) -> tuple[pa.Table, Pa
         finally:
             writer.close()
         agg_t = conform(_combine(aggs), AGG_SCHEMA, "agg")
-    return agg_t, ParquetFile(hits_path, digest[0] if digest else sha256_file(hits_path), n_hits)
+    return agg_t, ParquetFile(hits_path, digest[0], n_hits)  # every path's last file calls write(last=True)

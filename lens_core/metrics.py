@@ -245,8 +245,7 @@ def _ranking_metrics(hs: pl.DataFrame, spans: pl.DataFrame, judged_only: pl.Data
     qf, gf = arrays(credit_file, "_q", "gain")
     # Judged top-10 hits: those earning span credit, plus those equal to any judged span
     # (relevant or not; a hit doing both counts once).
-    judged = pairs.filter((pl.col("rank") <= 10) & (pl.col("_ok") | pl.col("_exact")))
-    qj, rj = arrays(judged, "_q", "rank")
+    qj, rj = arrays(pairs.filter((pl.col("rank") <= 10) & (pl.col("_ok") | pl.col("_exact"))), "_q", "rank")
     seen = np.zeros((n, 10), dtype=bool)
     seen[qj, rj - 1] = True
     top10 = hs.lazy().select(pl.col("_q").filter(pl.col("rank") <= 10)).collect().to_series().to_numpy()
