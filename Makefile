@@ -15,7 +15,8 @@ export TOKENIZERS_PARALLELISM := false
 install: $(STAMP)
 
 # torch is installed first and pinned: an unpinned torch pulls GBs of CUDA packages.
-$(STAMP): pyproject.toml
+# setup.py builds the C scanner of raw-run lines (lens_core/_canonscan.c): a change to either reinstalls.
+$(STAMP): pyproject.toml setup.py lens_core/_canonscan.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,engine]'

@@ -1,25 +1,36 @@
 """Ingestion: raw-run NDJSON files -> `agg` and `hits` tables (SPEC §3), with the schema guard.
 
-Two paths, one contract, the same tables:
+Three paths, one contract, the same tables:
 
-- Canonical fast path. A raw run written by `lens_core.rawruns.write_raw_run` has a fixed
-  layout (compact JSON, the contract's keys in the contract's order). One RE2 regular
-  expression generated from the contract (`_canonical_line_regex`) certifies every record
-  line of the file: strict JSON syntax, every key present exactly once, every value of the
-  contract's JSON type (integers are integer tokens, strings are strings, null only where the
-  contract allows it), why reasons and shard statuses from their vocabularies, no blank line.
-  Only then are DuckDB's typed values used: its JSON reader is lax (it would turn "150" into
-  150.0, 1.5 or true into an integer, a number into a string, and accepts trailing commas), so
-  its values are trusted only for a file the regex has certified, where no such conversion can
-  happen. DuckDB scans the file from its path in a thread while the file is streamed, through
-  small reused buffers, once for its sha256 and once (in pieces, one thread each) through the
-  regex (all of them release the GIL); the file's identity (inode, size, mtime) must be the
-  same after the scan as when it was opened, so DuckDB's values belong to the hashed bytes.
+- C scanner (`_canonscan.c`, built by setup.py; optional). A raw run written by
+  `lens_core.rawruns.write_raw_run` has a fixed layout (compact JSON, the contract's keys in the
+  contract's order). The scanner parses record lines of exactly that layout (`_canon_spec`,
+  generated from the contract) into column buffers, validating every byte as it goes: strict
+  JSON syntax, every key present once and in order, every value of the contract's JSON type,
+  integers in int32, why reasons and shard statuses from their vocabularies, valid UTF-8. It
+  accepts a subset of what the RE2 certification below accepts, and its numbers are Python's
+  `float(token)` to the bit. The file is parsed in ranges, one thread per core (the GIL is
+  released), while it is hashed at a lower priority beside them; anything the scanner does not
+  accept and it steps aside, nothing it parsed is used.
+- Canonical DuckDB path, for a canonical file the scanner declines (or without the scanner).
+  One RE2 regular expression generated from the contract (`_canonical_line_regex`) certifies
+  every record line of the file: strict JSON syntax, every key present exactly once, every
+  value of the contract's JSON type (integers are integer tokens, strings are strings, null
+  only where the contract allows it), why reasons and shard statuses from their vocabularies,
+  no blank line. Only then are DuckDB's typed values used: its JSON reader is lax (it would
+  turn "150" into 150.0, 1.5 or true into an integer, a number into a string, and accepts
+  trailing commas), so its values are trusted only for a file the regex has certified, where no
+  such conversion can happen. DuckDB scans the file from its path in a thread while the file is
+  streamed, through small reused buffers, once for its sha256 and once (in pieces, one thread
+  each) through the regex (all of them release the GIL).
 - Exact path, for everything else (another writer's layout, a wrong type, a missing key,
-  anything the fast path cannot certify): the file is read into memory and hashed beside the
+  anything neither fast path can vouch for): the file is read into memory and hashed beside the
   parse; pyarrow's JSON reader parses it against the contract's explicit schema; when it
   rejects a file, a line-by-line validator re-reads it to name the exact file, line and
-  field. The fast path never names errors; it only detects them and steps aside.
+  field. The fast paths never name errors; they only detect them and step aside.
+
+On both fast paths the file's identity (inode, size, mtime) must be the same after the parse
+and after the hash as when it was opened, so the values belong to the hashed bytes.
 
 Nested hits are flattened with pyarrow compute and numpy, per-record columns with polars, no
 per-row Python. Any error stops ingestion before anything is written.
@@ -54,6 +65,11 @@ from lens_core.contracts import (
 from lens_core.hashing import atomic_path, sha256_file, sha256_hex
 from lens_core.rawruns import RECORD_KEYS
 from lens_core.tables import ParquetFile, SchemaError, conform, parquet_options, write_parquet
+
+try:  # the C scanner of canonical lines (setup.py builds it; optional: the other paths give the same tables)
+    from lens_core import _canonscan
+except ImportError:  # pragma: no cover - built without a C compiler
+    _canonscan = None
 
 _HIT_REQUIRED = ("rank", "repo", "path", "start_line", "end_line", "score", "why")
 _SHARD_REQUIRED = ("shard", "probe_id", "issued_ts", "status")
@@ -425,6 +441,7 @@ class _StreamHasher(threading.Thread):
     def __init__(self, fd: int, size: int):
         super().__init__(daemon=True)
         self.fd, self.size, self.hexdigest = fd, size, None
+        self.cancelled = threading.Event()  # set: stop early, no digest
 
     def run(self) -> None:
         _background_priority()
@@ -432,6 +449,8 @@ class _StreamHasher(threading.Thread):
             h, buf = hashlib.sha256(), memoryview(bytearray(min(_CHUNK, max(self.size, 1))))
             pos = 0
             while pos < self.size:
+                if self.cancelled.is_set():
+                    return
                 n = _pread_into(self.fd, buf[:min(len(buf), self.size - pos)], pos)
                 h.update(buf[:n])
                 pos += n
@@ -470,26 +489,34 @@ class _StreamCertifier(threading.Thread):
 
     def _certify(self, buf: bytearray, start: int, end: int) -> bytearray | None:
         """The buffer (grown for a longer line) when bytes [start, end) certify, else None."""
-        mv = memoryview(buf)
-        pos, have = start, 0
-        while pos < end:
-            pos += (n := _pread_into(self.fd, mv[have:min(len(buf), have + end - pos)], pos))
-            have += n
-            last = buf.rfind(b"\n", 0, have)
-            if last < 0:
-                if have == len(buf):  # a line longer than the buffer: a larger buffer
-                    if len(buf) >= _MAX_LINE:
-                        return None  # not certified: the exact path reads it
-                    mv.release()
-                    buf.extend(bytes(len(buf)))
-                    mv = memoryview(buf)
-                continue
-            if not _certified(mv[:last + 1]):
-                return None
-            buf[:have - last - 1] = buf[last + 1:have]
-            have -= last + 1
-        mv.release()
-        return buf if have == 0 else None
+        return _stream_lines(self.fd, buf, start, end, _certified)
+
+
+def _stream_lines(fd: int, buf: bytearray, start: int, end: int,
+                  consume: Callable[[memoryview], bool]) -> bytearray | None:
+    """Read bytes [start, end) of `fd` (a run of whole lines) in chunks into `buf`, handing each
+    chunk's whole lines to `consume` at once. The buffer (grown for a line longer than it) when
+    `consume` accepted every piece and the range ends with a whole line, else None."""
+    mv = memoryview(buf)
+    pos, have = start, 0
+    while pos < end:
+        pos += (n := _pread_into(fd, mv[have:min(len(buf), have + end - pos)], pos))
+        have += n
+        last = buf.rfind(b"\n", 0, have)
+        if last < 0:
+            if have == len(buf):  # a line longer than the buffer: a larger buffer
+                if len(buf) >= _MAX_LINE:
+                    return None  # not accepted: the exact path reads it
+                mv.release()
+                buf.extend(bytes(len(buf)))
+                mv = memoryview(buf)
+            continue
+        if not consume(mv[:last + 1]):
+            return None
+        buf[:have - last - 1] = buf[last + 1:have]
+        have -= last + 1
+    mv.release()
+    return buf if have == 0 else None
 
 
 def _line_start_after(fd: int, pos: int, end: int) -> int | None:
@@ -503,6 +530,18 @@ def _line_start_after(fd: int, pos: int, end: int) -> int | None:
             return pos + i + 1
         pos += len(window)
     return None
+
+
+def _line_ranges(fd: int, end: int) -> list[tuple[int, int]]:
+    """Bytes [0, end) (whole lines) cut at line starts into ranges of about `_PIECE` bytes."""
+    bounds = [0]
+    n_pieces = max(1, min(256, end // _PIECE))
+    for k in range(1, n_pieces):
+        b = _line_start_after(fd, max(bounds[-1], end * k // n_pieces), end)
+        if b is not None and bounds[-1] < b < end:
+            bounds.append(b)
+    bounds.append(end)
+    return list(zip(bounds, bounds[1:]))
 
 
 def _tail_trailer(fd: int, size: int) -> tuple[int, int] | None:
@@ -774,14 +813,7 @@ class _FastFile:
         """Hash the whole file and certify its record lines (bytes [0, end)) in threads."""
         self.hasher = _StreamHasher(self.fd, self.st.st_size)
         self.hasher.start()
-        bounds = [0]
-        n_pieces = max(1, min(256, end // _PIECE))
-        for k in range(1, n_pieces):
-            b = _line_start_after(self.fd, max(bounds[-1], end * k // n_pieces), end)
-            if b is not None and bounds[-1] < b < end:
-                bounds.append(b)
-        bounds.append(end)
-        ranges = collections.deque(zip(bounds, bounds[1:]))
+        ranges = collections.deque(_line_ranges(self.fd, end))
         failed = threading.Event()
         self.certifiers = [_StreamCertifier(self.fd, ranges, failed)
                            for _ in range(min(os.cpu_count() or 1, 8, len(ranges)))]
@@ -812,6 +844,185 @@ class _FastFile:
             self.hasher.join()
         for c in self.certifiers:
             c.join()
+
+
+# ---------------------------------------------------------------------------------------------
+# Canonical scan: the C scanner (`_canonscan.c`) parses and validates canonical lines at once
+# ---------------------------------------------------------------------------------------------
+def _canon_leaf(name: str, types: tuple[type, ...]) -> tuple[str, str, bool]:
+    base = {(str,): "str", (int,): "int", (int, float): "num"}[tuple(t for t in types if t is not type(None))]
+    return base, name, type(None) in types
+
+
+def _canon_spec() -> tuple:
+    """The canonical record layout for the C scanner, generated from the contract like
+    `_canonical_line_regex` (same keys, order, JSON types and vocabularies). Column names:
+    the record's fields, `hits` / `shards` (items per record), `hits.<field>`,
+    `hits.why.<reason>` (0/1 per hit), `shards.<field>`, `cost.<field>`."""
+    hit = ("obj", "hits", [(f.name, ("flags", "hits.why", list(WHY_REASONS)) if f.name == "why"
+                            else _canon_leaf(f"hits.{f.name}", HIT_FIELD_TYPES[f.name])) for f in HIT_STRUCT])
+    shard = ("obj", "shards", [(f.name, ("enum", "shards.status", list(SHARD_STATUSES)) if f.name == "status"
+                                else _canon_leaf(f"shards.{f.name}", SHARD_FIELD_TYPES[f.name])) for f in SHARD_STRUCT])
+    cost = ("obj", "cost", [(f.name, _canon_leaf(f"cost.{f.name}", COST_FIELD_TYPES[f.name])) for f in COST_STRUCT])
+    nested = {"hits": ("list", "hits", hit), "shards": ("list", "shards", shard), "cost": cost}
+    return "obj", "record", [(k, nested.get(k) or _canon_leaf(k, RAW_FIELD_TYPES[k])) for k in RECORD_KEYS]
+
+
+_CANON_SPEC = _canon_spec()
+
+
+def _canon_columns(columns: list[tuple]) -> dict[str, pa.Array]:
+    """The scanner's column buffers as Arrow arrays (zero-copy; validity bytes -> bitmaps)."""
+    out = {}
+    for name, typ, vals, data, valid in columns:
+        width = {"i32": 4, "f64": 8, "u8": 1, "str": 4}[typ]
+        n = len(vals) // width - (typ == "str")
+        bitmap, nulls = None, 0
+        if valid is not None:
+            v = np.frombuffer(valid, dtype=np.uint8)
+            nulls = n - int(np.count_nonzero(v))
+            if nulls:
+                bitmap = pa.py_buffer(np.packbits(v, bitorder="little"))
+        if typ == "u8":  # 0/1 bytes -> a bit-packed boolean array
+            out[name] = pa.Array.from_buffers(pa.bool_(), n, [None, pa.py_buffer(
+                np.packbits(np.frombuffer(vals, dtype=np.uint8), bitorder="little"))])
+        elif typ == "str":
+            out[name] = pa.Array.from_buffers(pa.string(), n, [bitmap, pa.py_buffer(vals), pa.py_buffer(data)], nulls)
+        else:
+            out[name] = pa.Array.from_buffers(pa.int32() if typ == "i32" else pa.float64(), n,
+                                              [bitmap, pa.py_buffer(vals)], nulls)
+    return out
+
+
+def _offsets(lengths: pa.Array) -> pa.Array:
+    off = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(_np(lengths), out=off[1:])
+    return _arrow(off)
+
+
+def _canon_batches(columns: list[tuple]) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+    """One range's columns -> (records without hits, as `_fast_tables` gives them; flat hits)."""
+    c = _canon_columns(columns)
+    shards = pa.ListArray.from_arrays(_offsets(c["shards"]), pa.StructArray.from_arrays(
+        [c[f"shards.{f.name}"] for f in SHARD_STRUCT], fields=list(SHARD_STRUCT)))
+    cost = pa.StructArray.from_arrays([c[f"cost.{f.name}"] for f in COST_STRUCT], fields=list(COST_STRUCT))
+    nested = {"shards": shards, "cost": cost, "hits": c["hits"]}  # hits: the number per record
+    rec = pa.RecordBatch.from_arrays([nested.get(f.name) or c[f.name] for f in RAW_RECORD_SCHEMA],
+                                     names=[f.name for f in RAW_RECORD_SCHEMA])
+    names = [f.name for f in HIT_STRUCT if f.name != "why"]
+    hits = pa.RecordBatch.from_arrays([c[f"hits.{n}"] for n in names] + [c[f"hits.why.{r}"] for r in WHY_REASONS],
+                                      names=names + [f"why_{r}" for r in WHY_REASONS])
+    return rec, hits
+
+
+def _canon_tables(chunks: list[list[tuple]], declared: int) -> tuple[pa.Table, pa.Table, np.ndarray] | None:
+    """The ranges' columns, in file order -> (records without hits, flat hits, hits per record),
+    or None when the record count differs from the done line's."""
+    recs, hitss = zip(*(_canon_batches(ch) for ch in chunks))
+    rec = pa.Table.from_batches(recs)
+    if rec.num_rows != declared:
+        return None
+    counts = _np(rec.column("hits")).astype(np.int64)
+    return rec.drop_columns(["hits"]), pa.Table.from_batches(hitss), counts
+
+
+class _CanonScanner(threading.Thread):
+    """Parse ranges of whole record lines taken from a shared queue with the C scanner, one
+    scanner per range: `chunks[i]` holds range i's columns. A range it declines stops the
+    others (`failed`). Runs at normal priority: the caller waits for it."""
+
+    def __init__(self, fd: int, ranges: collections.deque, chunks: list, failed: threading.Event):
+        super().__init__(daemon=True)
+        self.fd, self.ranges, self.chunks, self.failed = fd, ranges, chunks, failed
+
+    def run(self) -> None:
+        try:
+            buf = bytearray(_CHUNK)
+            while not self.failed.is_set():
+                try:
+                    i, start, end = self.ranges.popleft()
+                except IndexError:
+                    return
+                scanner = _canonscan.Scanner(_CANON_SPEC)
+                buf = _stream_lines(self.fd, buf, start, end, scanner.feed)
+                if buf is None:
+                    self.failed.set()
+                    return
+                self.chunks[i] = scanner.finish()
+        except Exception:  # noqa: BLE001 - anything unexpected: declined, the next path decides
+            self.failed.set()
+
+
+class _CanonFile:
+    """The C-scanner path for one open file: its record lines parsed (and so validated) in
+    ranges by one thread per core while the file is hashed at a lower priority beside them;
+    the caller then derives (and writes) while the hash finishes.
+
+    `tables()` gives None when any line is not in the canonical layout the scanner accepts
+    (nothing it parsed is used; the DuckDB + RE2 path or the exact path takes the file);
+    `verified_sha()` gives the sha256 only when the hash read the whole file and the file's
+    identity (inode, size, mtime) is the same as when it was opened."""
+
+    def __init__(self, path: Path, fd: int, st: os.stat_result):
+        self.path, self.fd, self.st = path, fd, st
+        self.hasher: _StreamHasher | None = None
+
+    def tables(self) -> tuple[pl.DataFrame, pa.Table] | None:
+        try:
+            tail = _tail_trailer(self.fd, self.st.st_size)
+            if tail is None:
+                return None
+            cut, declared = tail
+            self.hasher = _StreamHasher(self.fd, self.st.st_size)
+            self.hasher.start()
+            ranges = _line_ranges(self.fd, cut + 1)
+            chunks: list = [None] * len(ranges)
+            failed = threading.Event()
+            queue = collections.deque((i, a, b) for i, (a, b) in enumerate(ranges))
+            scanners = [_CanonScanner(self.fd, queue, chunks, failed)
+                        for _ in range(min(os.cpu_count() or 1, 8, len(ranges)))]
+            for t in scanners:
+                t.start()
+            for t in scanners:
+                t.join()
+            if failed.is_set() or any(ch is None for ch in chunks) or not _same_file(self.path, self.st):
+                return None
+            fast = _canon_tables(chunks, declared)
+            del chunks
+            if fast is None:
+                return None
+            return _derive(self.path, *fast, "", b"")
+        except Exception:  # noqa: BLE001 - declined: the next path re-reads the file and names any problem
+            return None
+
+    def verified_sha(self) -> str | None:
+        if self.hasher is None:
+            return None
+        self.hasher.join()
+        try:
+            return self.hasher.hexdigest if self.hasher.hexdigest and _same_file(self.path, self.st) else None
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        """Stop the hash if it still runs (after a decline) and wait for it."""
+        if self.hasher is not None:
+            self.hasher.cancelled.set()
+            self.hasher.join()
+
+
+def _canon_file(path: Path, fd: int, st: os.stat_result) -> _CanonFile | None:
+    """The C-scanner path for a file whose first line the scanner accepts; None when the
+    scanner is not built or the first line has another layout (no thread is started for it)."""
+    if _canonscan is None or not hasattr(os, "preadv"):  # the streaming readers need positional reads
+        return None
+    try:
+        head = _first_line(fd)
+        if head is None or not _canonscan.Scanner(_CANON_SPEC).feed(head):
+            return None
+    except OSError:
+        return None
+    return _CanonFile(path, fd, st)
 
 
 def _same_file(path: Path, st: os.stat_result) -> bool:
@@ -846,6 +1057,20 @@ def _ingest_file(path: Path, write_hits: Callable[[pa.Table], None] | None = Non
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
+            canon = _canon_file(path, f.fileno(), st)
+            if canon is not None:
+                try:
+                    out = canon.tables()
+                    if out is not None:
+                        if write_hits is not None:
+                            write_hits(out[1])
+                        sha = canon.verified_sha()
+                        if sha is not None:
+                            return _with_sha(out[0], sha), out[1]
+                        if write_hits is not None:
+                            raise _Unverified(str(path))
+                finally:
+                    canon.close()
             scan = _fast_scan(path, f.fileno())
             if scan is not None:
                 fast = _FastFile(path, f.fileno(), st, scan)

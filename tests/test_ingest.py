@@ -174,12 +174,34 @@ def _canonical_lines(records) -> list[str]:
     return [encode_record(r) for r in records] + [_compact({"type": "done", "records": len(records)})]
 
 
-@pytest.fixture
-def paths_taken(monkeypatch):
-    """("fast"|"exact", file name) for every file that entered the fast path (its first line
-    has the canonical layout) or reached the exact path."""
-    taken = []
-    real_fast, real_exact = ingest_mod._FastFile.tables, ingest_mod._parse_exact
+class _Taken(list):
+    tier: str
+
+
+def _exact_only(monkeypatch) -> None:
+    """Both fast tiers off: every file takes the exact path."""
+    monkeypatch.setattr(ingest_mod, "_canonscan", None)
+    monkeypatch.setattr(ingest_mod, "_fast_scan", lambda path, fd: None)
+
+
+@pytest.fixture(params=["canon", "duckdb"])
+def paths_taken(request, monkeypatch):
+    """Runs the test once per fast tier, the other one switched off: "canon" (the C scanner,
+    `_CanonFile`) and "duckdb"
+    (RE2 certification + DuckDB, `_FastFile`). Each enters a file whose first line it accepts
+    and declines the file at any later line it does not. Records ("fast"|"exact", file name) for every file that entered the fast
+    tier or reached the exact path; `.tier` names the tier."""
+    taken = _Taken()
+    taken.tier = request.param
+    if request.param == "canon":
+        if ingest_mod._canonscan is None:
+            pytest.skip("the C scanner lens_core._canonscan is not built (no C compiler at install)")
+        monkeypatch.setattr(ingest_mod, "_fast_scan", lambda path, fd: None)
+        fast_cls = ingest_mod._CanonFile
+    else:
+        monkeypatch.setattr(ingest_mod, "_canonscan", None)
+        fast_cls = ingest_mod._FastFile
+    real_fast, real_exact = fast_cls.tables, ingest_mod._parse_exact
 
     def fast(self, *a, **k):
         taken.append(("fast", Path(self.path).name))
@@ -188,7 +210,7 @@ def paths_taken(monkeypatch):
     def exact(path, *a, **k):
         taken.append(("exact", Path(path).name))
         return real_exact(path, *a, **k)
-    monkeypatch.setattr(ingest_mod._FastFile, "tables", fast)
+    monkeypatch.setattr(fast_cls, "tables", fast)
     monkeypatch.setattr(ingest_mod, "_parse_exact", exact)
     return taken
 
@@ -213,7 +235,7 @@ def test_fast_path_gives_the_exact_paths_tables(tmp_path, records, monkeypatch, 
     info = write_raw_run(tmp_path / "fast.ndjson", recs)
     agg, hits = ingest([info["path"]])
     assert paths_taken == [("fast", "fast.ndjson")]  # certified: never reaches the exact path
-    monkeypatch.setattr(ingest_mod, "_fast_scan", lambda path, fd: None)
+    _exact_only(monkeypatch)
     agg_x, hits_x = ingest([info["path"]])
     assert paths_taken[1:] == [("exact", "fast.ndjson")]
     assert agg.equals(agg_x) and hits.equals(hits_x)
@@ -332,11 +354,12 @@ def test_certifiers_share_ranges_and_grow_for_long_lines(tmp_path, records, monk
     p = _write_lines(tmp_path / "long.ndjson", lines)
     agg, hits = ingest([p])
     assert paths_taken == [("fast", "long.ndjson")]  # certified: never reaches the exact path
-    real_scan = ingest_mod._fast_scan
-    monkeypatch.setattr(ingest_mod, "_fast_scan", lambda path, fd: None)
+    tiers = ingest_mod._canonscan, ingest_mod._fast_scan
+    _exact_only(monkeypatch)
     agg_x, hits_x = ingest([p])
     assert agg.equals(agg_x) and hits.equals(hits_x)
-    monkeypatch.setattr(ingest_mod, "_fast_scan", real_scan)
+    monkeypatch.setattr(ingest_mod, "_canonscan", tiers[0])
+    monkeypatch.setattr(ingest_mod, "_fast_scan", tiers[1])
     obj = json.loads(lines[10])
     obj["sla_ms"] = "150"
     lines[10] = _compact(obj)
@@ -451,11 +474,14 @@ def test_ingest_to_parquet_mixed_paths_give_ingests_rows(tmp_path, records, path
     assert _files(tmp_path / "out") == ["hits.parquet"]
 
 
-def test_ingest_to_parquet_falls_back_when_verification_fails_after_writing(tmp_path, records, monkeypatch):
-    """The certifier's verdict arrives after the hits were handed to the writer: a refusal
-    then aborts the temporary file and the exact path redoes the whole set."""
+def test_ingest_to_parquet_falls_back_when_verification_fails_after_writing(tmp_path, records, monkeypatch,
+                                                                            paths_taken):
+    """The verification's verdict (the file's hash, and for DuckDB's tier the certifiers')
+    arrives after the hits were handed to the writer: a refusal then aborts the temporary file
+    and the exact path redoes the whole set."""
     info = write_raw_run(tmp_path / "a.ndjson", records[:5])
     agg, hits = ingest([info["path"]])
+    del paths_taken[:]
     written = []
     real_write = ingest_mod.pq.ParquetWriter.write_table
 
@@ -464,10 +490,12 @@ def test_ingest_to_parquet_falls_back_when_verification_fails_after_writing(tmp_
         return real_write(self, table, *a, **k)
 
     monkeypatch.setattr(ingest_mod.pq.ParquetWriter, "write_table", spy)
-    monkeypatch.setattr(ingest_mod._StreamCertifier, "run", lambda self: setattr(self, "ok", False))
+    monkeypatch.setattr(ingest_mod._StreamHasher, "run", lambda self: None)  # no digest: not verified
     out = tmp_path / "out"
     agg2, hf = ingest_mod.ingest_to_parquet([info["path"]], None, out / "hits.parquet")
     assert written and written[0] == hits.num_rows  # the fast path did write before the verdict
+    # the fast tier wrote, then refused; `ingest` redoes the set: the fast tier refuses again, the exact path reads it
+    assert paths_taken == [("fast", "a.ndjson"), ("fast", "a.ndjson"), ("exact", "a.ndjson")]
     assert agg2.equals(agg) and hf.rows == hits.num_rows
     assert hf.sha256 == write_parquet(hits, tmp_path / "ref.parquet", schema=HITS_SCHEMA)["sha256"]
     assert _files(out) == ["hits.parquet"]
