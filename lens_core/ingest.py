@@ -10,8 +10,8 @@ Three paths, one contract, the same tables:
   integers in int32, why reasons and shard statuses from their vocabularies, valid UTF-8. It
   accepts a subset of what the RE2 certification below accepts, and its numbers are Python's
   `float(token)` to the bit. The file is parsed in ranges, one thread per core (the GIL is
-  released), while it is hashed at a lower priority beside them; anything the scanner does not
-  accept and it steps aside, nothing it parsed is used.
+  released), while it is hashed at a lower priority beside them. At anything it does not
+  accept, the scanner steps aside and nothing it parsed is used.
 - Canonical DuckDB path, for a canonical file the scanner declines (or without the scanner).
   One RE2 regular expression generated from the contract (`_canonical_line_regex`) certifies
   every record line of the file: strict JSON syntax, every key present exactly once, every
