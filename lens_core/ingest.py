@@ -47,7 +47,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import duckdb
 import numpy as np
@@ -1046,34 +1046,29 @@ def _ingest_exact(path: Path, data: bytes) -> tuple[pl.DataFrame, pa.Table]:
     return records_to_tables(table, hasher.hexdigest, path, body)
 
 
-def _ingest_file(path: Path, write_hits: Callable[[pa.Table], None] | None = None) -> tuple[pl.DataFrame, pa.Table]:
-    """One raw-run file -> (agg rows, hits rows): the canonical fast path when it certifies
-    the file (`_FastFile`), the exact path otherwise (the whole file read into memory).
+def _fast_tiers(path: Path, fd: int, st: os.stat_result) -> Iterator[_CanonFile | _FastFile]:
+    """The fast paths for an open file, in order: the C scanner, then RE2 + DuckDB; each one
+    is created (and DuckDB's scan started) only when the one before has declined."""
+    canon = _canon_file(path, fd, st)
+    if canon is not None:
+        yield canon
+    scan = _fast_scan(path, fd)
+    if scan is not None:
+        yield _FastFile(path, fd, st, scan)
 
-    With `write_hits` (`ingest_to_parquet`), the fast path hands the hits to it before the
-    verification's verdict, so that the encode runs beside the hash and the certifiers; a file
-    then refused raises `_Unverified` (what was written must be discarded). The exact path hands
-    them over once they are validated."""
+
+def _ingest_file(path: Path, write_hits: Callable[[pa.Table], None] | None = None) -> tuple[pl.DataFrame, pa.Table]:
+    """One raw-run file -> (agg rows, hits rows): the first fast path that accepts the file
+    (`_CanonFile`, `_FastFile`), the exact path otherwise (the whole file read into memory).
+
+    With `write_hits` (`ingest_to_parquet`), a fast path hands the hits to it before the
+    verification's verdict, so that the encode runs beside the hash (and the certifiers); a
+    file then refused raises `_Unverified` (what was written must be discarded). The exact path
+    hands them over once they are validated."""
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
-            canon = _canon_file(path, f.fileno(), st)
-            if canon is not None:
-                try:
-                    out = canon.tables()
-                    if out is not None:
-                        if write_hits is not None:
-                            write_hits(out[1])
-                        sha = canon.verified_sha()
-                        if sha is not None:
-                            return _with_sha(out[0], sha), out[1]
-                        if write_hits is not None:
-                            raise _Unverified(str(path))
-                finally:
-                    canon.close()
-            scan = _fast_scan(path, f.fileno())
-            if scan is not None:
-                fast = _FastFile(path, f.fileno(), st, scan)
+            for fast in _fast_tiers(path, f.fileno(), st):
                 try:
                     out = fast.tables()
                     if out is not None:
