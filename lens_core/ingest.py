@@ -105,10 +105,14 @@ def validate_lines(path: Path, body: bytes) -> None:
     for lineno, raw in enumerate(body.split(b"\n"), start=1):
         if not raw.strip():
             raise _fail(path, lineno, None, "empty line")
+        try:  # strict: json.loads(bytes) would let an encoded surrogate through ("surrogatepass")
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _fail(path, lineno, None, f"not UTF-8 (byte {e.start + 1} of the line: {e.reason})") from None
         try:
-            obj = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise _fail(path, lineno, None, f"not JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise _fail(path, lineno, None, f"not JSON ({e.msg})") from None
         if not isinstance(obj, dict):
             raise _fail(path, lineno, None, f"expected a JSON object, got {type(obj).__name__}")
         _check_obj(path, lineno, obj, RAW_FIELD_TYPES, RAW_PRESENT, "")
@@ -226,6 +230,11 @@ def _parse_exact(path: Path, data: bytes, body: memoryview, declared: int) -> pa
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             validate_lines(path, bytes(body))
             raise _fail(path, None, None, f"unreadable raw run ({e})") from None
+        try:  # pyarrow's JSON reader keeps a string's bytes: invalid UTF-8 would get into Arrow strings
+            table.validate(full=True)
+        except pa.ArrowInvalid as e:
+            validate_lines(path, bytes(body))  # names the line (Python's strict UTF-8 decoder)
+            raise _fail(path, None, None, f"invalid string ({e})") from None
         # pyarrow skips blank lines: one record per line means exactly rows - 1 newlines
         # in the body; otherwise the exact validator names the blank line.
         if _count_newlines(body) != table.num_rows - 1:
@@ -566,6 +575,10 @@ def _fast_tables(table: pa.Table | None, declared: int) -> tuple[pa.Table, pa.Ta
     # the record lines plus the done line, which reads as an all-null row
     if (table is None or declared < 1 or table.num_rows != declared + 1
             or table.column("run_id").null_count != 1 or table.column("run_id")[-1].is_valid):
+        return None
+    try:  # RE2 matches the bytes as Latin-1 and DuckDB keeps a string's bytes: invalid UTF-8
+        table.validate(full=True)  # (or an encoded surrogate) would pass both into Arrow strings
+    except pa.ArrowInvalid:
         return None
     table = table.slice(0, declared)
     hits_col = table.column("hits")

@@ -342,6 +342,22 @@ def test_fast_path_refuses_bad_lines(tmp_path, records, paths_taken, case, match
     assert paths_taken == ([] if case == "first_line" else [("fast", "x.ndjson")]) + [("exact", "x.ndjson")]
 
 
+@pytest.mark.parametrize("bad", [b"\xff\xfe", b"\xc3", b"\xed\xa0\x80"], ids=["invalid", "truncated", "surrogate"])
+def test_strings_that_are_not_utf8_are_refused_with_the_line(tmp_path, records, paths_taken, bad):
+    """Invalid UTF-8 (or an encoded surrogate) inside a string of a canonical line: RE2 matches
+    bytes and neither DuckDB's nor pyarrow's JSON reader checks a string's encoding, so without
+    a check the bytes would reach Arrow strings (and crash polars on read). Every path refuses
+    the file, and the error names its line."""
+    lines = [line.encode() for line in _canonical_lines(records[:3])]
+    i = lines[1].index(b'"path":"') + len(b'"path":"')
+    lines[1] = lines[1][:i] + bad + lines[1][i:]
+    p = tmp_path / "x.ndjson"
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(SchemaError, match=r"x\.ndjson:2: not UTF-8 \(byte \d+ of the line: "):
+        ingest([p])
+    assert paths_taken == [("fast", "x.ndjson"), ("exact", "x.ndjson")]
+
+
 def test_certifiers_share_ranges_and_grow_for_long_lines(tmp_path, records, monkeypatch, paths_taken):
     """Certification in many small ranges taken by the certifier threads from one queue, each
     record line longer than a certifier's read buffer (which grows to hold it): the fast path
