@@ -62,7 +62,6 @@ typedef struct {
     Node *root;
     Column *cols;
     int ncols;
-    Py_ssize_t rows;
     int busy, failed;
 } Scanner;
 
@@ -535,7 +534,6 @@ static int parse_lines(Scanner *sc, const unsigned char *p, const unsigned char 
         if (parse(sc, sc->root, &p, end)) return -1;
         if (p >= end || *p != '\n') return -1;
         p++;
-        sc->rows++;
     }
     return 0;
 }
@@ -617,8 +615,6 @@ static PyObject *Scanner_finish(Scanner *s, PyObject *unused) {
     return out;
 }
 
-static PyObject *Scanner_rows(Scanner *s, void *closure) { return PyLong_FromSsize_t(s->rows); }
-
 static PyMethodDef Scanner_methods[] = {
     {"feed", (PyCFunction)Scanner_feed, METH_O,
      "feed(buffer) -> bool: parse whole record lines (each ending in a newline); False once "
@@ -626,9 +622,6 @@ static PyMethodDef Scanner_methods[] = {
     {"finish", (PyCFunction)Scanner_finish, METH_NOARGS,
      "finish() -> [(name, type, values, data, valid)]: the columns, in spec order."},
     {NULL}};
-
-static PyGetSetDef Scanner_getset[] = {
-    {"rows", (getter)Scanner_rows, NULL, "records parsed so far", NULL}, {NULL}};
 
 static PyTypeObject ScannerType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -640,7 +633,6 @@ static PyTypeObject ScannerType = {
     .tp_init = (initproc)Scanner_init,
     .tp_dealloc = (destructor)Scanner_dealloc,
     .tp_methods = Scanner_methods,
-    .tp_getset = Scanner_getset,
 };
 
 static struct PyModuleDef moduledef = {

@@ -683,8 +683,9 @@ def fit_cells(df: pl.DataFrame, min_labels: int = DEFAULT_MIN_LABELS,
     extra |= {(s, i, ANY, LEVEL_INTENT) for (s, i), (n, n_pos) in by_intent.items()
               if _enough(n, n_pos, min_labels, min_per_class)}
     needed = sorted(set(plan.values()) | extra)
-    # Each cell is a contiguous sorted slice, aggregated per unique score in one linear pass;
-    # intent and system levels merge their cells' aggregates instead of re-sorting labels.
+    # Each cell is a contiguous slice (sorted in its fit unit below), aggregated per unique score
+    # in one linear pass; intent and system levels merge their cells' aggregates instead of
+    # re-sorting labels.
     bounds = np.concatenate(([0], np.cumsum(grp.get_column("n").to_numpy())))
     bounds1 = np.concatenate(([0], np.cumsum(grp.get_column("n_pos").to_numpy())))
     s_all = grp.get_column("s").explode().to_numpy()

@@ -422,11 +422,11 @@ def _fast_scan(path: Path, fd: int) -> _DuckScan | None:
 # Bytes a streaming reader holds at a time: small, so the hash and the regex run on cached
 # bytes and no fresh memory is touched (a fresh page costs more than hashing it here).
 _CHUNK = 1 << 22
-# Bytes of record lines per certification range (`_StreamCertifier`): small enough that the
-# certifier threads end within a range's time of each other (~30 ms), large enough that a
-# range is several chunks.
+# Bytes of record lines per range a `_RangeReader` takes (C scanner, RE2 certification): small
+# enough that the reader threads end within a range's time of each other (~30 ms), large
+# enough that a range is several chunks.
 _PIECE = 1 << 24
-_MAX_LINE = 1 << 28  # a certifier's buffer grows to hold a longer record line, up to this
+_MAX_LINE = 1 << 28  # a reader's buffer grows to hold a longer record line, up to this
 
 
 def _pread_into(fd: int, buf: memoryview, offset: int) -> int:
@@ -468,37 +468,56 @@ class _StreamHasher(threading.Thread):
             self.hexdigest = None
 
 
-class _StreamCertifier(threading.Thread):
-    """Certify the record lines of an open file, one range (bytes [start, end), a run of whole
-    lines) at a time, taken from a queue the certifiers share: a thread that is given more of
-    the cores takes more ranges, so they all end together. Each range is read in chunks into
-    one reused buffer, each chunk's whole lines at once. `ok`: every range it took certified;
-    a failure stops the others (`failed`)."""
+class _RangeReader(threading.Thread):
+    """Read ranges of whole lines of an open file, one range (i, start, end) at a time, taken
+    from a queue the readers share: a thread that is given more of the cores takes more ranges,
+    so they all end together. Each range is read in chunks into one reused buffer and each
+    chunk's whole lines go to the consumer `open_range(i)` gives (True: accepted); when the
+    range is done, `close_range(i)`. A refusal (or anything unexpected) sets `failed`, which
+    stops the others. `label` names the work (the bench's phase table)."""
 
-    def __init__(self, fd: int, ranges: collections.deque, failed: threading.Event):
+    def __init__(self, fd: int, ranges: collections.deque, failed: threading.Event, label: str,
+                 open_range: Callable[[int], Callable[[memoryview], bool]],
+                 close_range: Callable[[int], None] | None, background: bool):
         super().__init__(daemon=True)
-        self.fd, self.ranges, self.failed, self.ok = fd, ranges, failed, False
+        self.fd, self.ranges, self.failed, self.label = fd, ranges, failed, label
+        self.open_range, self.close_range, self.background = open_range, close_range, background
 
     def run(self) -> None:
-        _background_priority()
+        if self.background:
+            _background_priority()
         try:
             buf = bytearray(_CHUNK)
             while not self.failed.is_set():
                 try:
-                    start, end = self.ranges.popleft()
+                    i, start, end = self.ranges.popleft()
                 except IndexError:
-                    self.ok = True
                     return
-                buf = self._certify(buf, start, end)
+                buf = _stream_lines(self.fd, buf, start, end, self.open_range(i))
                 if buf is None:
                     self.failed.set()
                     return
-        except Exception:  # noqa: BLE001 - anything unexpected: not certified, exact path decides
+                if self.close_range is not None:
+                    self.close_range(i)
+        except Exception:  # noqa: BLE001 - anything unexpected: not accepted, the next path decides
             self.failed.set()
 
-    def _certify(self, buf: bytearray, start: int, end: int) -> bytearray | None:
-        """The buffer (grown for a longer line) when bytes [start, end) certify, else None."""
-        return _stream_lines(self.fd, buf, start, end, _certified)
+
+def _read_ranges(fd: int, end: int, label: str, open_range: Callable[[int], Callable[[memoryview], bool]],
+                 close_range: Callable[[int], None] | None = None, background: bool = False,
+                 ) -> tuple[list[_RangeReader], threading.Event, int]:
+    """Bytes [0, end) of `fd` (whole lines) cut into ranges (`_line_ranges`) and read by one
+    started `_RangeReader` per core (at most 8): (the readers, their shared `failed` event, the
+    number of ranges). Once the readers are joined, every range was accepted unless `failed`
+    is set."""
+    ranges = _line_ranges(fd, end)
+    n = len(ranges)
+    failed = threading.Event()
+    readers = [_RangeReader(fd, ranges, failed, label, open_range, close_range, background)
+               for _ in range(min(os.cpu_count() or 1, 8, n))]
+    for r in readers:
+        r.start()
+    return readers, failed, n
 
 
 def _stream_lines(fd: int, buf: bytearray, start: int, end: int,
@@ -541,8 +560,9 @@ def _line_start_after(fd: int, pos: int, end: int) -> int | None:
     return None
 
 
-def _line_ranges(fd: int, end: int) -> list[tuple[int, int]]:
-    """Bytes [0, end) (whole lines) cut at line starts into ranges of about `_PIECE` bytes."""
+def _line_ranges(fd: int, end: int) -> collections.deque:
+    """Bytes [0, end) (whole lines) cut at line starts into ranges of about `_PIECE` bytes:
+    a queue of (i, start, end) in file order."""
     bounds = [0]
     n_pieces = max(1, min(256, end // _PIECE))
     for k in range(1, n_pieces):
@@ -550,7 +570,7 @@ def _line_ranges(fd: int, end: int) -> list[tuple[int, int]]:
         if b is not None and bounds[-1] < b < end:
             bounds.append(b)
     bounds.append(end)
-    return list(zip(bounds, bounds[1:]))
+    return collections.deque((i, a, b) for i, (a, b) in enumerate(zip(bounds, bounds[1:])))
 
 
 def _tail_trailer(fd: int, size: int) -> tuple[int, int] | None:
@@ -797,7 +817,8 @@ class _FastFile:
     def __init__(self, path: Path, fd: int, st: os.stat_result, scan: _DuckScan):
         self.path, self.fd, self.st, self.scan = path, fd, st, scan
         self.hasher: _StreamHasher | None = None
-        self.certifiers: list[_StreamCertifier] = []
+        self.certifiers: list[_RangeReader] = []
+        self.certify_failed = threading.Event()
         self.failed = False
 
     def tables(self) -> tuple[pl.DataFrame, pa.Table] | None:
@@ -826,12 +847,8 @@ class _FastFile:
         """Hash the whole file and certify its record lines (bytes [0, end)) in threads."""
         self.hasher = _StreamHasher(self.fd, self.st.st_size)
         self.hasher.start()
-        ranges = collections.deque(_line_ranges(self.fd, end))
-        failed = threading.Event()
-        self.certifiers = [_StreamCertifier(self.fd, ranges, failed)
-                           for _ in range(min(os.cpu_count() or 1, 8, len(ranges)))]
-        for c in self.certifiers:
-            c.start()
+        self.certifiers, self.certify_failed, _ = _read_ranges(
+            self.fd, end, "RE2 certification", lambda i: _certified, background=True)
 
     def _fail(self) -> None:
         self.failed = True
@@ -841,7 +858,7 @@ class _FastFile:
         self.close()
         if self.failed or self.hasher is None or self.hasher.hexdigest is None:
             return None
-        if not all(c.ok for c in self.certifiers):
+        if self.certify_failed.is_set():
             return None
         try:
             return self.hasher.hexdigest if _same_file(self.path, self.st) else None
@@ -939,33 +956,6 @@ def _canon_tables(chunks: list[list[tuple]], declared: int) -> tuple[pa.Table, p
     return rec.drop_columns(["hits"]), pa.Table.from_batches(hitss), counts
 
 
-class _CanonScanner(threading.Thread):
-    """Parse ranges of whole record lines taken from a shared queue with the C scanner, one
-    scanner per range: `chunks[i]` holds range i's columns. A range it declines stops the
-    others (`failed`). Runs at normal priority: the caller waits for it."""
-
-    def __init__(self, fd: int, ranges: collections.deque, chunks: list, failed: threading.Event):
-        super().__init__(daemon=True)
-        self.fd, self.ranges, self.chunks, self.failed = fd, ranges, chunks, failed
-
-    def run(self) -> None:
-        try:
-            buf = bytearray(_CHUNK)
-            while not self.failed.is_set():
-                try:
-                    i, start, end = self.ranges.popleft()
-                except IndexError:
-                    return
-                scanner = _canonscan.Scanner(_CANON_SPEC)
-                buf = _stream_lines(self.fd, buf, start, end, scanner.feed)
-                if buf is None:
-                    self.failed.set()
-                    return
-                self.chunks[i] = scanner.finish()
-        except Exception:  # noqa: BLE001 - anything unexpected: declined, the next path decides
-            self.failed.set()
-
-
 class _CanonFile:
     """The C-scanner path for one open file: its record lines parsed (and so validated) in
     ranges by one thread per core while the file is hashed at a lower priority beside them;
@@ -988,19 +978,23 @@ class _CanonFile:
             cut, declared = tail
             self.hasher = _StreamHasher(self.fd, self.st.st_size)
             self.hasher.start()
-            ranges = _line_ranges(self.fd, cut + 1)
-            chunks: list = [None] * len(ranges)
-            failed = threading.Event()
-            queue = collections.deque((i, a, b) for i, (a, b) in enumerate(ranges))
-            scanners = [_CanonScanner(self.fd, queue, chunks, failed)
-                        for _ in range(min(os.cpu_count() or 1, 8, len(ranges)))]
-            for t in scanners:
-                t.start()
-            for t in scanners:
-                t.join()
-            if failed.is_set() or any(ch is None for ch in chunks) or not _same_file(self.path, self.st):
+            scanners: dict[int, object] = {}  # range -> its scanner, while it is read
+            chunks: dict[int, list[tuple]] = {}  # range -> its columns
+
+            def open_range(i: int) -> Callable[[memoryview], bool]:
+                scanners[i] = _canonscan.Scanner(_CANON_SPEC)
+                return scanners[i].feed
+
+            def close_range(i: int) -> None:
+                chunks[i] = scanners.pop(i).finish()
+
+            # normal priority: the caller waits for the parse, the hash takes what is left
+            readers, failed, n = _read_ranges(self.fd, cut + 1, "C scanner: parse + validate", open_range, close_range)
+            for r in readers:
+                r.join()
+            if failed.is_set() or len(chunks) != n or not _same_file(self.path, self.st):
                 return None
-            fast = _canon_tables(chunks, declared)
+            fast = _canon_tables([chunks[i] for i in range(n)], declared)
             del chunks
             if fast is None:
                 return None

@@ -123,13 +123,13 @@ def phases(src: Path, out: Path):
                               "start": s - t0, "end": time.perf_counter() - t0, "cpu": clock() - c})
         return run
 
-    labels = {ing._CanonScanner: "C scanner: parse + validate (one thread, ranges from a shared queue)",
-              ing._DuckScan: "DuckDB typed scan (its own threads)", ing._StreamHasher: "sha256 of the file",
-              ing._StreamCertifier: "RE2 certification (one thread, ranges from a shared queue)"}
+    labels = {ing._DuckScan: "DuckDB typed scan (its own threads)", ing._StreamHasher: "sha256 of the file"}
     for cls, label in labels.items():
         # DuckDB's scan runs alone (the other phases start after it): the process's CPU time
         # over its span is DuckDB's, all its worker threads included
         cls.run = timed(label, cls.run, process_cpu=cls is ing._DuckScan)
+    range_run = ing._RangeReader.run  # C scanner or RE2 certification: the reader's own label
+    ing._RangeReader.run = lambda self: timed(f"{self.label} (one thread, ranges from a shared queue)", range_run)(self)
     ing._fast_tables = timed("flatten DuckDB's hits", ing._fast_tables)
     ing._canon_tables = timed("C scanner's columns -> Arrow tables", ing._canon_tables)
     ing._derive = timed("derive agg + hits columns", ing._derive)
@@ -147,13 +147,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     fn = {"ours": ours, "stdlib": stdlib, "pyarrow": pyarrow_floor, "phases": phases}[mode]
     sec, na, nh, *extra = fn(src, out)
-    parser = None
-    if mode in ("ours", "phases"):
-        import lens_core.ingest as ing
-        parser = ("the C scanner (lens_core._canonscan)" if ing._canonscan is not None
-                  else "RE2 certification + DuckDB (the C scanner is not built)")
-    print(json.dumps({"seconds": sec, "agg_rows": na, "hits_rows": nh, "parser": parser,
-                      **({"phases": extra[0]} if extra else {})}))
+    print(json.dumps({"seconds": sec, "agg_rows": na, "hits_rows": nh, **({"phases": extra[0]} if extra else {})}))
 
 
 if __name__ == "__main__":
