@@ -10,13 +10,13 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo lvm-corpus test test-fast ui bench clean
+.PHONY: install demo lvm-corpus test test-fast lint fmt ui bench clean
 
 install: $(STAMP)
 
 # torch is installed first and pinned: an unpinned torch pulls GBs of CUDA packages.
-# setup.py builds the C scanner of raw-run lines (lens_core/_canonscan.c): a change to either reinstalls.
-$(STAMP): pyproject.toml setup.py lens_core/_canonscan.c
+# setup.py builds the C scanner of raw-run lines (lens_core/ingest/_canonscan.c): a change to either reinstalls.
+$(STAMP): pyproject.toml setup.py lens_core/ingest/_canonscan.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,engine]'
@@ -29,7 +29,7 @@ $(DAGSTER_HOME)/dagster.yaml: schedules/dagster.yaml.example
 
 demo: $(STAMP) lvm-corpus $(DAGSTER_HOME)/dagster.yaml
 	@# exit 3 = the run completed and a blocking gate kept the last green bundle (reported above)
-	$(PY) -m lens_core.cli run --source $${DATA_SOURCE:-local} --with-lvm || [ $$? -eq 3 ]
+	$(PY) -m lens_cli run --source $${DATA_SOURCE:-local} --with-lvm || [ $$? -eq 3 ]
 
 # The LVM's default corpus is the Linux kernel documentation from Debian's linux-doc-6.1 when it
 # can be installed; otherwise Python's own documentation topics (pydoc_data) are used.
@@ -45,8 +45,17 @@ lvm-corpus:
 	  echo "LVM corpus: apt-get not available (or not root); using Python's pydoc topics"; \
 	fi
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PY) -m pytest -q
+
+# ruff check and format (pyproject.toml); `make fmt` applies both.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+fmt: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not e2e"

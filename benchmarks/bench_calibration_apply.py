@@ -23,7 +23,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lens_core.calibration import fit_cells  # noqa: E402
+from lens_core.calibrate.calibration import fit_cells  # noqa: E402
 
 SYSTEMS = ("lens_v22", "lexical_pack_a_1")
 INTENTS = ("nl", "identifier", "structural")
@@ -37,17 +37,29 @@ def simulated_labels(rng: np.random.Generator, hits_per_cell: int) -> pl.DataFra
             for lang in LANGUAGES:
                 score = rng.gamma(2.0, 4.0, hits_per_cell)
                 p = 1.0 / (1.0 + np.exp(-(score - 12.0) / 2.0))
-                frames.append(pl.DataFrame({
-                    "system": s, "intent": i, "language": lang,
-                    "qid": np.char.add(f"{i}-{lang}-", (np.arange(hits_per_cell) // 50).astype(str)),
-                    "score": score, "label": (rng.random(hits_per_cell) < p).astype(np.int8)}))
+                frames.append(
+                    pl.DataFrame(
+                        {
+                            "system": s,
+                            "intent": i,
+                            "language": lang,
+                            "qid": np.char.add(f"{i}-{lang}-", (np.arange(hits_per_cell) // 50).astype(str)),
+                            "score": score,
+                            "label": (rng.random(hits_per_cell) < p).astype(np.int8),
+                        }
+                    )
+                )
     return pl.concat(frames)
 
 
 def percentiles(ns: np.ndarray) -> dict[str, float]:
     us = ns / 1e3
-    return {"p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
-            "max_us": float(us.max()), "mean_us": float(us.mean())}
+    return {
+        "p50_us": float(np.percentile(us, 50)),
+        "p99_us": float(np.percentile(us, 99)),
+        "max_us": float(us.max()),
+        "mean_us": float(us.mean()),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,13 +96,21 @@ def main(argv: list[str] | None = None) -> int:
         direct[q] = t1 - t0
         served[q] = t2 - t1
 
-    res = {"queries": n_q, "hits_per_query": args.hits, "calibrators": len(cals.calibrators),
-           "breakpoints_median": int(np.median(n_bp)), "breakpoints_max": int(max(n_bp)),
-           "calibrator.apply": percentiles(direct), "set.apply (lookup+apply)": percentiles(served),
-           "budget_ms": args.budget_ms}
-    print(f"calibrator apply latency: {n_q} queries x {args.hits} hits, "
-          f"{len(cals.calibrators)} calibrators, breakpoints median {res['breakpoints_median']} "
-          f"max {res['breakpoints_max']}")
+    res = {
+        "queries": n_q,
+        "hits_per_query": args.hits,
+        "calibrators": len(cals.calibrators),
+        "breakpoints_median": int(np.median(n_bp)),
+        "breakpoints_max": int(max(n_bp)),
+        "calibrator.apply": percentiles(direct),
+        "set.apply (lookup+apply)": percentiles(served),
+        "budget_ms": args.budget_ms,
+    }
+    print(
+        f"calibrator apply latency: {n_q} queries x {args.hits} hits, "
+        f"{len(cals.calibrators)} calibrators, breakpoints median {res['breakpoints_median']} "
+        f"max {res['breakpoints_max']}"
+    )
     print(f"{'path':<28}{'p50 us':>10}{'p99 us':>10}{'max us':>10}{'mean us':>10}")
     ok = True
     for name in ("calibrator.apply", "set.apply (lookup+apply)"):

@@ -1,7 +1,7 @@
 """Engine benchmark (issue 8, row 7): the reference engine `lens_engine` served on loopback,
 each system (baseline, A/A arm, the hero packs' variants, the tail-taming arm) queried with
 the Lens client, sequentially, a bounded number of queries each: client-side p50/p95/p99,
-server lat_ms, cost (probes, cpu_ms per query). QPS@150ms (`resources.loadtest.qps_at_sla`)
+server lat_ms, cost (probes, cpu_ms per query). QPS@150ms (`lens_core.collect.loadtest.qps_at_sla`)
 for the baseline and the tail arm. Hedging: the tail arm (engine-side shard hedging + TA/LTS
 early stop) vs the baseline, and client-side hedging (`LensClient(hedge=True)`) on the
 baseline: effect on p99 and on cost (probes and requests per query).
@@ -27,10 +27,24 @@ import numpy as np
 from benchmarks.common import PY, REPO, have, out_dir, row, sub_env
 
 SIZES = {
-    "smoke": {"max_functions": 250, "dense": False, "queries": 15, "all": False, "rates": (5, 10),
-              "duration_s": 1.0, "max_total_s": 6.0},
-    "full": {"max_functions": None, "dense": True, "queries": 200, "all": True, "rates": (10, 20, 40, 80, 160),
-             "duration_s": 2.0, "max_total_s": 25.0},
+    "smoke": {
+        "max_functions": 250,
+        "dense": False,
+        "queries": 15,
+        "all": False,
+        "rates": (5, 10),
+        "duration_s": 1.0,
+        "max_total_s": 6.0,
+    },
+    "full": {
+        "max_functions": None,
+        "dense": True,
+        "queries": 200,
+        "all": True,
+        "rates": (10, 20, 40, 80, 160),
+        "duration_s": 2.0,
+        "max_total_s": 25.0,
+    },
 }
 SLA_MS = 150.0
 START_TIMEOUT_S = 900.0
@@ -48,8 +62,9 @@ class Server:
         self.t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log_f, env=sub_env(), cwd=str(REPO))
         lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(ln) for ln in iter(self.proc.stdout.readline, b"")],
-                         daemon=True).start()
+        threading.Thread(
+            target=lambda: [lines.put(ln) for ln in iter(self.proc.stdout.readline, b"")], daemon=True
+        ).start()
         self.url = None
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -125,28 +140,42 @@ def _measure(client, queries, system: str, gt: dict | None = None, extra: dict |
         cpu.append(float(r.cost.get("cpu_ms", 0.0)))
         hedged += int(r.hedged)
     n = queries.height
-    return {"system": system, "n": n, "errors": errors, "p50": _pct(client_ms, 50), "p95": _pct(client_ms, 95),
-            "p99": _pct(client_ms, 99), "server_p99": _pct(lat, 99), "probes": float(np.mean(probes)) if probes else 0.0,
-            "cpu_ms": float(np.mean(cpu)) if cpu else 0.0, "hedged_share": hedged / max(1, n),
-            "requests_per_query": (client.stats.get("requests", 0) - req0) / max(1, n),
-            "ndcg10": float(np.mean(ndcg)) if ndcg else float("nan"),
-            "sla_recall50": float(np.mean(rec)) if rec else float("nan")}
+    return {
+        "system": system,
+        "n": n,
+        "errors": errors,
+        "p50": _pct(client_ms, 50),
+        "p95": _pct(client_ms, 95),
+        "p99": _pct(client_ms, 99),
+        "server_p99": _pct(lat, 99),
+        "probes": float(np.mean(probes)) if probes else 0.0,
+        "cpu_ms": float(np.mean(cpu)) if cpu else 0.0,
+        "hedged_share": hedged / max(1, n),
+        "requests_per_query": (client.stats.get("requests", 0) - req0) / max(1, n),
+        "ndcg10": float(np.mean(ndcg)) if ndcg else float("nan"),
+        "sla_recall50": float(np.mean(rec)) if rec else float("nan"),
+    }
 
 
 def run(size: str = "smoke", repeats: int = 3) -> dict[str, Any]:
     cfg = SIZES[size]
     title = "Engine: the reference engine over HTTP (latency, QPS@150ms, hedging)"
     if not have("lens_engine") or not (REPO / "lens_engine" / "server.py").exists():
-        return {"name": "engine", "title": title, "notes": [], "profile": None,
-                "rows": [row("engine", None, skipped="engine not available (lens_engine is not importable)")]}
-    from lens_core.systems import all_systems
-    from resources.lens_client import LensClient
-    from resources.loadtest import qps_at_sla
+        return {
+            "name": "engine",
+            "title": title,
+            "notes": [],
+            "profile": None,
+            "rows": [row("engine", None, skipped="engine not available (lens_engine is not importable)")],
+        }
+    from lens_core.collect.client import LensClient
+    from lens_core.collect.loadtest import qps_at_sla
+    from lens_core.common.systems import all_systems
 
     if size == "smoke":
         cache = out_dir("engine_smoke_cache")
     else:
-        from lens_core.settings import cache_dir
+        from lens_core.common.settings import cache_dir
 
         cache = Path(os.environ.get("LENS_BENCH_ENGINE_CACHE") or cache_dir())
         cache.mkdir(parents=True, exist_ok=True)
@@ -155,12 +184,19 @@ def run(size: str = "smoke", repeats: int = 3) -> dict[str, Any]:
     base = systems[0].name
     tail = next((s.name for s in systems if s.tail_hedge), None)
     if not cfg["all"]:
-        systems = [s for s in systems if s.name in (base, tail)] + [s for s in systems if s.name not in (base, tail)][:1]
+        systems = [s for s in systems if s.name in (base, tail)] + [s for s in systems if s.name not in (base, tail)][
+            :1
+        ]
     try:
         srv = Server(cache, cfg["max_functions"], cfg["dense"])
     except Exception as e:  # engine present but broken or too slow to start: say so, go on
-        return {"name": "engine", "title": title, "notes": [], "profile": None,
-                "rows": [row("engine", None, skipped=f"engine not available: {str(e)[:300]}")]}
+        return {
+            "name": "engine",
+            "title": title,
+            "notes": [],
+            "profile": None,
+            "rows": [row("engine", None, skipped=f"engine not available: {str(e)[:300]}")],
+        }
     notes: list[str] = []
     rows: list[dict] = []
     try:
@@ -168,9 +204,11 @@ def run(size: str = "smoke", repeats: int = 3) -> dict[str, Any]:
         gt: dict[str, set] = {}
         for qid, path, a, b in gt_df.select("qid", "path", "start_line", "end_line").iter_rows():
             gt.setdefault(qid, set()).add((path, a, b))
-        notes.append(f"Corpus: {len(corpus.units):,} functions (digest {corpus.digest[:12]}), dense arm "
-                     f"{'on' if cfg['dense'] else 'off'}; server ready in {srv.start_s:.1f} s "
-                     f"(index cache `{cache}`). {queries.height} queries per system, sequential, deadline {SLA_MS:g} ms, k = 50.")
+        notes.append(
+            f"Corpus: {len(corpus.units):,} functions (digest {corpus.digest[:12]}), dense arm "
+            f"{'on' if cfg['dense'] else 'off'}; server ready in {srv.start_s:.1f} s "
+            f"(index cache `{cache}`). {queries.height} queries per system, sequential, deadline {SLA_MS:g} ms, k = 50."
+        )
 
         def client(hedge: bool = False) -> LensClient:
             return LensClient(srv.url, sla_ms=SLA_MS, k=50, retries=0, hedge=hedge, concurrency=1)
@@ -183,8 +221,11 @@ def run(size: str = "smoke", repeats: int = 3) -> dict[str, Any]:
             c = client()
             per_sys.append(_measure(c, queries, s.name, gt))
         # each retrieval arm of the baseline alone (the engine's `arms` ablation), then fused
-        arm_sets = [("lex", "lexical BM25 + phrase/proximity"), ("struct", "structural (symbols)"),
-                    ("lex,struct", "lexical + structural, no router")]
+        arm_sets = [
+            ("lex", "lexical BM25 + phrase/proximity"),
+            ("struct", "structural (symbols)"),
+            ("lex,struct", "lexical + structural, no router"),
+        ]
         if cfg["dense"]:
             arm_sets.append(("sem", "dense MiniLM + HNSW (every shard)"))
         per_arm = []
@@ -198,45 +239,91 @@ def run(size: str = "smoke", repeats: int = 3) -> dict[str, Any]:
         b, t = res[base], res.get(tail) if tail else None
         rows.append(row(f"engine {base}: client p99", [b["p99"]], unit="ms", target="info"))
         if t:
-            rows.append(row(f"engine {tail} (shard hedge + TA/LTS stop): p99 vs baseline", [t["p99"]], unit="ms",
-                            peer_name=f"{base} p99", peer=[b["p99"]], target="info (SPEC: p99 −10%)"))
-        rows.append(row(f"engine {base} + client hedging: p99 vs baseline", [hedged["p99"]], unit="ms",
-                        peer_name=f"{base} p99", peer=[b["p99"]], target="info"))
+            rows.append(
+                row(
+                    f"engine {tail} (shard hedge + TA/LTS stop): p99 vs baseline",
+                    [t["p99"]],
+                    unit="ms",
+                    peer_name=f"{base} p99",
+                    peer=[b["p99"]],
+                    target="info (SPEC: p99 −10%)",
+                )
+            )
+        rows.append(
+            row(
+                f"engine {base} + client hedging: p99 vs baseline",
+                [hedged["p99"]],
+                unit="ms",
+                peer_name=f"{base} p99",
+                peer=[b["p99"]],
+                target="info",
+            )
+        )
         qps_rows = []
         for name in [n for n in (base, tail) if n]:
-            q = qps_at_sla(client, queries, name, sla_ms=SLA_MS, rates=cfg["rates"], duration_s=cfg["duration_s"],
-                           max_requests=400, max_total_s=cfg["max_total_s"], max_inflight=16)
+            q = qps_at_sla(
+                client,
+                queries,
+                name,
+                sla_ms=SLA_MS,
+                rates=cfg["rates"],
+                duration_s=cfg["duration_s"],
+                max_requests=400,
+                max_total_s=cfg["max_total_s"],
+                max_inflight=16,
+            )
             qps_rows.append(q)
             rows.append(row(f"engine {name}: QPS@{SLA_MS:g}ms", [q["qps_at_sla"]], unit="qps", target="info"))
-        lines = ["| system | p50 ms | p95 ms | p99 ms | server p99 ms | probes/q | cpu ms/q | requests/q | hedged | errors |",
-                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines = [
+            "| system | p50 ms | p95 ms | p99 ms | server p99 ms | probes/q | cpu ms/q | requests/q | hedged | errors |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for r in per_sys + [hedged]:
-            lines.append(f"| {r['system']} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | {r['server_p99']:.1f} | "
-                         f"{r['probes']:.2f} | {r['cpu_ms']:.1f} | {r['requests_per_query']:.2f} | "
-                         f"{r['hedged_share']:.0%} | {r['errors']} |")
+            lines.append(
+                f"| {r['system']} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | {r['server_p99']:.1f} | "
+                f"{r['probes']:.2f} | {r['cpu_ms']:.1f} | {r['requests_per_query']:.2f} | "
+                f"{r['hedged_share']:.0%} | {r['errors']} |"
+            )
         notes.append("Per system (client-side latency includes HTTP on loopback):\n\n" + "\n".join(lines))
-        qlines = ["| system or arm | nDCG@10 | SLA-Recall@50 | p50 ms | p95 ms | p99 ms | probes/q |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        qlines = [
+            "| system or arm | nDCG@10 | SLA-Recall@50 | p50 ms | p95 ms | p99 ms | probes/q |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for r in per_arm + per_sys:
-            qlines.append(f"| {r['system']} | {r['ndcg10']:.4f} | {r['sla_recall50']:.4f} | {r['p50']:.1f} | "
-                          f"{r['p95']:.1f} | {r['p99']:.1f} | {r['probes']:.2f} |")
-        notes.append(f"Quality and latency per retrieval arm (the baseline `{base}` with only those arms fused) and "
-                     f"per system, on the same {queries.height} queries (ground truth: the suites' spans; a late "
-                     "answer counts zero for SLA-Recall@50):\n\n" + "\n".join(qlines))
+            qlines.append(
+                f"| {r['system']} | {r['ndcg10']:.4f} | {r['sla_recall50']:.4f} | {r['p50']:.1f} | "
+                f"{r['p95']:.1f} | {r['p99']:.1f} | {r['probes']:.2f} |"
+            )
+        notes.append(
+            f"Quality and latency per retrieval arm (the baseline `{base}` with only those arms fused) and "
+            f"per system, on the same {queries.height} queries (ground truth: the suites' spans; a late "
+            "answer counts zero for SLA-Recall@50):\n\n" + "\n".join(qlines)
+        )
         for r in per_arm:
             rows.append(row(f"engine {r['system'].split(':')[0]}: nDCG@10", [r["ndcg10"]], target="info"))
         if t:
-            notes.append(f"Hedging effect, tail arm vs baseline: p99 {t['p99']:.1f} vs {b['p99']:.1f} ms "
-                         f"({(t['p99'] / b['p99'] - 1):+.0%}), probes/query {t['probes']:.2f} vs {b['probes']:.2f} "
-                         f"({(t['probes'] / max(b['probes'], 1e-9) - 1):+.0%}), cpu ms/query {t['cpu_ms']:.1f} vs {b['cpu_ms']:.1f}.")
-        notes.append(f"Client hedging on the baseline: p99 {hedged['p99']:.1f} vs {b['p99']:.1f} ms; "
-                     f"{hedged['requests_per_query']:.2f} requests/query (hedged {hedged['hedged_share']:.0%} of queries).")
+            notes.append(
+                f"Hedging effect, tail arm vs baseline: p99 {t['p99']:.1f} vs {b['p99']:.1f} ms "
+                f"({(t['p99'] / b['p99'] - 1):+.0%}), probes/query {t['probes']:.2f} vs {b['probes']:.2f} "
+                f"({(t['probes'] / max(b['probes'], 1e-9) - 1):+.0%}), cpu ms/query {t['cpu_ms']:.1f} vs {b['cpu_ms']:.1f}."
+            )
+        notes.append(
+            f"Client hedging on the baseline: p99 {hedged['p99']:.1f} vs {b['p99']:.1f} ms; "
+            f"{hedged['requests_per_query']:.2f} requests/query (hedged {hedged['hedged_share']:.0%} of queries)."
+        )
         for q in qps_rows:
-            notes.append(f"QPS@{SLA_MS:g}ms {q['system']}: {q['qps_at_sla']:g} ({q['stopped']}); rates: " + ", ".join(
-                f"{r['offered_qps']:g} qps p99 {r['p99_ms'] if r['p99_ms'] is None else round(r['p99_ms'], 1)} ms "
-                f"{'pass' if r['pass'] else 'FAIL'}" for r in q["table"]))
-        notes.append("Engine figures are single passes over the query sample (percentiles over queries), "
-                     "not medians of repeated runs.")
+            notes.append(
+                f"QPS@{SLA_MS:g}ms {q['system']}: {q['qps_at_sla']:g} ({q['stopped']}); rates: "
+                + ", ".join(
+                    f"{r['offered_qps']:g} qps p99 {r['p99_ms'] if r['p99_ms'] is None else round(r['p99_ms'], 1)} ms "
+                    f"{'pass' if r['pass'] else 'FAIL'}"
+                    for r in q["table"]
+                )
+            )
+        notes.append(
+            "Engine figures are single passes over the query sample (percentiles over queries), "
+            "not medians of repeated runs."
+        )
     finally:
         srv.close()
     return {"name": "engine", "title": title, "rows": rows, "notes": notes, "profile": None}

@@ -25,8 +25,10 @@ from typing import Any
 
 from benchmarks.common import BENCH, PY, last_json, repeat, row, run_proc, sub_env
 
-SIZES = {"smoke": {"qps": 10, "budget_s": 0.0, "source": "sim", "lvm": False},
-         "full": {"qps": 0, "budget_s": 1000.0, "source": "local", "lvm": True}}
+SIZES = {
+    "smoke": {"qps": 10, "budget_s": 0.0, "source": "sim", "lvm": False},
+    "full": {"qps": 0, "budget_s": 1000.0, "source": "local", "lvm": True},
+}
 EMBEDDINGS_STORE = "embeddings-all-MiniLM-L6-v2.sqlite"
 PARTITION = "2026-01-04"
 
@@ -34,8 +36,11 @@ PARTITION = "2026-01-04"
 def _once(data: Path, home: Path, qps: int, source: str = "sim", lvm: bool = True) -> dict[str, Any]:
     env = sub_env(LENS_DATA_DIR=str(data), DAGSTER_HOME=str(home), DATA_SOURCE=source)
     env.pop("LENS_CACHE_DIR", None)  # the data dir's own cache: cold means cold
-    r = run_proc([PY, BENCH / "peers" / "weekly_worker.py", PARTITION, str(qps),
-                  *([] if lvm else ["--no-lvm"])], env=env, timeout_s=1500)
+    r = run_proc(
+        [PY, BENCH / "peers" / "weekly_worker.py", PARTITION, str(qps), *([] if lvm else ["--no-lvm"])],
+        env=env,
+        timeout_s=1500,
+    )
     out = last_json(r["stdout"])
     # the worker's sampler resets the kernel's high-water mark, so its own largest sample is the
     # process's peak (run_proc's ru_maxrss then only covers the last 10 ms interval and start-up)
@@ -58,7 +63,7 @@ def run(size: str = "smoke", repeats: int = 3) -> dict[str, Any]:
     tmp_root = Path(tempfile.mkdtemp(prefix="lens-bench-weekly-"))
     seeds: list[str] = []
     try:
-        from lens_core.settings import cache_dir
+        from lens_core.common.settings import cache_dir
 
         seed = cache_dir() / EMBEDDINGS_STORE
 
@@ -91,42 +96,66 @@ def run(size: str = "smoke", repeats: int = 3) -> dict[str, Any]:
     rows = [
         row("weekly run, cold: wall", [r["process_wall_s"] for r in cold], target="info"),
         row("weekly run, warm: wall", [r["process_wall_s"] for r in warm], target="info"),
-        row("weekly run: peak RSS", [max(c["rss_mb"], w["rss_mb"]) for c, w in zip(cold, warm)], unit="MB",
-            target="info"),
+        row(
+            "weekly run: peak RSS",
+            [max(c["rss_mb"], w["rss_mb"]) for c, w in zip(cold, warm)],
+            unit="MB",
+            target="info",
+        ),
     ]
-    steps = sorted({k for r in cold + warm for k in r["steps"]},
-                   key=lambda k: -(_med([r["steps"][k]["s"] for r in cold if k in r["steps"]]) or 0.0))
+    steps = sorted(
+        {k for r in cold + warm for k in r["steps"]},
+        key=lambda k: -(_med([r["steps"][k]["s"] for r in cold if k in r["steps"]]) or 0.0),
+    )
     lines = ["| step | cold s | cold peak RSS MB | warm s | warm peak RSS MB |", "| --- | --- | --- | --- | --- |"]
     for k in steps:
         c = [r["steps"][k] for r in cold if k in r["steps"]]
         w = [r["steps"][k] for r in warm if k in r["steps"]]
-        lines.append(f"| {k} | {_fmt(_med([x['s'] for x in c]), '.2f')} | {_fmt(_med([x['rss_mb'] for x in c]), ',.0f')} "
-                     f"| {_fmt(_med([x['s'] for x in w]), '.2f')} | {_fmt(_med([x['rss_mb'] for x in w]), ',.0f')} |")
+        lines.append(
+            f"| {k} | {_fmt(_med([x['s'] for x in c]), '.2f')} | {_fmt(_med([x['rss_mb'] for x in c]), ',.0f')} "
+            f"| {_fmt(_med([x['s'] for x in w]), '.2f')} | {_fmt(_med([x['rss_mb'] for x in w]), ',.0f')} |"
+        )
     qps = cfg["qps"] or "config default"
-    src = ("the reference engine over HTTP (DATA_SOURCE=local, as make demo)" if cfg["source"] == "local"
-           else "simulator source")
-    what = ("the weekly chain then the LVM group, in one process (as `lens-eval run --with-lvm`, make demo)"
-            if cfg["lvm"] else "the weekly chain only, in one process (smoke size: the LVM group of make demo is "
-            "left out, its cold run alone takes minutes; the full size runs it)")
-    seeded = (f"seeded only with the MiniLM embedding store ({', '.join(seeds)}: the first from the product's cache, "
-              "each later one from the previous pair's)" if cfg["source"] == "local"
-              else "nothing seeded (the full size seeds only the MiniLM embedding store; the simulator source at "
-              "smoke size has nothing to embed)")
-    notes = [f"Partition {PARTITION}, {src}, queries per suite: {qps}, {what}; {len(cold)} cold+warm pair(s) "
-             "(fewer than the requested repeats when a pair exceeds the time budget). Cold: a fresh data dir, "
-             f"Dagster home and caches, {seeded}; warm: the same command again on that data dir and Dagster home. "
-             "Wall: the whole process (start-up and imports included). "
-             f"Peak RSS of the whole process: cold {max(r['rss_mb'] for r in cold):,.0f} MB, warm "
-             f"{max(r['rss_mb'] for r in warm):,.0f} MB. "
-             "Cold wall per pair: "
-             + ", ".join(f"{r['process_wall_s']:.0f} s" for r in cold) + ". "
-             f"Outcome: success={cold[0]['success']}, published={cold[0]['published']}"
-             + (f", errors {cold[0]['errors']}" if cold[0]["errors"] else "") + ".",
-             f"Per step (medians over the pairs): wall time from the Dagster instance's step stats; peak RSS of the "
-             f"process while the step ran ({cold[0]['rss_method']}; steps run one at a time in-process, so the "
-             "figure includes what earlier steps left allocated):\n\n" + "\n".join(lines)]
-    return {"name": "weekly", "title": "Weekly run (make demo): cold and warm", "rows": rows, "notes": notes,
-            "profile": None}
+    src = (
+        "the reference engine over HTTP (DATA_SOURCE=local, as make demo)"
+        if cfg["source"] == "local"
+        else "simulator source"
+    )
+    what = (
+        "the weekly chain then the LVM group, in one process (as `lens-eval run --with-lvm`, make demo)"
+        if cfg["lvm"]
+        else "the weekly chain only, in one process (smoke size: the LVM group of make demo is "
+        "left out, its cold run alone takes minutes; the full size runs it)"
+    )
+    seeded = (
+        f"seeded only with the MiniLM embedding store ({', '.join(seeds)}: the first from the product's cache, "
+        "each later one from the previous pair's)"
+        if cfg["source"] == "local"
+        else "nothing seeded (the full size seeds only the MiniLM embedding store; the simulator source at "
+        "smoke size has nothing to embed)"
+    )
+    notes = [
+        f"Partition {PARTITION}, {src}, queries per suite: {qps}, {what}; {len(cold)} cold+warm pair(s) "
+        "(fewer than the requested repeats when a pair exceeds the time budget). Cold: a fresh data dir, "
+        f"Dagster home and caches, {seeded}; warm: the same command again on that data dir and Dagster home. "
+        "Wall: the whole process (start-up and imports included). "
+        f"Peak RSS of the whole process: cold {max(r['rss_mb'] for r in cold):,.0f} MB, warm "
+        f"{max(r['rss_mb'] for r in warm):,.0f} MB. "
+        "Cold wall per pair: " + ", ".join(f"{r['process_wall_s']:.0f} s" for r in cold) + ". "
+        f"Outcome: success={cold[0]['success']}, published={cold[0]['published']}"
+        + (f", errors {cold[0]['errors']}" if cold[0]["errors"] else "")
+        + ".",
+        f"Per step (medians over the pairs): wall time from the Dagster instance's step stats; peak RSS of the "
+        f"process while the step ran ({cold[0]['rss_method']}; steps run one at a time in-process, so the "
+        "figure includes what earlier steps left allocated):\n\n" + "\n".join(lines),
+    ]
+    return {
+        "name": "weekly",
+        "title": "Weekly run (make demo): cold and warm",
+        "rows": rows,
+        "notes": notes,
+        "profile": None,
+    }
 
 
 if __name__ == "__main__":

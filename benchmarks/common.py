@@ -72,8 +72,9 @@ os._exit(code if code >= 0 else 128 - code)
 """
 
 
-def run_proc(cmd: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None,
-             timeout_s: float = 1800.0) -> dict[str, Any]:
+def run_proc(
+    cmd: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None, timeout_s: float = 1800.0
+) -> dict[str, Any]:
     """Run a command; return {wall_s, rss_mb (the command's own peak RSS), cpu_s, stdout,
     stderr, rc}.
 
@@ -81,11 +82,20 @@ def run_proc(cmd: Sequence[str], env: dict[str, str] | None = None, cwd: Path | 
     RSS and CPU come from `os.wait4` on the command itself, through `_LAUNCHER`, so neither
     this harness's memory nor another run's is counted. On timeout the command's whole
     process group is killed."""
-    with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe, \
-            tempfile.NamedTemporaryFile(prefix="lens-bench-rusage-", mode="r") as fr:
+    with (
+        tempfile.TemporaryFile() as fo,
+        tempfile.TemporaryFile() as fe,
+        tempfile.NamedTemporaryFile(prefix="lens-bench-rusage-", mode="r") as fr,
+    ):
         t0 = time.perf_counter()
-        p = subprocess.Popen([PY, "-S", "-c", _LAUNCHER, fr.name, *map(str, cmd)], stdout=fo, stderr=fe,
-                             env=env or sub_env(), cwd=str(cwd or REPO), start_new_session=True)
+        p = subprocess.Popen(
+            [PY, "-S", "-c", _LAUNCHER, fr.name, *map(str, cmd)],
+            stdout=fo,
+            stderr=fe,
+            env=env or sub_env(),
+            cwd=str(cwd or REPO),
+            start_new_session=True,
+        )
         try:
             p.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -97,8 +107,14 @@ def run_proc(cmd: Sequence[str], env: dict[str, str] | None = None, cwd: Path | 
         out, err = fo.read().decode(errors="replace"), fe.read().decode(errors="replace")
         usage = fr.read().split()
     rss_kb, utime, stime = (float(x) for x in usage) if len(usage) == 3 else (float("nan"),) * 3
-    res = {"wall_s": wall, "rss_mb": rss_kb / 1024.0, "stdout": out, "stderr": err,
-           "rc": p.returncode, "cpu_s": utime + stime}
+    res = {
+        "wall_s": wall,
+        "rss_mb": rss_kb / 1024.0,
+        "stdout": out,
+        "stderr": err,
+        "rc": p.returncode,
+        "cpu_s": utime + stime,
+    }
     if p.returncode != 0:
         raise SubprocessFailed(f"{' '.join(map(str, cmd))[:300]} exited {p.returncode}: {err.strip()[-800:]}")
     return res
@@ -141,10 +157,19 @@ def stats(values: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
 
 
-def row(benchmark: str, ours: Sequence[float] | None, unit: str = "s", peer_name: str | None = None,
-        peer: Sequence[float] | None = None, target: str = "", kind: str | None = None,
-        threshold: float | None = None, note: str = "", skipped: str | None = None,
-        extrapolated: bool = False) -> dict[str, Any]:
+def row(
+    benchmark: str,
+    ours: Sequence[float] | None,
+    unit: str = "s",
+    peer_name: str | None = None,
+    peer: Sequence[float] | None = None,
+    target: str = "",
+    kind: str | None = None,
+    threshold: float | None = None,
+    note: str = "",
+    skipped: str | None = None,
+    extrapolated: bool = False,
+) -> dict[str, Any]:
     """One summary row. `kind`:
     - "speedup": holds when peer median / ours median >= threshold;
     - "within": holds when ours median / peer median <= threshold (a floor we may trail);
@@ -152,9 +177,17 @@ def row(benchmark: str, ours: Sequence[float] | None, unit: str = "s", peer_name
     - "below": holds when ours median < threshold;
     - None: informational.
     `skipped` replaces the figures with a reason (peer or component not available)."""
-    r: dict[str, Any] = {"benchmark": benchmark, "unit": unit, "peer_name": peer_name,
-                         "target": target, "kind": kind, "threshold": threshold, "note": note,
-                         "skipped": skipped, "extrapolated": extrapolated}
+    r: dict[str, Any] = {
+        "benchmark": benchmark,
+        "unit": unit,
+        "peer_name": peer_name,
+        "target": target,
+        "kind": kind,
+        "threshold": threshold,
+        "note": note,
+        "skipped": skipped,
+        "extrapolated": extrapolated,
+    }
     r["ours"] = stats(ours) if ours else None
     r["peer"] = stats(peer) if peer else None
     r["ratio"] = None
@@ -189,7 +222,7 @@ def profile_top(fn: Callable[[], Any], limit: int = 18) -> str:
     text = s.getvalue()
     lines = [ln for ln in text.splitlines() if ln.strip()]
     start = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls")), 0)
-    return "\n".join(lines[max(0, start - 2):])
+    return "\n".join(lines[max(0, start - 2) :])
 
 
 def profile_subprocess(cmd: Sequence[str], limit: int = 18, env: dict[str, str] | None = None) -> str:
@@ -203,7 +236,7 @@ def profile_subprocess(cmd: Sequence[str], limit: int = 18, env: dict[str, str] 
         pstats.Stats(str(prof), stream=s).strip_dirs().sort_stats("cumulative").print_stats(limit)
     lines = [ln for ln in s.getvalue().splitlines() if ln.strip()]
     start = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls")), 0)
-    return "\n".join(lines[max(0, start - 2):])
+    return "\n".join(lines[max(0, start - 2) :])
 
 
 def have(module: str) -> bool:

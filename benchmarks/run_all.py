@@ -34,8 +34,19 @@ BENCHMARKS: dict[str, str] = {
     "engine": "benchmarks.bench_engine",
     "weekly": "benchmarks.bench_weekly",
 }
-VERSIONED = ("polars", "pyarrow", "numpy", "scipy", "sklearn", "duckdb", "dagster", "pytrec_eval",
-             "ranx", "ir_measures", "numba")
+VERSIONED = (
+    "polars",
+    "pyarrow",
+    "numpy",
+    "scipy",
+    "sklearn",
+    "duckdb",
+    "dagster",
+    "pytrec_eval",
+    "ranx",
+    "ir_measures",
+    "numba",
+)
 
 
 def machine() -> dict[str, str]:
@@ -46,8 +57,10 @@ def machine() -> dict[str, str]:
                 info["cpu"] = line.split(":", 1)[1].strip()
                 break
         mem = {ln.split(":")[0]: ln.split(":")[1].strip() for ln in Path("/proc/meminfo").read_text().splitlines()}
-        info["memory"] = f"{int(mem['MemTotal'].split()[0]) / 1024 / 1024:.1f} GiB total, " \
-                         f"{int(mem['MemAvailable'].split()[0]) / 1024 / 1024:.1f} GiB available at start"
+        info["memory"] = (
+            f"{int(mem['MemTotal'].split()[0]) / 1024 / 1024:.1f} GiB total, "
+            f"{int(mem['MemAvailable'].split()[0]) / 1024 / 1024:.1f} GiB available at start"
+        )
     except (OSError, KeyError, ValueError):
         pass
     return info
@@ -81,39 +94,54 @@ def _cell(stats: dict | None, unit: str) -> str:
 
 
 def summary_table(results: list[dict]) -> str:
-    lines = ["| benchmark | ours median [min–max] | peer | peer median [min–max] | ratio | target | holds? |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| benchmark | ours median [min–max] | peer | peer median [min–max] | ratio | target | holds? |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for res in results:
         for r in res["rows"]:
             unit = r["unit"]
             name = r["benchmark"] + ("" if unit == "s" or f"({unit})" in r["benchmark"] else f" ({unit})")
             if r["skipped"]:
-                lines.append(f"| {name} | skipped | {r['peer_name'] or '–'} | – | – | {r['target'] or '–'} | "
-                             f"n/a: {r['skipped']} |")
+                lines.append(
+                    f"| {name} | skipped | {r['peer_name'] or '–'} | – | – | {r['target'] or '–'} | "
+                    f"n/a: {r['skipped']} |"
+                )
                 continue
             ratio = "–"
             if r["ratio"] is not None:
                 ratio = f"{r['ratio']:.2f}×" + (" (ours/peer)" if r["kind"] == "within" else "")
             peer = _cell(r["peer"], unit) + (" (extrapolated)" if r["extrapolated"] and r["peer"] else "")
             holds = {True: "yes", False: "**NO**", None: "–"}[r["holds"]]
-            lines.append(f"| {name} | {_cell(r['ours'], unit)} | {r['peer_name'] or '–'} | {peer} | {ratio} | "
-                         f"{r['target'] or '–'} | {holds} |")
+            lines.append(
+                f"| {name} | {_cell(r['ours'], unit)} | {r['peer_name'] or '–'} | {peer} | {ratio} | "
+                f"{r['target'] or '–'} | {holds} |"
+            )
     return "\n".join(lines)
 
 
 def render(results: list[dict], meta: dict) -> str:
-    out = [f"# Benchmarks ({'smoke' if meta['smoke'] else 'full'} run)", "",
-           f"- date: {meta['date']}", f"- command: `{meta['command']}`",
-           f"- machine: {meta['machine'].get('cpu', 'cpu n/a')}, {meta['machine']['cores']} cores, "
-           f"{meta['machine'].get('memory', 'memory n/a')}; Python {meta['machine']['python']}",
-           f"- load average (1/5/15 min) at start: {meta['load_start']}, at end: {meta['load_end']} "
-           "(the machine is shared: absolute times include contention; ratios are measured in the same run)",
-           "- libraries: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
-           f"- repeats: {meta['repeats']} per figure (fewer where a figure's time budget ran out: see n), "
-           f"median [min–max]; total wall {meta['wall_s']:.0f} s", "",
-           "Ratios: for speed targets, peer median / ours median (higher is better for us); for "
-           "\"within\" targets, ours / peer (lower is better).", "",
-           "## Summary", "", summary_table(results), ""]
+    out = [
+        f"# Benchmarks ({'smoke' if meta['smoke'] else 'full'} run)",
+        "",
+        f"- date: {meta['date']}",
+        f"- command: `{meta['command']}`",
+        f"- machine: {meta['machine'].get('cpu', 'cpu n/a')}, {meta['machine']['cores']} cores, "
+        f"{meta['machine'].get('memory', 'memory n/a')}; Python {meta['machine']['python']}",
+        f"- load average (1/5/15 min) at start: {meta['load_start']}, at end: {meta['load_end']} "
+        "(the machine is shared: absolute times include contention; ratios are measured in the same run)",
+        "- libraries: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        f"- repeats: {meta['repeats']} per figure (fewer where a figure's time budget ran out: see n), "
+        f"median [min–max]; total wall {meta['wall_s']:.0f} s",
+        "",
+        "Ratios: for speed targets, peer median / ours median (higher is better for us); for "
+        '"within" targets, ours / peer (lower is better).',
+        "",
+        "## Summary",
+        "",
+        summary_table(results),
+        "",
+    ]
     for res in results:
         out += [f"## {res['title']}", ""]
         if res.get("ran"):
@@ -134,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (seconds); CI runs this")
     ap.add_argument("--repeats", type=int, default=None, help="runs per figure (default 3; 1 with --smoke)")
-    ap.add_argument("--out", help="report path (default benchmarks/REPORT.md; with --smoke "
-                                  "benchmarks/out/REPORT.smoke.md so the real report is never overwritten)")
+    ap.add_argument(
+        "--out",
+        help="report path (default benchmarks/REPORT.md; with --smoke "
+        "benchmarks/out/REPORT.smoke.md so the real report is never overwritten)",
+    )
     ap.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
     args = ap.parse_args(argv)
     size = "smoke" if args.smoke else "full"
@@ -153,9 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t0 = time.perf_counter()
-    meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "smoke": args.smoke,
-            "command": "python benchmarks/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "machine": machine(), "versions": versions(), "load_start": loadavg(), "repeats": repeats}
+    meta = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "smoke": args.smoke,
+        "command": "python benchmarks/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine(),
+        "versions": versions(),
+        "load_start": loadavg(),
+        "repeats": repeats,
+    }
     results = []
     for name in names:
         t1 = time.perf_counter()
@@ -165,16 +202,23 @@ def main(argv: list[str] | None = None) -> int:
             res = importlib.import_module(BENCHMARKS[name]).run(size, repeats)
         except Exception as e:  # one broken benchmark must not hide the others
             traceback.print_exc()
-            res = {"name": name, "title": name, "notes": [f"failed: {type(e).__name__}: {e}"], "profile": None,
-                   "rows": [row(name, None, skipped=f"benchmark failed: {type(e).__name__}: {str(e)[:200]}")]}
+            res = {
+                "name": name,
+                "title": name,
+                "notes": [f"failed: {type(e).__name__}: {e}"],
+                "profile": None,
+                "rows": [row(name, None, skipped=f"benchmark failed: {type(e).__name__}: {str(e)[:200]}")],
+            }
         print(f"[bench] {name} done in {time.perf_counter() - t1:.0f} s", file=sys.stderr, flush=True)
-        res["ran"] = (f"ran {started} – {datetime.now(timezone.utc).strftime('%H:%M')} UTC "
-                      f"({time.perf_counter() - t1:.0f} s); load average (1/5/15 min) before: {load0}, after: {loadavg()}")
+        res["ran"] = (
+            f"ran {started} – {datetime.now(timezone.utc).strftime('%H:%M')} UTC "
+            f"({time.perf_counter() - t1:.0f} s); load average (1/5/15 min) before: {load0}, after: {loadavg()}"
+        )
         results.append(res)
     meta["wall_s"] = time.perf_counter() - t0
     meta["load_end"] = loadavg()
     text = render(results, meta)
-    from lens_core.hashing import atomic_write_text
+    from lens_core.common.hashing import atomic_write_text
 
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, text + "\n")

@@ -20,8 +20,8 @@ import numpy as np
 import polars as pl
 
 from benchmarks.common import out_dir
-from lens_core import contracts
-from lens_core.tables import write_parquet
+from lens_core.common import contracts
+from lens_core.common.tables import write_parquet
 
 SEED = 20260104
 SYSTEMS = ("sys_a", "sys_b", "sys_c", "sys_d")
@@ -50,8 +50,13 @@ def scoring_workload(n_queries: int, n_hits: int = 100, n_systems: int = 4, seed
     run_<system>.trec per system."""
     d = out_dir(f"scoring_q{n_queries}_h{n_hits}_s{n_systems}_seed{seed}")
     systems = SYSTEMS[:n_systems]
-    paths = {"dir": d, "qrels_parquet": d / "qrels.parquet", "qrels_trec": d / "qrels.trec",
-             "hits_1": d / "hits_1.parquet", "hits_all": d / "hits_all.parquet"}
+    paths = {
+        "dir": d,
+        "qrels_parquet": d / "qrels.parquet",
+        "qrels_trec": d / "qrels.trec",
+        "hits_1": d / "hits_1.parquet",
+        "hits_all": d / "hits_all.parquet",
+    }
     for s in systems:
         paths[f"run_{s}"] = d / f"run_{s}.trec"
     if _done(d):
@@ -61,8 +66,9 @@ def scoring_workload(n_queries: int, n_hits: int = 100, n_systems: int = 4, seed
     qid = np.char.add("q", np.char.zfill(np.arange(q).astype(str), 6))
     repo_of_q = np.char.add("repo", (np.arange(q) % 97).astype(str))
     j = np.arange(c)
-    path_of_j = np.char.add(np.char.add(np.char.add("src/pkg", (j % 17).astype(str)), "/mod_"),
-                            np.char.add(j.astype(str), ".py"))
+    path_of_j = np.char.add(
+        np.char.add(np.char.add("src/pkg", (j % 17).astype(str)), "/mod_"), np.char.add(j.astype(str), ".py")
+    )
     start_of_j = 1 + (j * 37) % 400
     end_of_j = start_of_j + 5 + j % 20
 
@@ -81,15 +87,31 @@ def scoring_workload(n_queries: int, n_hits: int = 100, n_systems: int = 4, seed
     judged[rows[is_rel | is_non], cand[is_rel | is_non]] = True
 
     qr, qc = np.nonzero(judged)
-    qrels = pl.DataFrame({
-        "qid": qid[qr], "repo": repo_of_q[qr], "path": path_of_j[qc],
-        "start_line": start_of_j[qc].astype(np.int32), "end_line": end_of_j[qc].astype(np.int32),
-        "rel": rel[qr, qc].astype(np.int32), "source": "bench"})
+    qrels = pl.DataFrame(
+        {
+            "qid": qid[qr],
+            "repo": repo_of_q[qr],
+            "path": path_of_j[qc],
+            "start_line": start_of_j[qc].astype(np.int32),
+            "end_line": end_of_j[qc].astype(np.int32),
+            "rel": rel[qr, qc].astype(np.int32),
+            "source": "bench",
+        }
+    )
     write_parquet(qrels, paths["qrels_parquet"], schema=contracts.QRELS_SCHEMA)
-    docno = (pl.col("repo") + ":" + pl.col("path") + ":" + pl.col("start_line").cast(pl.String)
-             + "-" + pl.col("end_line").cast(pl.String))
-    _write_lines(qrels.select(pl.col("qid") + " 0 " + docno + " " + pl.col("rel").cast(pl.String)).to_series(),
-                 paths["qrels_trec"])
+    docno = (
+        pl.col("repo")
+        + ":"
+        + pl.col("path")
+        + ":"
+        + pl.col("start_line").cast(pl.String)
+        + "-"
+        + pl.col("end_line").cast(pl.String)
+    )
+    _write_lines(
+        qrels.select(pl.col("qid") + " 0 " + docno + " " + pl.col("rel").cast(pl.String)).to_series(),
+        paths["qrels_trec"],
+    )
 
     frames = []
     for si, s in enumerate(systems):
@@ -102,14 +124,37 @@ def scoring_workload(n_queries: int, n_hits: int = 100, n_systems: int = 4, seed
         rr = np.repeat(np.arange(q), n_hits)
         cc = top.ravel()
         in_sla = rng.random(q * n_hits) > 0.02
-        frames.append(pl.DataFrame({
-            "run_id": "bench", "system": s, "qid": qid[rr], "rank": np.tile(ranks, q).astype(np.int32),
-            "repo": repo_of_q[rr], "path": path_of_j[cc], "start_line": start_of_j[cc].astype(np.int32),
-            "end_line": end_of_j[cc].astype(np.int32), "score": score.ravel(),
-            "why_lex": True, "why_struct": (cc % 3 == 0), "why_sem": (cc % 2 == 0),
-            "shard": (cc % 8).astype(np.int32), "in_sla": in_sla}))
-        line = (pl.col("qid") + " Q0 " + docno + " " + pl.col("rank").cast(pl.String) + " "
-                + pl.col("score").map_batches(lambda x: pl.Series(np.char.mod("%.6f", x.to_numpy()))) + " " + pl.col("system"))
+        frames.append(
+            pl.DataFrame(
+                {
+                    "run_id": "bench",
+                    "system": s,
+                    "qid": qid[rr],
+                    "rank": np.tile(ranks, q).astype(np.int32),
+                    "repo": repo_of_q[rr],
+                    "path": path_of_j[cc],
+                    "start_line": start_of_j[cc].astype(np.int32),
+                    "end_line": end_of_j[cc].astype(np.int32),
+                    "score": score.ravel(),
+                    "why_lex": True,
+                    "why_struct": (cc % 3 == 0),
+                    "why_sem": (cc % 2 == 0),
+                    "shard": (cc % 8).astype(np.int32),
+                    "in_sla": in_sla,
+                }
+            )
+        )
+        line = (
+            pl.col("qid")
+            + " Q0 "
+            + docno
+            + " "
+            + pl.col("rank").cast(pl.String)
+            + " "
+            + pl.col("score").map_batches(lambda x: pl.Series(np.char.mod("%.6f", x.to_numpy())))
+            + " "
+            + pl.col("system")
+        )
         _write_lines(frames[-1].select(line).to_series(), paths[f"run_{s}"])
     write_parquet(frames[0], paths["hits_1"], schema=contracts.HITS_SCHEMA)
     write_parquet(pl.concat(frames), paths["hits_all"], schema=contracts.HITS_SCHEMA)
@@ -129,37 +174,71 @@ def raw_run_workload(n_queries: int, n_hits: int = 100, seed: int = SEED) -> Pat
     hits = pl.read_parquet(sc["hits_1"])
     rng = np.random.default_rng(seed + 1)
     q = hits["qid"].n_unique()
-    why = (pl.concat_list(
+    why = pl.concat_list(
         pl.when(pl.col("why_lex")).then(pl.lit(["lex"])).otherwise(pl.lit([], pl.List(pl.String))),
         pl.when(pl.col("why_struct")).then(pl.lit(["struct"])).otherwise(pl.lit([], pl.List(pl.String))),
-        pl.when(pl.col("why_sem")).then(pl.lit(["sem"])).otherwise(pl.lit([], pl.List(pl.String)))))
-    per_q = (hits.sort("qid", "rank")
-             .with_columns(why.alias("why"))
-             .group_by("qid", maintain_order=True)
-             .agg(pl.struct("rank", "repo", "path", "start_line", "end_line", "score", "why", "shard").alias("hits")))
+        pl.when(pl.col("why_sem")).then(pl.lit(["sem"])).otherwise(pl.lit([], pl.List(pl.String))),
+    )
+    per_q = (
+        hits.sort("qid", "rank")
+        .with_columns(why.alias("why"))
+        .group_by("qid", maintain_order=True)
+        .agg(pl.struct("rank", "repo", "path", "start_line", "end_line", "score", "why", "shard").alias("hits"))
+    )
     n_sh = 8
     req_ts = 1.7e12 + np.arange(q) * 10.0
     lat = rng.gamma(4.0, 8.0, q)
     issued = np.repeat(req_ts, n_sh) + rng.random(q * n_sh)
     done_ts = issued + rng.gamma(3.0, 6.0, q * n_sh)
-    shards = pl.DataFrame({
-        "_q": np.repeat(np.arange(q), n_sh), "shard": np.tile(np.arange(n_sh), q).astype(np.int32),
-        "probe_id": np.char.add("p-", np.tile(np.arange(1, n_sh + 1), q).astype(str)),
-        "issued_ts": issued, "first_byte_ts": issued + 0.5, "done_ts": done_ts,
-        "cancel_ts": pl.Series([None] * (q * n_sh), dtype=pl.Float64), "status": "ok",
-    }).group_by("_q", maintain_order=True).agg(
-        pl.struct("shard", "probe_id", "issued_ts", "first_byte_ts", "done_ts", "cancel_ts", "status").alias("shards"))
+    shards = (
+        pl.DataFrame(
+            {
+                "_q": np.repeat(np.arange(q), n_sh),
+                "shard": np.tile(np.arange(n_sh), q).astype(np.int32),
+                "probe_id": np.char.add("p-", np.tile(np.arange(1, n_sh + 1), q).astype(str)),
+                "issued_ts": issued,
+                "first_byte_ts": issued + 0.5,
+                "done_ts": done_ts,
+                "cancel_ts": pl.Series([None] * (q * n_sh), dtype=pl.Float64),
+                "status": "ok",
+            }
+        )
+        .group_by("_q", maintain_order=True)
+        .agg(
+            pl.struct("shard", "probe_id", "issued_ts", "first_byte_ts", "done_ts", "cancel_ts", "status").alias(
+                "shards"
+            )
+        )
+    )
     rec = per_q.with_columns(
-        pl.lit("bench").alias("run_id"), pl.lit(SYSTEMS[0]).alias("system"), pl.lit("0123456789abcdef").alias("cfg_hash"),
+        pl.lit("bench").alias("run_id"),
+        pl.lit(SYSTEMS[0]).alias("system"),
+        pl.lit("0123456789abcdef").alias("cfg_hash"),
         pl.Series("suite", np.array(SUITES)[np.arange(q) % 3]),
         pl.Series("intent", np.array(INTENTS)[np.arange(q) % 3]),
         pl.Series("language", np.array(LANGUAGES)[np.arange(q) % 4]),
-        pl.Series("req_ts", req_ts), pl.lit(150.0).alias("sla_ms"), pl.Series("lat_ms", lat),
+        pl.Series("req_ts", req_ts),
+        pl.lit(150.0).alias("sla_ms"),
+        pl.Series("lat_ms", lat),
         shards["shards"],
         pl.struct(pl.lit(n_sh, pl.Int32).alias("probes"), pl.Series("cpu_ms", lat * 1.5)).alias("cost"),
         pl.lit(None, pl.String).alias("error"),
-    ).select("run_id", "system", "cfg_hash", "qid", "suite", "intent", "language", "req_ts", "sla_ms",
-             "lat_ms", "hits", "shards", "cost", "error")
+    ).select(
+        "run_id",
+        "system",
+        "cfg_hash",
+        "qid",
+        "suite",
+        "intent",
+        "language",
+        "req_ts",
+        "sla_ms",
+        "lat_ms",
+        "hits",
+        "shards",
+        "cost",
+        "error",
+    )
     tmp = path.with_suffix(".tmp")
     rec.write_ndjson(tmp)
     with open(tmp, "ab") as f:
@@ -185,15 +264,24 @@ def per_query_workload(n_queries: int, n_systems: int = 4, seed: int = SEED) -> 
         first = np.where(rng.random(q) < p, rng.geometric(np.clip(p, 0.05, 1)), 0)
         n_rel = rng.integers(1, 6, q)
         found = rng.binomial(n_rel, np.clip(p * 1.1, 0, 1))
-        frames.append(pl.DataFrame({
-            "run_id": "bench", "system": SYSTEMS[si], "qid": qid,
-            "suite": np.array(SUITES)[np.arange(q) % 3], "intent": np.array(INTENTS)[np.arange(q) % 3],
-            "language": np.array(LANGUAGES)[(np.arange(q) // 3) % 4],
-            "ndcg_10": np.clip(p + rng.normal(0, 0.1, q), 0, 1) * (first > 0),
-            "recall_50": found / n_rel, "sla_recall_50": np.maximum(found - (rng.random(q) < 0.05), 0) / n_rel,
-            "mrr_10": np.where((first > 0) & (first <= 10), 1.0 / np.maximum(first, 1), 0.0),
-            "success_1": ((first == 1)).astype(float), "success_10": ((first > 0) & (first <= 10)).astype(float),
-        }))
+        frames.append(
+            pl.DataFrame(
+                {
+                    "run_id": "bench",
+                    "system": SYSTEMS[si],
+                    "qid": qid,
+                    "suite": np.array(SUITES)[np.arange(q) % 3],
+                    "intent": np.array(INTENTS)[np.arange(q) % 3],
+                    "language": np.array(LANGUAGES)[(np.arange(q) // 3) % 4],
+                    "ndcg_10": np.clip(p + rng.normal(0, 0.1, q), 0, 1) * (first > 0),
+                    "recall_50": found / n_rel,
+                    "sla_recall_50": np.maximum(found - (rng.random(q) < 0.05), 0) / n_rel,
+                    "mrr_10": np.where((first > 0) & (first <= 10), 1.0 / np.maximum(first, 1), 0.0),
+                    "success_1": (first == 1).astype(float),
+                    "success_10": ((first > 0) & (first <= 10)).astype(float),
+                }
+            )
+        )
     return pl.concat(frames)
 
 
@@ -211,8 +299,16 @@ def labelled_hits(n_cells: int = 40, labels: int = 2_400_000, seed: int = SEED) 
     for ci, (s, i, lang) in enumerate(cells):
         score = np.round(rng.gamma(2.0, 4.0, per), 4)
         p = 1 / (1 + np.exp(-(score - 10 - ci % 5) / 2.5))
-        frames.append(pl.DataFrame({
-            "system": s, "intent": i, "language": lang,
-            "qid": np.char.add(f"{ci}-", (np.arange(per) // 50).astype(str)),
-            "score": score, "label": (rng.random(per) < p).astype(np.int8)}))
+        frames.append(
+            pl.DataFrame(
+                {
+                    "system": s,
+                    "intent": i,
+                    "language": lang,
+                    "qid": np.char.add(f"{ci}-", (np.arange(per) // 50).astype(str)),
+                    "score": score,
+                    "label": (rng.random(per) < p).astype(np.int8),
+                }
+            )
+        )
     return pl.concat(frames)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dbt_like_checks.checks import build_dbt_like_checks as _build
 from dbt_like_checks.runner import (
     Spec,
     SpecError,
@@ -21,13 +22,20 @@ from dbt_like_checks.runner import (
 )
 
 __all__ = [
-    "Spec", "SpecError", "TestResult", "bind_against_contracts", "build_dbt_like_checks",
-    "check_name", "compile_test", "load_spec", "run_tests", "summarize",
+    "Spec",
+    "SpecError",
+    "TestResult",
+    "bind_against_contracts",
+    "build_dbt_like_checks",
+    "check_name",
+    "compile_test",
+    "load_spec",
+    "run_tests",
+    "summarize",
 ]
 
 
 def build_dbt_like_checks(*args: Any, **kwargs: Any):
     """See `dbt_like_checks.checks.build_dbt_like_checks` (imported here lazily: dagster)."""
-    from dbt_like_checks.checks import build_dbt_like_checks as _build
 
     return _build(*args, **kwargs)

@@ -13,7 +13,6 @@ of the range is tested on its own and the results merged (a test passes only if 
 every partition; failing rows are summed, samples carry a `_partition` column).
 """
 
-
 import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -115,15 +114,17 @@ def merge_partition_results(runs: Sequence[tuple[str | None, Sequence[TestResult
         per = [(key, results[i]) for key, results in runs]
         sample = [dict(row, _partition=key) for key, r in per for row in r.sample][:SAMPLE_LIMIT]
         errors = [f"[{key}] {r.error}" for key, r in per if r.error]
-        merged.append(dataclasses.replace(
-            first,
-            passed=all(r.passed for _, r in per),
-            failing_rows=sum(r.failing_rows for _, r in per),
-            sample=sample,
-            error="; ".join(errors) or None,
-            paths=tuple(p for _, r in per for p in r.paths),
-            elapsed_ms=round(sum(r.elapsed_ms for _, r in per), 3),
-        ))
+        merged.append(
+            dataclasses.replace(
+                first,
+                passed=all(r.passed for _, r in per),
+                failing_rows=sum(r.failing_rows for _, r in per),
+                sample=sample,
+                error="; ".join(errors) or None,
+                paths=tuple(p for _, r in per for p in r.paths),
+                elapsed_ms=round(sum(r.elapsed_ms for _, r in per), 3),
+            )
+        )
     return merged
 
 
@@ -167,19 +168,21 @@ def _table_checks(
         related.update(refs)
         deps = [table_asset_keys[t] for t in refs if link_related and t in table_asset_keys]
         _, sql = compile_test(table, test)
-        specs.append(dg.AssetCheckSpec(
-            name=name,
-            asset=asset_key,
-            description=describe_test(test),
-            blocking=test.severity == "error",
-            additional_deps=deps or None,
-            metadata={
-                "dbt_like_test": test.test_name,
-                "kind": test.kind,
-                "severity": test.severity,
-                "sql": _md_code(sql),
-            },
-        ))
+        specs.append(
+            dg.AssetCheckSpec(
+                name=name,
+                asset=asset_key,
+                description=describe_test(test),
+                blocking=test.severity == "error",
+                additional_deps=deps or None,
+                metadata={
+                    "dbt_like_test": test.test_name,
+                    "kind": test.kind,
+                    "severity": test.severity,
+                    "sql": _md_code(sql),
+                },
+            )
+        )
     needed = [table, *sorted(related)]
 
     @dg.multi_asset_check(
@@ -229,8 +232,9 @@ def build_dbt_like_checks(
     if a related table is downstream of the checked one and blocking would create a cycle.
     """
     spec = spec or load_spec()
-    keys = {t: dg.AssetKey.from_coercible(k) if not isinstance(k, dg.AssetKey) else k
-            for t, k in table_asset_keys.items()}
+    keys = {
+        t: dg.AssetKey.from_coercible(k) if not isinstance(k, dg.AssetKey) else k for t, k in table_asset_keys.items()
+    }
     return [
         _table_checks(t, keys[t], keys, table_path_fn, spec, link_related)
         for t in spec.tables

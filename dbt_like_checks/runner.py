@@ -20,12 +20,14 @@ Every test compiles to one SELECT that returns the *failing* rows (as dbt does);
 passes when it returns none. Each declaration may carry `name`, `severity` (`error`, the
 default, or `warn`), `description` and `where` (a filter on the tested table). In `sql`,
 `where` and expression strings, `${NAME}` expands to the SQL list of the string tuple
-`lens_core.contracts.NAME` (so metric and vocabulary names are imported, never retyped), and
+`lens_core.common.contracts.NAME` (so metric and vocabulary names are imported, never retyped), and
 `accepted_values.values_from` takes such names too.
 
 Each table is a DuckDB view named after the table over `read_parquet(<path(s)>)` on one
 in-memory connection. A missing Parquet file, a missing column or a SQL error is a failed test
 with the reason in `error`, never a silent pass.
+
+Why this is one module: the data-test runner interprets tests.yaml: every test kind shares the table loader, the row-reporting and the check-result construction.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from pydantic import (
     model_validator,
 )
 
-from lens_core import contracts
+from lens_core.common import contracts
 
 DEFAULT_SPEC_PATH = Path(__file__).with_name("tests.yaml")
 SAMPLE_LIMIT = 5
@@ -91,12 +93,12 @@ def _check_ident(value: str, what: str) -> str:
 def _contract_tuple(name: str) -> tuple[str, ...]:
     value = getattr(contracts, name, None)
     if not isinstance(value, tuple) or not value or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"${{{name}}}: lens_core.contracts has no non-empty tuple of strings {name!r}")
+        raise ValueError(f"${{{name}}}: lens_core.common.contracts has no non-empty tuple of strings {name!r}")
     return value
 
 
 def expand_placeholders(text: str) -> str:
-    """Replace `${NAME}` by the SQL list `('a', 'b', ...)` of `lens_core.contracts.NAME`."""
+    """Replace `${NAME}` by the SQL list `('a', 'b', ...)` of `lens_core.common.contracts.NAME`."""
 
     def sub(m: re.Match[str]) -> str:
         return "(" + ", ".join(sql_literal(v) for v in _contract_tuple(m.group(1))) + ")"
@@ -365,15 +367,27 @@ class SqlTest(_TestBase):
 
 DataTest = Annotated[
     Union[
-        NotNullTest, UniqueTest, AcceptedValuesTest, RelationshipsTest, CoversTest, RowCountTest,
-        ExpressionTest, SqlTest,
+        NotNullTest,
+        UniqueTest,
+        AcceptedValuesTest,
+        RelationshipsTest,
+        CoversTest,
+        RowCountTest,
+        ExpressionTest,
+        SqlTest,
     ],
     Field(discriminator="kind"),
 ]
 _TEST_ADAPTER: TypeAdapter[Any] = TypeAdapter(DataTest)
 TEST_KINDS: tuple[str, ...] = (
-    "not_null", "unique", "accepted_values", "relationships", "covers", "row_count",
-    "expression", "sql",
+    "not_null",
+    "unique",
+    "accepted_values",
+    "relationships",
+    "covers",
+    "row_count",
+    "expression",
+    "sql",
 )
 _LIST_SHORTHAND = {"not_null", "unique"}
 
@@ -392,12 +406,7 @@ class Spec:
 
     def tests(self, tables: Iterable[str] | None = None) -> list[tuple[str, Any]]:
         wanted = None if tables is None else set(tables)
-        return [
-            (t, test)
-            for t, ts in self.tables.items()
-            if wanted is None or t in wanted
-            for test in ts.tests
-        ]
+        return [(t, test) for t, ts in self.tables.items() if wanted is None or t in wanted for test in ts.tests]
 
     def __len__(self) -> int:
         return sum(len(t.tests) for t in self.tables.values())
@@ -423,8 +432,7 @@ def parse_test(entry: Any, where: str = "test") -> Any:
         raise SpecError(f"{where}: unknown test kind {kind!r} (expected one of {', '.join(TEST_KINDS)})")
     if isinstance(params, list):
         if kind not in _LIST_SHORTHAND:
-            raise SpecError(f"{where} ({kind}): the list shorthand is only for not_null and unique; "
-                            f"use a mapping")
+            raise SpecError(f"{where} ({kind}): the list shorthand is only for not_null and unique; use a mapping")
         params = {"columns": params}
     if not isinstance(params, dict):
         raise SpecError(f"{where} ({kind}): parameters must be a mapping, got {params!r}")
@@ -526,44 +534,50 @@ def compile_test(table: str, test: Any) -> tuple[str, str]:
     if kind == "not_null":
         cond = " OR ".join(f"{q(c)} IS NULL" for c in test.columns)
         which = ", ".join(f"CASE WHEN {q(c)} IS NULL THEN {sql_literal(c)} END" for c in test.columns)
-        sql = (src + f"SELECT concat_ws(',', {which}) AS null_columns, * FROM src\nWHERE {cond}")
+        sql = src + f"SELECT concat_ws(',', {which}) AS null_columns, * FROM src\nWHERE {cond}"
     elif kind == "unique":
         cols = ", ".join(q(c) for c in test.columns)
-        sql = (src + f"SELECT {cols}, count(*) AS n_rows FROM src\nGROUP BY {cols}\n"
-                     f"HAVING count(*) > 1")
+        sql = src + f"SELECT {cols}, count(*) AS n_rows FROM src\nGROUP BY {cols}\nHAVING count(*) > 1"
     elif kind == "accepted_values":
         col = q(test.column)
         values = ", ".join(sql_literal(v) for v in test.all_values())
-        sql = (src + f"SELECT {col}, count(*) AS n_rows FROM src\n"
-                     f"WHERE {col} IS NOT NULL AND {col} NOT IN ({values})\nGROUP BY {col}")
+        sql = (
+            src + f"SELECT {col}, count(*) AS n_rows FROM src\n"
+            f"WHERE {col} IS NOT NULL AND {col} NOT IN ({values})\nGROUP BY {col}"
+        )
     elif kind == "relationships":
         child = ", ".join(f"c.{q(c)}" for c in test.columns)
         notnull = " AND ".join(f"c.{q(c)} IS NOT NULL" for c in test.columns)
         join = " AND ".join(f"p.{q(pc)} = c.{q(cc)}" for cc, pc in zip(test.columns, test.parent_columns))
-        sql = (src + f", parent AS ({_src(test.to, test.to_where)})\n"
-                     f"SELECT {child}, count(*) AS n_rows FROM src AS c\n"
-                     f"WHERE {notnull}\n  AND NOT EXISTS (SELECT 1 FROM parent AS p WHERE {join})\n"
-                     f"GROUP BY {child}")
+        sql = (
+            src + f", parent AS ({_src(test.to, test.to_where)})\n"
+            f"SELECT {child}, count(*) AS n_rows FROM src AS c\n"
+            f"WHERE {notnull}\n  AND NOT EXISTS (SELECT 1 FROM parent AS p WHERE {join})\n"
+            f"GROUP BY {child}"
+        )
     elif kind == "covers":
         keys = ", ".join(f"o.{q(c)}" for c in test.source_columns)
         notnull = " AND ".join(f"o.{q(c)} IS NOT NULL" for c in test.source_columns)
         join = " AND ".join(f"c.{q(cc)} = o.{q(oc)}" for cc, oc in zip(test.columns, test.source_columns))
-        sql = (src + f", other AS ({_src(test.of, test.of_where)})\n"
-                     f"SELECT {keys}, count(*) AS n_rows FROM other AS o\n"
-                     f"WHERE {notnull}\n  AND NOT EXISTS (SELECT 1 FROM src AS c WHERE {join})\n"
-                     f"GROUP BY {keys}")
+        sql = (
+            src + f", other AS ({_src(test.of, test.of_where)})\n"
+            f"SELECT {keys}, count(*) AS n_rows FROM other AS o\n"
+            f"WHERE {notnull}\n  AND NOT EXISTS (SELECT 1 FROM src AS c WHERE {join})\n"
+            f"GROUP BY {keys}"
+        )
     elif kind == "row_count":
         conds = []
         if test.min is not None:
             conds.append(f"n < {int(test.min)}")
         if test.max is not None:
             conds.append(f"n > {int(test.max)}")
-        sql = (src + f"SELECT n AS row_count, {sql_literal(test.min) if test.min is not None else 'NULL'}"
-                     f" AS min_rows, {sql_literal(test.max) if test.max is not None else 'NULL'} AS max_rows\n"
-                     f"FROM (SELECT count(*) AS n FROM src)\nWHERE {' OR '.join(conds)}")
+        sql = (
+            src + f"SELECT n AS row_count, {sql_literal(test.min) if test.min is not None else 'NULL'}"
+            f" AS min_rows, {sql_literal(test.max) if test.max is not None else 'NULL'} AS max_rows\n"
+            f"FROM (SELECT count(*) AS n FROM src)\nWHERE {' OR '.join(conds)}"
+        )
     elif kind == "expression":
-        sql = (src + f"SELECT * FROM src\n"
-                     f"WHERE NOT coalesce(({expand_placeholders(test.sql)}), FALSE)")
+        sql = src + f"SELECT * FROM src\nWHERE NOT coalesce(({expand_placeholders(test.sql)}), FALSE)"
     elif kind == "sql":
         sql = expand_placeholders(test.sql).strip().rstrip(";")
     else:  # pragma: no cover - the discriminated union forbids it
@@ -685,9 +699,7 @@ def _open_view(con: Any, table: str, paths: list[Path]) -> str | None:
         return f"table {table!r}: Parquet file not found: {', '.join(missing)}"
     files = ", ".join(sql_literal(str(p)) for p in paths)
     try:
-        con.execute(
-            f"CREATE OR REPLACE VIEW {quote_ident(table)} AS SELECT * FROM read_parquet([{files}])"
-        )
+        con.execute(f"CREATE OR REPLACE VIEW {quote_ident(table)} AS SELECT * FROM read_parquet([{files}])")
         con.execute(f"SELECT * FROM {quote_ident(table)} LIMIT 0").fetchall()
     except Exception as err:  # corrupt file, not Parquet, ...
         return f"table {table!r}: cannot read {', '.join(map(str, paths))}: {type(err).__name__}: {err}"
@@ -744,8 +756,10 @@ def run_tests(
         wanted = set(names)
         unknown = wanted - {test.test_name for _, test in selected}
         if unknown:
-            raise SpecError(f"{spec.source}: no test named {sorted(unknown)} on table(s) "
-                            f"{sorted(tables) if tables is not None else 'any'}")
+            raise SpecError(
+                f"{spec.source}: no test named {sorted(unknown)} on table(s) "
+                f"{sorted(tables) if tables is not None else 'any'}"
+            )
         selected = [(t, test) for t, test in selected if test.test_name in wanted]
 
     con = connection or duckdb.connect(":memory:")
@@ -782,12 +796,22 @@ def run_tests(
             except Exception as err:  # binder errors (missing column in an expression), type errors
                 error = f"{type(err).__name__}: {err}"
             passed = error is None and failing == 0
-            results.append(TestResult(
-                name=name, table=table, kind=test.kind, severity=test.severity, passed=passed,
-                failing_rows=failing, sample=sample, sql=sql, error=error,
-                description=describe_test(test), paths=view_paths.get(table, ()),
-                elapsed_ms=round((time.perf_counter() - t0) * 1000, 3),
-            ))
+            results.append(
+                TestResult(
+                    name=name,
+                    table=table,
+                    kind=test.kind,
+                    severity=test.severity,
+                    passed=passed,
+                    failing_rows=failing,
+                    sample=sample,
+                    sql=sql,
+                    error=error,
+                    description=describe_test(test),
+                    paths=view_paths.get(table, ()),
+                    elapsed_ms=round((time.perf_counter() - t0) * 1000, 3),
+                )
+            )
     finally:
         if connection is None:
             con.close()
@@ -802,9 +826,20 @@ def failed_results(spec: Spec, table: str, names: Iterable[str] | None, error: s
         if wanted is not None and test.test_name not in wanted:
             continue
         name, sql = compile_test(table, test)
-        out.append(TestResult(name=name, table=table, kind=test.kind, severity=test.severity,
-                              passed=False, failing_rows=0, sample=[], sql=sql, error=error,
-                              description=describe_test(test)))
+        out.append(
+            TestResult(
+                name=name,
+                table=table,
+                kind=test.kind,
+                severity=test.severity,
+                passed=False,
+                failing_rows=0,
+                sample=[],
+                sql=sql,
+                error=error,
+                description=describe_test(test),
+            )
+        )
     return out
 
 
@@ -813,7 +848,7 @@ def bind_against_contracts(spec: Spec | None = None) -> list[tuple[str, str, str
 
     Returns (table, test name, error) for each test whose SQL does not bind (a typo in a column
     name, a bad expression); an empty list means every declaration is consistent with
-    `lens_core.contracts`.
+    `lens_core.common.contracts`.
     """
     import duckdb
     import pyarrow as pa

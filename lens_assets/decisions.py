@@ -7,58 +7,53 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from lens_assets.assets import GROUP, OWNERS_EVAL, current_systems, weekly_partitions
-from lens_assets.metadata import markdown_table, table_metadata
-from lens_core import contracts
-from lens_core.bundle import GateResult
-from lens_core.calibration_run import png_markdown, run_calibration
-from lens_core.gates import (
-    calibration_parity_gate, decision_gates, ece_gate, file_credit_gate, flatline_gate, gate_config,
-    gate_table_markdown, pool_gate, schema_gate, sla_recall_gate, tail_gate, cost_gate,
+from lens_assets.common import (
+    GROUP,
+    OWNERS_CAL,
+    OWNERS_CORE,
+    OWNERS_EVAL,
+    calibration_dir,
+    current_systems,
+    weekly_partitions,
 )
-from lens_core.judging import label_hits
-from lens_core.promotion import evaluate_rules, promotion_config, sanity_battery, select_hero
-from lens_core.settings import data_dir, load_config
-from lens_core.stats import compare_many
-from lens_core.systems import SystemConfig
+from lens_assets.metadata import markdown_table, pngs_markdown, table_metadata
+from lens_core.calibrate.calibration import CalibratorSet
+from lens_core.calibrate.refit import run_calibration
+from lens_core.collect.loadtest import qps_at_sla as load_test
+from lens_core.common.settings import load_config
+from lens_core.common.tables import read_parquet
+from lens_core.decide.battery import (
+    DECISION_METRICS,
+    GATE_NAMES,
+    calibration_version,
+    decision_pairs,
+    evaluate_gates,
+    gates_frame,
+    primary_comparisons,
+)
+from lens_core.decide.canary import DECISIONS_SCHEMA, STEPS_SCHEMA, WINDOWS_SCHEMA, canary_config, run_ladder
+from lens_core.decide.canary_inputs import build_stream
+from lens_core.decide.gates import (
+    ece_gate,
+    gate_config,
+    gate_table_markdown,
+)
+from lens_core.decide.promotion import evaluate_rules, sanity_battery, select_hero
+from lens_core.judge.judging import label_hits
+from lens_core.stats.compare import compare_many
 from resources.data_source import LensDataSource
+from resources.io_manager import staging_table_path
 from resources.paging import PagerResource
-
-OWNERS_CAL = ["team:ml-calibration"]
-DECISION_METRICS = ["ndcg_10", "recall_50", "sla_recall_50", "mrr_10"]
-GATE_NAMES = ("schema", "parity", "pool", "ece", "power", "ci_width", "tail", "sla_recall", "file_credit",
-              "flatline", "calibration_parity", "cost")
-GATE_SUMMARY_SCHEMA = {"gate": pl.String, "subject": pl.String, "value": pl.Float64, "threshold": pl.String,
-                       "blocking": pl.Boolean, "passed": pl.Boolean, "status": pl.String, "reason": pl.String,
-                       "owner": pl.String}
-
-
-def decision_pairs(systems) -> list[tuple[str, str]]:
-    """(control, test) per decision: every pack variant and the tail arm vs the baseline, and
-    the A/A pair that gives the noise floor."""
-    base = systems[0].name
-    return [(base, s.name) for s in systems[1:]]
-
-
-def primary_comparisons(systems) -> dict[str, tuple[str, str, float]]:
-    promo = promotion_config()["promotion"]
-    out = {}
-    for s in systems[1:]:
-        pack = "tail_taming" if s.pack == "tail_taming" else s.pack
-        if pack == "aa":
-            spec = promo.get("lexical_pack_a", {}).get("primary")  # A/A judged on the overall metric
-            out[s.name] = ("ndcg_10", "all", spec["needed"] if spec else 0.01)
-        elif pack in promo:
-            p = promo[pack]["primary"]
-            out[s.name] = (p["metric"], p["slice"], p["needed"])
-    return out
 
 
 @dg.asset(
     description="Paired comparisons per decision (each variant and the tail arm vs the baseline, and the A/A "
-                "pair): Δ, bootstrap CI (B >= 2000), sign-flip randomisation p (B >= 10,000), Holm within each "
-                "decision, n and the minimum detectable effect at 80% power, per metric and slice (SPEC §5).",
-    owners=OWNERS_EVAL, kinds={"polars", "parquet", "numpy"}, group_name=GROUP, partitions_def=weekly_partitions,
+    "pair): Δ, bootstrap CI (B >= 2000), sign-flip randomisation p (B >= 10,000), Holm within each "
+    "decision, n and the minimum detectable effect at 80% power, per metric and slice (SPEC §5).",
+    owners=OWNERS_EVAL,
+    kinds={"polars", "parquet", "numpy"},
+    group_name=GROUP,
+    partitions_def=weekly_partitions,
 )
 def comparisons(context: dg.AssetExecutionContext, per_query: pl.DataFrame) -> pl.DataFrame:
     cfg = load_config()
@@ -67,15 +62,30 @@ def comparisons(context: dg.AssetExecutionContext, per_query: pl.DataFrame) -> p
     needed = {}
     for metric, _slice, eff in primary.values():
         needed[metric] = min(eff, needed.get(metric, eff))
-    res = compare_many(per_query, decision_pairs(systems), DECISION_METRICS, base_seed=cfg.run.seed,
-                       b_ci=max(2000, cfg.run.bootstrap_b), b_perm=max(10000, cfg.run.randomisation_b),
-                       alpha=cfg.run.alpha, needed_effect=needed)
+    res = compare_many(
+        per_query,
+        decision_pairs(systems),
+        DECISION_METRICS,
+        base_seed=cfg.run.seed,
+        b_ci=cfg.run.ci_b,
+        b_perm=cfg.run.perm_b,
+        alpha=cfg.run.alpha,
+        needed_effect=needed,
+    )
     head = res.filter((pl.col("slice") == "all") & (pl.col("metric") == "ndcg_10")).select(
-        "test", "delta", "ci_low", "ci_high", "p_value", "p_holm", "n", "mde", "status")
+        "test", "delta", "ci_low", "ci_high", "p_value", "p_holm", "n", "mde", "status"
+    )
     aa = head.filter(pl.col("test").str.ends_with("__aa"))
-    context.add_output_metadata(table_metadata(
-        res, headline=markdown_table(head), aa_noise_floor=dg.MetadataValue.md(markdown_table(aa)),
-        seeds=dg.MetadataValue.json({f"{c}->{t}": s for c, t, s in res.select("control", "test", "seed").unique().iter_rows()})))
+    context.add_output_metadata(
+        table_metadata(
+            res,
+            headline=markdown_table(head),
+            aa_noise_floor=dg.MetadataValue.md(markdown_table(aa)),
+            seeds=dg.MetadataValue.json(
+                {f"{c}->{t}": s for c, t, s in res.select("control", "test", "seed").unique().iter_rows()}
+            ),
+        )
+    )
     return res
 
 
@@ -83,13 +93,19 @@ def comparisons(context: dg.AssetExecutionContext, per_query: pl.DataFrame) -> p
     outs={
         "calibration": dg.AssetOut(
             description="Isotonic calibration per (system, intent, language) on a qid-hash split with backoff; "
-                        "per-cell ECE, adaptive and debiased ECE, Brier, merged-bin share and the noise floor "
-                        "(status pass | fail | insufficient). Exports and reliability diagrams in calibration/.",
-            owners=OWNERS_CAL, kinds={"polars", "parquet", "sklearn"}, group_name=GROUP),
+            "per-cell ECE, adaptive and debiased ECE, Brier, merged-bin share and the noise floor "
+            "(status pass | fail | insufficient). Exports and reliability diagrams in calibration/.",
+            owners=OWNERS_CAL,
+            kinds={"polars", "parquet", "sklearn"},
+            group_name=GROUP,
+        ),
         "calibration_parity": dg.AssetOut(
             description="Calibrator export parity: JSON breakpoints vs the in-memory sklearn model "
-                        "(max|Δ| <= 1e-6, |ΔECE| <= 1e-4).",
-            owners=OWNERS_CAL, kinds={"polars", "parquet"}, group_name=GROUP),
+            "(max|Δ| <= 1e-6, |ΔECE| <= 1e-4).",
+            owners=OWNERS_CAL,
+            kinds={"polars", "parquet"},
+            group_name=GROUP,
+        ),
     },
     partitions_def=weekly_partitions,
 )
@@ -97,38 +113,59 @@ def calibration(context: dg.AssetExecutionContext, hits: pl.DataFrame, agg: pl.D
     cfg = load_config()
     out_dir = calibration_dir(context.partition_key)
     labelled = label_hits(hits, agg, qrels)
-    gate = gate_config("ece")["threshold"]
-    ccfg = (cfg.model_extra or {}).get("calibration", {})
-    run = run_calibration(labelled, out_dir, seed=cfg.run.seed, gate=gate, min_labels=int(ccfg.get("min_labels", 2000)))
+    gate = gate_config("ece").threshold
+    run = run_calibration(labelled, out_dir, seed=cfg.run.seed, gate=gate, min_labels=cfg.calibration.min_labels)
     status = run.report.group_by("status").len().sort("status")
     cells = run.report.select("system", "intent", "language", "level", "n_eval", "ece", "noise_floor", "status")
-    yield dg.Output(run.report, output_name="calibration", metadata=table_metadata(
-        run.report, headline=markdown_table(status), cells=dg.MetadataValue.md(markdown_table(cells, max_rows=40)),
-        reliability=dg.MetadataValue.md(png_markdown(run.system_pngs)),
-        directory=dg.MetadataValue.path(str(out_dir)), labelled_hits=labelled.height,
-        ece_gate=gate))
+    yield dg.Output(
+        run.report,
+        output_name="calibration",
+        metadata=table_metadata(
+            run.report,
+            headline=markdown_table(status),
+            cells=dg.MetadataValue.md(markdown_table(cells, max_rows=40)),
+            reliability=dg.MetadataValue.md(pngs_markdown(run.system_pngs)),
+            directory=dg.MetadataValue.path(str(out_dir)),
+            labelled_hits=labelled.height,
+            ece_gate=gate,
+        ),
+    )
     worst = run.parity["max_abs_diff"].max() if run.parity.height else None
-    yield dg.Output(run.parity, output_name="calibration_parity", metadata=table_metadata(
-        run.parity, headline=f"max |Δ| = {worst:.2e} over {run.parity.height} calibrators" if worst is not None else "no calibrators"))
+    yield dg.Output(
+        run.parity,
+        output_name="calibration_parity",
+        metadata=table_metadata(
+            run.parity,
+            headline=f"max |Δ| = {worst:.2e} over {run.parity.height} calibrators"
+            if worst is not None
+            else "no calibrators",
+        ),
+    )
 
 
-def calibration_dir(partition_key: str) -> Path:
-    return data_dir() / "staging" / "calibration_files" / partition_key
-
-
-QPS_SCHEMA = {"system": pl.String, "qps_at_sla": pl.Float64, "sla_ms": pl.Float64, "requests": pl.Int64,
-              "stopped": pl.String, "rates": pl.String}
+QPS_SCHEMA = {
+    "system": pl.String,
+    "qps_at_sla": pl.Float64,
+    "sla_ms": pl.Float64,
+    "requests": pl.Int64,
+    "stopped": pl.String,
+    "rates": pl.String,
+}
 
 
 @dg.asset(
     description="QPS@SLA (SPEC §4): the highest offered query rate at which client p99 stays <= SLA_MS, from a "
-                "bounded open-loop load test against the endpoint on loopback (bounded in requests and time; it "
-                "stops by itself), for the baseline and the tail-taming arm. Not measured on the simulator.",
-    owners=["team:search-core"], kinds={"python", "http"}, group_name=GROUP, partitions_def=weekly_partitions,
+    "bounded open-loop load test against the endpoint on loopback (bounded in requests and time; it "
+    "stops by itself), for the baseline and the tail-taming arm. Not measured on the simulator.",
+    owners=OWNERS_CORE,
+    kinds={"python", "http"},
+    group_name=GROUP,
+    partitions_def=weekly_partitions,
     deps=["raw_runs"],
 )
-def qps_at_sla(context: dg.AssetExecutionContext, lens_source: LensDataSource, query_suites: pl.DataFrame) -> pl.DataFrame:
-    from resources.loadtest import qps_at_sla as load_test
+def qps_at_sla(
+    context: dg.AssetExecutionContext, lens_source: LensDataSource, query_suites: pl.DataFrame
+) -> pl.DataFrame:
 
     systems = current_systems(context)
     arms = [systems[0].name] + [s.name for s in systems if s.pack == "tail_taming"]
@@ -136,16 +173,30 @@ def qps_at_sla(context: dg.AssetExecutionContext, lens_source: LensDataSource, q
     if src == "sim":
         context.add_output_metadata({"measured": False, "reason": "DATA_SOURCE=sim has no endpoint to load"})
         return pl.DataFrame(schema=QPS_SCHEMA)
-    cfg = (load_config().model_extra or {}).get("load_test", {})
-    sample = query_suites.sort("qid").head(int(cfg.get("queries", 200)))
+    cfg = load_config().load_test
+    sample = query_suites.sort("qid").head(cfg.queries)
     rows = []
     for system in arms:
-        res = load_test(lambda: lens_source.client(), sample, system, sla_ms=lens_source.resolved_sla_ms(),
-                        rates=tuple(cfg.get("rates", (10, 20, 40, 80))), duration_s=float(cfg.get("duration_s", 2.5)),
-                        max_requests=int(cfg.get("max_requests", 200)), max_total_s=float(cfg.get("max_total_s", 30)))
-        rows.append({"system": system, "qps_at_sla": float(res["qps_at_sla"]), "sla_ms": float(res["sla_ms"]),
-                     "requests": int(sum(r["sent"] for r in res["table"])),
-                     "stopped": str(res["stopped"]), "rates": json.dumps(res["table"], default=str)})
+        res = load_test(
+            lambda: lens_source.client(),
+            sample,
+            system,
+            sla_ms=lens_source.resolved_sla_ms(),
+            rates=cfg.rates,
+            duration_s=cfg.duration_s,
+            max_requests=cfg.max_requests,
+            max_total_s=cfg.max_total_s,
+        )
+        rows.append(
+            {
+                "system": system,
+                "qps_at_sla": float(res["qps_at_sla"]),
+                "sla_ms": float(res["sla_ms"]),
+                "requests": int(sum(r["sent"] for r in res["table"])),
+                "stopped": str(res["stopped"]),
+                "rates": json.dumps(res["table"], default=str),
+            }
+        )
         context.log.info(f"{system}: QPS@{res['sla_ms']:g}ms = {res['qps_at_sla']:g} ({res['stopped']})")
     df = pl.DataFrame(rows, schema=QPS_SCHEMA)
     context.add_output_metadata(table_metadata(df, headline=markdown_table(df.drop("rates")), measured=True))
@@ -156,18 +207,33 @@ def qps_at_sla(context: dg.AssetExecutionContext, lens_source: LensDataSource, q
     outs={
         "promotion_rules": dg.AssetOut(
             description="Every hero-pack promotion rule (SPEC §8) for every variant, with value, threshold and "
-                        "pass/fail.", owners=OWNERS_EVAL, kinds={"polars", "parquet"}, group_name=GROUP),
+            "pass/fail.",
+            owners=OWNERS_EVAL,
+            kinds={"polars", "parquet"},
+            group_name=GROUP,
+        ),
         "heroes": dg.AssetOut(
             description="Hero per pack: the best variant by nDCG@10 that passes every rule and the sanity battery, "
-                        "or none with the reason; config lock (cfg_hash, calibration version).",
-            owners=OWNERS_EVAL, kinds={"polars", "parquet"}, group_name=GROUP),
+            "or none with the reason; config lock (cfg_hash, calibration version).",
+            owners=OWNERS_EVAL,
+            kinds={"polars", "parquet"},
+            group_name=GROUP,
+        ),
     },
     partitions_def=weekly_partitions,
 )
-def hero_decisions(context: dg.AssetExecutionContext, scores: pl.DataFrame, comparisons: pl.DataFrame,
-                   agg: pl.DataFrame, hits: pl.DataFrame, calibration: pl.DataFrame,
-                   ground_truth: pl.DataFrame, query_suites: pl.DataFrame, per_query: pl.DataFrame,
-                   qps_at_sla: pl.DataFrame):
+def hero_decisions(
+    context: dg.AssetExecutionContext,
+    scores: pl.DataFrame,
+    comparisons: pl.DataFrame,
+    agg: pl.DataFrame,
+    hits: pl.DataFrame,
+    calibration: pl.DataFrame,
+    ground_truth: pl.DataFrame,
+    query_suites: pl.DataFrame,
+    per_query: pl.DataFrame,
+    qps_at_sla: pl.DataFrame,
+):
     systems = current_systems(context)
     base = systems[0]
     alpha = load_config().run.alpha
@@ -177,12 +243,19 @@ def hero_decisions(context: dg.AssetExecutionContext, scores: pl.DataFrame, comp
         if s.pack != "aa":
             by_pack.setdefault(s.pack, []).append(s)
     qps = dict(zip(qps_at_sla["system"].to_list(), qps_at_sla["qps_at_sla"].to_list()))
-    rules = pl.concat([evaluate_rules(pack, vs, base, scores, comparisons, agg, ece, qps) for pack, vs in by_pack.items()],
-                      how="vertical") if by_pack else pl.DataFrame()
+    rules = (
+        pl.concat(
+            [evaluate_rules(pack, vs, base, scores, comparisons, agg, ece, qps) for pack, vs in by_pack.items()],
+            how="vertical",
+        )
+        if by_pack
+        else pl.DataFrame()
+    )
     sanity = sanity_battery(per_query, hits, ground_truth, query_suites, base.name, [s.name for s in systems[1:]])
     sanity_ok = dict(zip(sanity["system"].to_list(), sanity["passed"].to_list()))
-    aa = comparisons.filter(pl.col("test").str.ends_with("__aa") & (pl.col("slice") == "all")
-                            & (pl.col("metric") == "ndcg_10"))
+    aa = comparisons.filter(
+        pl.col("test").str.ends_with("__aa") & (pl.col("slice") == "all") & (pl.col("metric") == "ndcg_10")
+    )
     aa_sig = aa.height > 0 and aa["p_holm"][0] is not None and aa["p_holm"][0] < alpha
     cal_version = calibration_version(calibration)
     rows = []
@@ -192,142 +265,128 @@ def hero_decisions(context: dg.AssetExecutionContext, scores: pl.DataFrame, comp
             d.reason = f"blocked: the A/A pair is significant (p_holm {aa['p_holm'][0]:.3g} < {alpha}); setup noise; was {d.hero}"
             d.hero, d.cfg_hash, d.ndcg_10 = None, None, None
         rows.append({**d.as_dict(), "calibration_version": cal_version if d.hero else None})
-    heroes = pl.DataFrame(rows, schema={"pack": pl.String, "hero": pl.String, "cfg_hash": pl.String,
-                                        "ndcg_10": pl.Float64, "reason": pl.String, "calibration_version": pl.String})
-    yield dg.Output(rules, output_name="promotion_rules", metadata=table_metadata(
-        rules, headline=markdown_table(rules.group_by("pack", "system").agg(pl.col("passed").sum().alias("passed"),
-                                                                          pl.len().alias("rules")).sort("pack", "system"))))
-    yield dg.Output(heroes, output_name="heroes", metadata=table_metadata(
-        heroes, headline=markdown_table(heroes), sanity=dg.MetadataValue.md(markdown_table(sanity)),
-        aa_significant=bool(aa_sig)))
-
-
-def calibration_version(report: pl.DataFrame) -> str:
-    """A version for the config lock: hash of the calibrator versions used by the cells."""
-    from lens_core.hashing import sha256_hex
-    vs = sorted(set(report["calibrator_version"].drop_nulls().to_list())) if "calibrator_version" in report.columns else []
-    return sha256_hex(json.dumps(vs).encode())[:16]
+    heroes = pl.DataFrame(
+        rows,
+        schema={
+            "pack": pl.String,
+            "hero": pl.String,
+            "cfg_hash": pl.String,
+            "ndcg_10": pl.Float64,
+            "reason": pl.String,
+            "calibration_version": pl.String,
+        },
+    )
+    yield dg.Output(
+        rules,
+        output_name="promotion_rules",
+        metadata=table_metadata(
+            rules,
+            headline=markdown_table(
+                rules.group_by("pack", "system")
+                .agg(pl.col("passed").sum().alias("passed"), pl.len().alias("rules"))
+                .sort("pack", "system")
+            ),
+        ),
+    )
+    yield dg.Output(
+        heroes,
+        output_name="heroes",
+        metadata=table_metadata(
+            heroes,
+            headline=markdown_table(heroes),
+            sanity=dg.MetadataValue.md(markdown_table(sanity)),
+            aa_significant=bool(aa_sig),
+        ),
+    )
 
 
 @dg.asset(
     description="One row per gate of SPEC §7 and subject (system, decision, table): value, threshold, blocking, "
-                "status and reason. The asset checks `gate_*` on this asset are the release gates; a failing "
-                "blocking gate (ERROR) stops publication.",
-    owners=["team:search-eval", "team:ml-calibration", "team:search-core"], kinds={"polars", "parquet"},
-    group_name=GROUP, partitions_def=weekly_partitions,
+    "status and reason. The asset checks `gate_*` on this asset are the release gates; a failing "
+    "blocking gate (ERROR) stops publication.",
+    owners=OWNERS_EVAL + OWNERS_CAL + OWNERS_CORE,
+    kinds={"polars", "parquet"},
+    group_name=GROUP,
+    partitions_def=weekly_partitions,
 )
-def gate_summary(context: dg.AssetExecutionContext, lens_source: LensDataSource, raw_runs: pl.DataFrame,
-                 agg: pl.DataFrame, scores: pl.DataFrame,
-                 per_query: pl.DataFrame, comparisons: pl.DataFrame, calibration: pl.DataFrame,
-                 calibration_parity: pl.DataFrame, query_suites: pl.DataFrame) -> pl.DataFrame:
-    gates = evaluate_gates(raw_runs, agg, scores, per_query, comparisons, calibration, calibration_parity, query_suites,
-                           current_systems(context), lens_source.resolved_source(), lens_source.resolved_sla_ms())
+def gate_summary(
+    context: dg.AssetExecutionContext,
+    lens_source: LensDataSource,
+    raw_runs: pl.DataFrame,
+    agg: pl.DataFrame,
+    scores: pl.DataFrame,
+    per_query: pl.DataFrame,
+    comparisons: pl.DataFrame,
+    calibration: pl.DataFrame,
+    calibration_parity: pl.DataFrame,
+    query_suites: pl.DataFrame,
+) -> pl.DataFrame:
+    gates = evaluate_gates(
+        raw_runs,
+        agg,
+        scores,
+        per_query,
+        comparisons,
+        calibration,
+        calibration_parity,
+        query_suites,
+        current_systems(context),
+        lens_source.resolved_source(),
+        lens_source.resolved_sla_ms(),
+    )
     df = gates_frame(gates)
-    counts = df.group_by("gate").agg(pl.col("passed").all().alias("all_pass"), pl.col("blocking").first(),
-                                     pl.len().alias("subjects")).sort("gate")
-    context.add_output_metadata(table_metadata(df, headline=markdown_table(counts),
-                                               gates=dg.MetadataValue.md(gate_table_markdown(gates))))
+    counts = (
+        df.group_by("gate")
+        .agg(pl.col("passed").all().alias("all_pass"), pl.col("blocking").first(), pl.len().alias("subjects"))
+        .sort("gate")
+    )
+    context.add_output_metadata(
+        table_metadata(df, headline=markdown_table(counts), gates=dg.MetadataValue.md(gate_table_markdown(gates)))
+    )
     return df
-
-
-def evaluate_gates(raw_runs, agg, scores, per_query, comparisons, calibration, calibration_parity, query_suites,
-                   systems, source: str = "sim", sla_ms: float = 150.0) -> list[GateResult]:
-    base = systems[0].name
-    gates = [schema_gate(raw_runs.height, int(raw_runs["records"].sum()))]
-    gates += parity_gate(raw_runs, agg, query_suites, source, systems[0], sla_ms)
-    gates += pool_gate(scores) + ece_gate(calibration) + decision_gates(comparisons, primary_comparisons(systems))
-    gates += tail_gate(scores) + sla_recall_gate(scores, base) + file_credit_gate(scores) + flatline_gate(per_query)
-    gates += calibration_parity_gate(calibration_parity) + cost_gate(scores, base)
-    return gates
-
-
-def parity_gate(raw_runs: pl.DataFrame, agg: pl.DataFrame, queries: pl.DataFrame, source: str = "sim",
-                baseline: SystemConfig | None = None, sla_ms: float = 150.0) -> list[GateResult]:
-    """SPEC §7 parity. Every system: raw records, agg rows and the suite's queries agree in count.
-    With `local`/`prod` also: the simulator's ingestor over the same qids gives the same agg
-    rows per qid as the HTTP ingestion of the baseline (the two ingestors agree)."""
-    import tempfile
-
-    from lens_core.gates import _result
-    from lens_core.ingest import ingest
-    from lens_core.rawruns import write_raw_run
-    from lens_core.simulator import Simulator
-
-    counts = agg.group_by("system").len()
-    by = dict(zip(counts["system"].to_list(), counts["len"].to_list()))
-    out = []
-    for system, records in raw_runs.select("system", "records").iter_rows():
-        rows = by.get(system, 0)
-        diff = abs(rows - records) + abs(rows - queries.height)
-        out.append(_result("parity", float(diff), diff == 0,
-                           f"raw records {records}, agg rows {rows}, suite queries {queries.height}", system))
-    if source != "sim" and baseline is not None:
-        cfg = load_config()
-        sim = Simulator(cfg.sim, seed=cfg.run.seed)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "sim.ndjson"
-            write_raw_run(path, sim.run(baseline, "parity", queries, sla_ms, cfg.run.k, 0.0))
-            sim_agg, _ = ingest([path])
-        sim_rows = pl.from_arrow(sim_agg).group_by("qid").len().rename({"len": "sim_rows"})
-        http_rows = agg.filter(pl.col("system") == baseline.name).group_by("qid").len().rename({"len": "http_rows"})
-        j = sim_rows.join(http_rows, on="qid", how="full", coalesce=True).fill_null(0)
-        bad = j.filter(pl.col("sim_rows") != pl.col("http_rows"))
-        out.append(_result("parity", float(bad.height), bad.height == 0,
-                           f"sim vs {source} ingestion of the same {j.height} qids: {bad.height} qid(s) with "
-                           f"different agg row counts", f"{baseline.name}:sim-vs-{source}"))
-    return out
-
-
-def gates_frame(gates: list[GateResult]) -> pl.DataFrame:
-    return pl.DataFrame([{"gate": g.name, "subject": g.subject, "value": g.value,
-                          "threshold": None if g.threshold is None else str(g.threshold), "blocking": g.blocking,
-                          "passed": g.passed, "status": g.status, "reason": g.reason, "owner": g.owner} for g in gates],
-                        schema=GATE_SUMMARY_SCHEMA)
-
-
-def frame_gates(df: pl.DataFrame) -> list[GateResult]:
-    return [GateResult(name=r["gate"], value=r["value"], threshold=_num(r["threshold"]), blocking=r["blocking"],
-                       passed=r["passed"], reason=r["reason"], owner=r["owner"], subject=r["subject"], status=r["status"])
-            for r in df.iter_rows(named=True)]
-
-
-def _num(s):
-    if s is None:
-        return None
-    try:
-        return float(s)
-    except ValueError:
-        return s
 
 
 def _gate_check(name: str) -> dg.AssetChecksDefinition:
     g = gate_config(name)
-    blocking = bool(g.get("blocking", True))
+    blocking = g.blocking
 
-    @dg.asset_check(asset=gate_summary, name=f"gate_{name}", blocking=blocking,
-                    description=f"SPEC §7 gate `{name}` (threshold {g.get('threshold')}, owner {g.get('owner')}, "
-                                f"{'ERROR: blocks publication' if blocking else 'WARN: judges release candidates'}).")
+    @dg.asset_check(
+        asset=gate_summary,
+        name=f"gate_{name}",
+        blocking=blocking,
+        description=f"SPEC §7 gate `{name}` (threshold {g.threshold}, owner {g.owner}, "
+        f"{'ERROR: blocks publication' if blocking else 'WARN: judges release candidates'}).",
+    )
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         # Read this run's partition (an input would load every partition of the asset).
-        from lens_core.tables import read_parquet
-        from resources.io_manager import staging_table_path
 
         summary = read_parquet(Path(staging_table_path("gate_summary", context.partition_key).path))
         rows = summary.filter(pl.col("gate") == name)
         severity = dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN
-        md = {"threshold": str(g.get("threshold")), "owner": g.get("owner", ""), "blocking": blocking,
-              "severity": severity.value}
+        md = {"threshold": str(g.threshold), "owner": g.owner, "blocking": blocking, "severity": severity.value}
         if rows.height == 0:
-            return dg.AssetCheckResult(passed=False, severity=severity,
-                                       metadata={**md, "reason": f"gate {name} was not evaluated (input missing)"})
+            return dg.AssetCheckResult(
+                passed=False,
+                severity=severity,
+                metadata={**md, "reason": f"gate {name} was not evaluated (input missing)"},
+            )
         failed = rows.filter(~pl.col("passed"))
         vals = rows["value"].drop_nulls()
         return dg.AssetCheckResult(
-            passed=failed.height == 0, severity=severity,
-            metadata={**md, "subjects": rows.height, "failed": failed.height,
-                      "worst_value": float(vals.max()) if vals.len() else None,
-                      "statuses": ", ".join(f"{k}={v}" for k, v in rows.group_by("status").len().sort("status").iter_rows()),
-                      "table": dg.MetadataValue.md(markdown_table(rows.select("subject", "value", "status", "reason"), max_rows=30))})
+            passed=failed.height == 0,
+            severity=severity,
+            metadata={
+                **md,
+                "subjects": rows.height,
+                "failed": failed.height,
+                "worst_value": float(vals.max()) if vals.len() else None,
+                "statuses": ", ".join(f"{k}={v}" for k, v in rows.group_by("status").len().sort("status").iter_rows()),
+                "table": dg.MetadataValue.md(
+                    markdown_table(rows.select("subject", "value", "status", "reason"), max_rows=30)
+                ),
+            },
+        )
+
     return _check
 
 
@@ -336,23 +395,40 @@ gate_checks = [_gate_check(n) for n in GATE_NAMES]
 
 @dg.multi_asset(
     outs={
-        "canary_steps": dg.AssetOut(description="Canary ladder steps (A/A, then 5/25/50/100% by repo bucket) per test "
-                                                "arm, with the decision at each step (SPEC §9).",
-                                    owners=OWNERS_EVAL, kinds={"polars", "parquet"}, group_name=GROUP),
-        "canary_windows": dg.AssetOut(description="Every judged window: calibrator p99, adaptive ECE (with noise floor), "
-                                                  "confidence shift, SLA-Recall@50 Δ, red/green.",
-                                      owners=OWNERS_EVAL, kinds={"polars", "parquet"}, group_name=GROUP),
-        "canary_decisions": dg.AssetOut(description="Every ladder decision: advance, hold, revert (two consecutive red "
-                                                    "windows; the owner is paged) or complete.",
-                                        owners=OWNERS_EVAL, kinds={"polars", "parquet"}, group_name=GROUP),
+        "canary_steps": dg.AssetOut(
+            description="Canary ladder steps (A/A, then 5/25/50/100% by repo bucket) per test "
+            "arm, with the decision at each step (SPEC §9).",
+            owners=OWNERS_EVAL,
+            kinds={"polars", "parquet"},
+            group_name=GROUP,
+        ),
+        "canary_windows": dg.AssetOut(
+            description="Every judged window: calibrator p99, adaptive ECE (with noise floor), "
+            "confidence shift, SLA-Recall@50 Δ, red/green.",
+            owners=OWNERS_EVAL,
+            kinds={"polars", "parquet"},
+            group_name=GROUP,
+        ),
+        "canary_decisions": dg.AssetOut(
+            description="Every ladder decision: advance, hold, revert (two consecutive red "
+            "windows; the owner is paged) or complete.",
+            owners=OWNERS_EVAL,
+            kinds={"polars", "parquet"},
+            group_name=GROUP,
+        ),
     },
     partitions_def=weekly_partitions,
 )
-def canary(context: dg.AssetExecutionContext, pager: PagerResource, per_query: pl.DataFrame, hits: pl.DataFrame,
-           agg: pl.DataFrame, qrels: pl.DataFrame, ground_truth: pl.DataFrame, heroes: pl.DataFrame):
-    from lens_core.calibration import CalibratorSet
-    from lens_core.canary import canary_config, run_ladder
-    from lens_core.canary_inputs import build_stream
+def canary(
+    context: dg.AssetExecutionContext,
+    pager: PagerResource,
+    per_query: pl.DataFrame,
+    hits: pl.DataFrame,
+    agg: pl.DataFrame,
+    qrels: pl.DataFrame,
+    ground_truth: pl.DataFrame,
+    heroes: pl.DataFrame,
+):
 
     systems = current_systems(context)
     base = systems[0].name
@@ -367,8 +443,14 @@ def canary(context: dg.AssetExecutionContext, pager: PagerResource, per_query: p
         stream = build_stream(per_query, labelled, cals, ground_truth, base, test, aa)
 
         def page(text: str, details: dict, _test=test) -> None:
-            pager.trigger(f"lens:canary:{context.partition_key}:{_test}", f"canary {_test}: {text}", "P1",
-                          component="canary", owners=OWNERS_EVAL, details=details)
+            pager.trigger(
+                f"lens:canary:{context.partition_key}:{_test}",
+                f"canary {_test}: {text}",
+                "P1",
+                component="canary",
+                owners=OWNERS_EVAL,
+                details=details,
+            )
 
         try:
             res = run_ladder(stream, cfg, page=page)
@@ -376,26 +458,41 @@ def canary(context: dg.AssetExecutionContext, pager: PagerResource, per_query: p
             # Too little traffic to judge even the A/A windows: the ladder does not start.
             reason = f"canary not started: {e}"
             context.log.warning(f"{test}: {reason}")
-            frames["steps"].append(pl.DataFrame([{"phase": "aa", "step": 0, "pct": cfg.aa_pct, "decision": "hold",
-                                                  "reason": reason, "test": test}]))
-            frames["decisions"].append(pl.DataFrame([{"phase": "aa", "step": 0, "action": "hold", "reason": reason,
-                                                      "test": test}]))
+            frames["steps"].append(
+                pl.DataFrame(
+                    [{"phase": "aa", "step": 0, "pct": cfg.aa_pct, "decision": "hold", "reason": reason, "test": test}]
+                )
+            )
+            frames["decisions"].append(
+                pl.DataFrame([{"phase": "aa", "step": 0, "action": "hold", "reason": reason, "test": test}])
+            )
             summary.append({"test": test, "aa_passed": None, "final_pct": 0, "reverted": False, "completed": False})
             continue
         for name in frames:
             frames[name].append(getattr(res, name).with_columns(pl.lit(test).alias("test")))
-        summary.append({"test": test, "aa_passed": res.aa_passed, "final_pct": res.final_pct,
-                        "reverted": res.reverted, "completed": res.completed})
-    from lens_core.canary import DECISIONS_SCHEMA, STEPS_SCHEMA, WINDOWS_SCHEMA
+        summary.append(
+            {
+                "test": test,
+                "aa_passed": res.aa_passed,
+                "final_pct": res.final_pct,
+                "reverted": res.reverted,
+                "completed": res.completed,
+            }
+        )
 
     schemas = {"steps": STEPS_SCHEMA, "windows": WINDOWS_SCHEMA, "decisions": DECISIONS_SCHEMA}
-    out = {k: pl.concat([pl.DataFrame(schema={**schemas[k], "test": pl.String})] + v, how="diagonal_relaxed")
-           for k, v in frames.items()}
+    out = {
+        k: pl.concat([pl.DataFrame(schema={**schemas[k], "test": pl.String})] + v, how="diagonal_relaxed")
+        for k, v in frames.items()
+    }
     head = markdown_table(pl.DataFrame(summary)) if summary else "no test arm"
     yield dg.Output(out["steps"], output_name="canary_steps", metadata=table_metadata(out["steps"], headline=head))
     yield dg.Output(out["windows"], output_name="canary_windows", metadata=table_metadata(out["windows"]))
-    yield dg.Output(out["decisions"], output_name="canary_decisions",
-                    metadata=table_metadata(out["decisions"], preview=out["decisions"]))
+    yield dg.Output(
+        out["decisions"],
+        output_name="canary_decisions",
+        metadata=table_metadata(out["decisions"], preview=out["decisions"]),
+    )
 
 
 decision_assets = [comparisons, calibration, qps_at_sla, hero_decisions, gate_summary, canary]

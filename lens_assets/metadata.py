@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -37,8 +39,13 @@ def markdown_table(df: pl.DataFrame, max_rows: int = 20, float_fmt: str = "{:.4f
     return "\n".join(lines)
 
 
-def table_metadata(df: pl.DataFrame, schema: pa.Schema | None = None, headline: str | None = None,
-                   preview: pl.DataFrame | None = None, **extra: Any) -> dict[str, Any]:
+def table_metadata(
+    df: pl.DataFrame,
+    schema: pa.Schema | None = None,
+    headline: str | None = None,
+    preview: pl.DataFrame | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     md: dict[str, Any] = {
         "dagster/row_count": df.height,
         "dagster/column_schema": column_schema(schema if schema is not None else df.schema),
@@ -50,3 +57,14 @@ def table_metadata(df: pl.DataFrame, schema: pa.Schema | None = None, headline: 
     for k, v in extra.items():
         md[k] = v
     return md
+
+
+def png_markdown(path: str | Path, alt: str = "") -> str:
+    """Markdown embedding a PNG as a data URI (what the Dagster UI renders in metadata)."""
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f"![{alt}](data:image/png;base64,{data})"
+
+
+def pngs_markdown(pngs: dict[str, Path], limit: int = 12) -> str:
+    """Several named PNGs, each under its name (at most `limit`)."""
+    return "\n\n".join(f"**{name}**\n\n{png_markdown(p, name)}" for name, p in list(pngs.items())[:limit])

@@ -170,10 +170,24 @@ def _failure_event(asset_graph, key: dg.AssetCheckKey, record, evaluation) -> di
     severity = _page_severity(meta, spec, blocking)
     asset = key.asset_key.to_user_string()
     summary = f"[{DEDUP_PREFIX}] ERROR check {key.name} on {asset} failed: {what}"
-    details = {"asset": asset, "check": key.name, "blocking": blocking, "run_id": record.run_id,
-               "partition": partition, "execution_id": record.id, "metadata": meta}
-    return {"summary": summary, "severity": severity, "component": asset, "group": group,
-            "klass": key.name, "owners": owners, "details": details}
+    details = {
+        "asset": asset,
+        "check": key.name,
+        "blocking": blocking,
+        "run_id": record.run_id,
+        "partition": partition,
+        "execution_id": record.id,
+        "metadata": meta,
+    }
+    return {
+        "summary": summary,
+        "severity": severity,
+        "component": asset,
+        "group": group,
+        "klass": key.name,
+        "owners": owners,
+        "details": details,
+    }
 
 
 def _outcome(instance, asset_graph, key, record) -> tuple[str, dict | None]:
@@ -203,8 +217,7 @@ def _apply(incidents: dict, dedup: str, outcome: str, event: dict | None) -> Non
     state = inc["state"] if inc else None
     if outcome == "fail":
         if state is None:
-            incidents[dedup] = {"state": TRIGGER_PENDING, "event": event, "attempts": 0,
-                                "since": time.time()}
+            incidents[dedup] = {"state": TRIGGER_PENDING, "event": event, "attempts": 0, "since": time.time()}
         elif state == TRIGGER_PENDING:
             inc["event"] = event  # newest facts, still one page
         elif state == RESOLVE_PENDING:
@@ -224,9 +237,16 @@ def _deliver(pager: PagerResource, incidents: dict, log) -> dict[str, int]:
         if inc["state"] == TRIGGER_PENDING:
             ev = inc["event"]
             try:
-                ok = pager.trigger(dedup, ev["summary"], ev["severity"], component=ev["component"],
-                                   owners=ev["owners"], details=ev["details"], group=ev["group"],
-                                   klass=ev["klass"])
+                ok = pager.trigger(
+                    dedup,
+                    ev["summary"],
+                    ev["severity"],
+                    component=ev["component"],
+                    owners=ev["owners"],
+                    details=ev["details"],
+                    group=ev["group"],
+                    klass=ev["klass"],
+                )
             except ValueError as e:  # a malformed event: log it, keep the incident pending
                 log.error(f"paging {dedup}: {e}")
                 ok = False
@@ -247,8 +267,7 @@ def _deliver(pager: PagerResource, incidents: dict, log) -> dict[str, int]:
     return sent
 
 
-def evaluate_paging(instance, asset_graph, pager: PagerResource, raw_cursor: str | None,
-                    log) -> tuple[str, str]:
+def evaluate_paging(instance, asset_graph, pager: PagerResource, raw_cursor: str | None, log) -> tuple[str, str]:
     """One tick: returns (new cursor JSON, a one-line summary)."""
     storage = instance.event_log_storage
     keys = sorted(asset_graph.asset_check_keys, key=check_id)
@@ -262,7 +281,8 @@ def evaluate_paging(instance, asset_graph, pager: PagerResource, raw_cursor: str
         cursor["hwm"] = max((r.id for r in latest.values()), default=0)
         msg = "first start" if not raw_cursor else "unreadable cursor"
         return json.dumps(cursor, sort_keys=True), (
-            f"{msg}: seeded at execution id {cursor['hwm']} over {len(keys)} checks; history not paged")
+            f"{msg}: seeded at execution id {cursor['hwm']} over {len(keys)} checks; history not paged"
+        )
 
     incidents = cursor["incidents"]
     judged = 0
@@ -287,27 +307,35 @@ def evaluate_paging(instance, asset_graph, pager: PagerResource, raw_cursor: str
     cursor["hwm"] = max([cursor["hwm"], *(r.id for r in latest.values())])
     sent = _deliver(pager, incidents, log)
     open_n = sum(1 for i in incidents.values() if i["state"] == OPEN)
-    summary = (f"{judged} new check evaluation(s); paged {sent['triggered']}, resolved {sent['resolved']}, "
-               f"pending {sent['pending']}; open incidents {open_n}")
+    summary = (
+        f"{judged} new check evaluation(s); paged {sent['triggered']}, resolved {sent['resolved']}, "
+        f"pending {sent['pending']}; open incidents {open_n}"
+    )
     return json.dumps(cursor, sort_keys=True), summary
 
 
-def build_paging_sensor(name: str = "page_on_failed_checks", pager_key: str = "pager",
-                        minimum_interval_seconds: int = 60,
-                        default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING):
+def build_paging_sensor(
+    name: str = "page_on_failed_checks",
+    pager_key: str = "pager",
+    minimum_interval_seconds: int = 60,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+):
     """A sensor that pages through the resource `pager_key` (a PagerResource)."""
 
-    @dg.sensor(name=name, minimum_interval_seconds=minimum_interval_seconds, default_status=default_status,
-               required_resource_keys={pager_key},
-               description="Pages the owners of an asset whose ERROR asset check failed (once per "
-                           "failure, dedup key lens:<asset>:<check>) and resolves when it passes again.")
+    @dg.sensor(
+        name=name,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        required_resource_keys={pager_key},
+        description="Pages the owners of an asset whose ERROR asset check failed (once per "
+        "failure, dedup key lens:<asset>:<check>) and resolves when it passes again.",
+    )
     def _sensor(context: dg.SensorEvaluationContext, **resources):
         repo = context.repository_def
         if repo is None:
             raise dg.DagsterInvariantViolationError(f"{name}: no repository definition in the sensor context")
         pager = resources.get(pager_key) or getattr(context.resources, pager_key)
-        new_cursor, summary = evaluate_paging(context.instance, repo.asset_graph, pager, context.cursor,
-                                              context.log)
+        new_cursor, summary = evaluate_paging(context.instance, repo.asset_graph, pager, context.cursor, context.log)
         context.update_cursor(new_cursor)
         context.log.info(summary)
         return dg.SkipReason(summary)

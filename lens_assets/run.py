@@ -11,14 +11,14 @@ from typing import Any
 import dagster as dg
 
 from lens_assets.definitions import defs
-from lens_core.bundle import read_published
-from lens_core.hashing import atomic_write_json
-from lens_core.settings import data_dir
+from lens_core.common.hashing import atomic_write_json
+from lens_core.common.settings import data_dir, owners
+from lens_core.publish.bundle import read_published
 from resources.data_source import LensDataSource
 from resources.paging import PagerResource
 
 
-def _instance() -> dg.DagsterInstance:
+def dagster_instance() -> dg.DagsterInstance:
     if os.environ.get("DAGSTER_HOME"):
         os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
         return dg.DagsterInstance.get()
@@ -32,18 +32,31 @@ def _root_message(err) -> str:
     return err.message.strip()
 
 
-def run_weekly(partition: str, queries_per_suite: int = 0, progress: bool = True,
-               extra_resources: dict[str, Any] | None = None, pager: PagerResource | None = None) -> dict[str, Any]:
+def run_weekly(
+    partition: str,
+    queries_per_suite: int = 0,
+    progress: bool = True,
+    extra_resources: dict[str, Any] | None = None,
+    pager: PagerResource | None = None,
+) -> dict[str, Any]:
     t0 = time.monotonic()
     resources = dict(defs.resources or {})
     resources["lens_source"] = LensDataSource(queries_per_suite=queries_per_suite)
     resources.update(extra_resources or {})
     job = defs.resolve_job_def("weekly_lens_job")
-    with _instance() as instance:
-        result = job.execute_in_process(partition_key=partition, instance=instance, resources=resources,
-                                        raise_on_error=False)
-    out: dict[str, Any] = {"success": result.success, "wall_s": time.monotonic() - t0, "published": False,
-                           "fingerprint": None, "bundle": None, "hero_markdown": "", "gates_markdown": ""}
+    with dagster_instance() as instance:
+        result = job.execute_in_process(
+            partition_key=partition, instance=instance, resources=resources, raise_on_error=False
+        )
+    out: dict[str, Any] = {
+        "success": result.success,
+        "wall_s": time.monotonic() - t0,
+        "published": False,
+        "fingerprint": None,
+        "bundle": None,
+        "hero_markdown": "",
+        "gates_markdown": "",
+    }
     for ev in result.get_asset_materialization_events():
         md = ev.materialization.metadata
         key = ev.asset_key.to_user_string()
@@ -58,8 +71,11 @@ def run_weekly(partition: str, queries_per_suite: int = 0, progress: bool = True
             out["published"] = md["published"].value
             out["hero_markdown"] = md["hero_table"].value
             out["gates_markdown"] = md["gates"].value
-            out["site"] = md["served_site"].value if "served_site" in md and md["served_site"].value != "not published" \
+            out["site"] = (
+                md["served_site"].value
+                if "served_site" in md and md["served_site"].value != "not published"
                 else (md["site"].value if "site" in md else None)
+            )
     if not result.success:
         failed = [e for e in result.all_events if e.is_step_failure]
         out["errors"] = [f"{e.step_key}: {_root_message(e.event_specific_data.error)}" for e in failed]
@@ -68,11 +84,14 @@ def run_weekly(partition: str, queries_per_suite: int = 0, progress: bool = True
     out["failed_checks"] = sorted(
         f"{ev.asset_check_evaluation_data.asset_key.to_user_string()}:{ev.asset_check_evaluation_data.check_name}"
         for ev in result.all_events
-        if ev.event_type_value == "ASSET_CHECK_EVALUATION" and not ev.asset_check_evaluation_data.passed
-        and ev.asset_check_evaluation_data.severity.value == "ERROR")
+        if ev.event_type_value == "ASSET_CHECK_EVALUATION"
+        and not ev.asset_check_evaluation_data.passed
+        and ev.asset_check_evaluation_data.severity.value == "ERROR"
+    )
     # A run whose only failures are blocking checks ran correctly and refused to publish.
-    out["blocked_by_gates"] = (not result.success and bool(out.get("errors"))
-                               and all("blocking asset check" in e for e in out["errors"]))
+    out["blocked_by_gates"] = (
+        not result.success and bool(out.get("errors")) and all("blocking asset check" in e for e in out["errors"])
+    )
     pager = pager or PagerResource()
     if not out["published"]:
         out["paged"] = page_publication_blocked(partition, out, pager)
@@ -107,11 +126,18 @@ def page_publication_blocked(partition: str, out: dict[str, Any], pager: PagerRe
         return True
     last = read_published(data_dir())
     reasons = out.get("failed_checks") or out.get("errors") or ["release_bundle did not publish"]
-    summary = (f"lens weekly {partition}: publication blocked ({'; '.join(reasons[:3])}); "
-               f"last green stays {last['fingerprint'] if last else 'none'}")
-    ok = pager.trigger(f"lens:publish:{partition}", summary, "P0", component="release_bundle",
-                       owners=["team:search-eval"], details={"failed": reasons, "partition": partition,
-                                                             "published": last["fingerprint"] if last else None})
+    summary = (
+        f"lens weekly {partition}: publication blocked ({'; '.join(reasons[:3])}); "
+        f"last green stays {last['fingerprint'] if last else 'none'}"
+    )
+    ok = pager.trigger(
+        f"lens:publish:{partition}",
+        summary,
+        "P0",
+        component="release_bundle",
+        owners=owners("eval"),
+        details={"failed": reasons, "partition": partition, "published": last["fingerprint"] if last else None},
+    )
     print(f"PAGED P0: {summary}" if ok else f"PAGE FAILED (webhook down; retried on the next run): {summary}")
     if ok:
         state[partition] = "open"

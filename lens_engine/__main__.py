@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from lens_core.hashing import atomic_path, sha256_file
+from lens_core.common.hashing import atomic_path, sha256_file
 
 
 def _corpus_kwargs(args) -> dict:
@@ -32,23 +32,43 @@ def _corpus_kwargs(args) -> dict:
 
 
 def _cmd_corpus(args) -> int:
-    from lens_engine.corpus import build_corpus
+    from lens_engine.corpus import (
+        build_corpus,  # lazy: each subcommand loads only what it runs (the engine and index pull MiniLM)
+    )
 
     c = build_corpus(cache_dir=args.cache_dir, **_corpus_kwargs(args))
-    print(json.dumps({"corpus_digest": c.digest, "files": c.files, "functions": len(c.units),
-                      "packages": len(c.packages), "languages": c.languages()}))
+    print(
+        json.dumps(
+            {
+                "corpus_digest": c.digest,
+                "files": c.files,
+                "functions": len(c.units),
+                "packages": len(c.packages),
+                "languages": c.languages(),
+            }
+        )
+    )
     return 0
 
 
 def _cmd_suites(args) -> int:
-    from lens_engine.corpus import build_corpus
-    from lens_engine.suites import build_suites
+    from lens_engine.corpus import (
+        build_corpus,  # lazy: each subcommand loads only what it runs (the engine and index pull MiniLM)
+    )
+    from lens_engine.suites import (
+        build_suites,  # lazy: each subcommand loads only what it runs (the engine and index pull MiniLM)
+    )
 
     c = build_corpus(cache_dir=args.cache_dir, **_corpus_kwargs(args))
     q, g = build_suites(c, seed=args.seed, max_per_suite=args.max_per_suite, split=args.split)
     out = Path(args.out)
-    result = {"corpus_digest": c.digest, "queries": q.height, "ground_truth": g.height,
-              "by_intent": dict(q.group_by("intent").len().iter_rows()), "files": {}}
+    result = {
+        "corpus_digest": c.digest,
+        "queries": q.height,
+        "ground_truth": g.height,
+        "by_intent": dict(q.group_by("intent").len().iter_rows()),
+        "files": {},
+    }
     for name, df in (("queries.parquet", q), ("ground_truth.parquet", g)):
         target = out / name
         with atomic_path(target, suffix=".parquet") as tmp:
@@ -59,32 +79,50 @@ def _cmd_suites(args) -> int:
 
 
 def _cmd_index(args) -> int:
-    from lens_engine.corpus import build_corpus
-    from lens_engine.index import build_index
+    from lens_engine.corpus import (
+        build_corpus,  # lazy: each subcommand loads only what it runs (the engine and index pull MiniLM)
+    )
+    from lens_engine.index import (
+        build_index,  # lazy: each subcommand loads only what it runs (the engine and index pull MiniLM)
+    )
 
     t0 = time.monotonic()
     c = build_corpus(cache_dir=args.cache_dir, **_corpus_kwargs(args))
     ix = build_index(c, args.cache_dir, n_shards=args.shards, dense=not args.no_dense)
-    print(json.dumps({"corpus_digest": c.digest, "index_key": ix.key, "functions": len(c.units),
-                      "shards": ix.n_shards, "dense": ix.dense is not None,
-                      "seconds": round(time.monotonic() - t0, 1)}))
+    print(
+        json.dumps(
+            {
+                "corpus_digest": c.digest,
+                "index_key": ix.key,
+                "functions": len(c.units),
+                "shards": ix.n_shards,
+                "dense": ix.dense is not None,
+                "seconds": round(time.monotonic() - t0, 1),
+            }
+        )
+    )
     return 0
 
 
 def default_workers() -> int:
     """Engine worker processes: LENS_ENGINE_WORKERS, default one per core (at most 4)."""
-    from lens_core.settings import env_number
+    from lens_core.common.settings import (
+        env_number,  # lazy: each subcommand loads only what it runs (the engine and index pull MiniLM)
+    )
 
-    return env_number("LENS_ENGINE_WORKERS", int, minimum=1, strict=True,
-                      default=max(1, min(4, os.cpu_count() or 1)))
+    return env_number("LENS_ENGINE_WORKERS", int, minimum=1, strict=True, default=max(1, min(4, os.cpu_count() or 1)))
 
 
 def _cmd_serve(args) -> int:
     """Load the engine once, listen, then fork `workers - 1` copies that accept on the same
     socket (pre-fork: a query is answered by whichever worker accepts it). The index is shared
     copy-on-write; each worker keeps its own shard-latency history, like a replica would."""
-    from lens_engine.engine import Engine
-    from lens_engine.server import make_server
+    from lens_engine.engine import (
+        Engine,  # lazy: each subcommand loads only what it runs (the engine and index pull MiniLM)
+    )
+    from lens_engine.server import (
+        make_server,  # lazy: each subcommand loads only what it runs (the engine and index pull MiniLM)
+    )
 
     engine = Engine.load(args.cache_dir, n_shards=args.shards, dense=not args.no_dense, **_corpus_kwargs(args))
     workers = args.workers if args.workers is not None else default_workers()
@@ -166,8 +204,12 @@ def main(argv=None) -> int:
 
     def common(p):
         p.add_argument("--cache-dir", required=True, help="content-addressed cache directory")
-        p.add_argument("--max-functions", type=int, default=None,
-                       help="corpus cap by whole packages (default LENS_CORPUS_MAX_FUNCTIONS or 4200; 0 = all)")
+        p.add_argument(
+            "--max-functions",
+            type=int,
+            default=None,
+            help="corpus cap by whole packages (default LENS_CORPUS_MAX_FUNCTIONS or 4200; 0 = all)",
+        )
         p.add_argument("-v", "--verbose", action="store_true")
 
     p = sub.add_parser("corpus", help="build the corpus, print its digest and sizes")
@@ -186,11 +228,18 @@ def main(argv=None) -> int:
         if name == "serve":
             p.add_argument("--host", default="127.0.0.1")
             p.add_argument("--port", type=int, default=0)
-            p.add_argument("--workers", type=int, default=None,
-                           help="worker processes (default LENS_ENGINE_WORKERS or one per core, at most 4)")
+            p.add_argument(
+                "--workers",
+                type=int,
+                default=None,
+                help="worker processes (default LENS_ENGINE_WORKERS or one per core, at most 4)",
+            )
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return {"corpus": _cmd_corpus, "suites": _cmd_suites, "index": _cmd_index, "serve": _cmd_serve}[args.cmd](args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

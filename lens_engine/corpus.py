@@ -38,7 +38,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from lens_core.hashing import atomic_write_text, canonical_json, sha256_hex
+from lens_core.common.hashing import atomic_write_text, canonical_json, sha256_hex
+from lens_engine.cpp_units import units_of_cpp
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,10 @@ class Corpus:
             d["files"].add(u.path)
             d["functions"] += 1
             d["packages"].add(u.package)
-        return {lang: {"files": len(d["files"]), "functions": d["functions"], "packages": len(d["packages"])}
-                for lang, d in sorted(out.items())}
+        return {
+            lang: {"files": len(d["files"]), "functions": d["functions"], "packages": len(d["packages"])}
+            for lang, d in sorted(out.items())
+        }
 
 
 def manifest_digest(manifest: Sequence[tuple[str, str, str]]) -> str:
@@ -202,8 +205,12 @@ def _decorator_name(node: ast.expr) -> str:
 
 def _is_stub(body: list[ast.stmt]) -> bool:
     rest = body
-    if rest and isinstance(rest[0], ast.Expr) and isinstance(getattr(rest[0], "value", None), ast.Constant) \
-            and isinstance(rest[0].value.value, str):
+    if (
+        rest
+        and isinstance(rest[0], ast.Expr)
+        and isinstance(getattr(rest[0], "value", None), ast.Constant)
+        and isinstance(rest[0].value.value, str)
+    ):
         rest = rest[1:]
     if not rest:
         return True
@@ -222,7 +229,7 @@ def _is_stub(body: list[ast.stmt]) -> bool:
 
 def _strip_docstring(lines: list[bytes], start: int, end: int, doc_node: ast.expr | None) -> str:
     """Source lines start..end (1-based, inclusive) without the docstring expression."""
-    seg = list(lines[start - 1:end])
+    seg = list(lines[start - 1 : end])
     if doc_node is not None:
         l0, c0 = doc_node.lineno, doc_node.col_offset
         l1, c1 = doc_node.end_lineno, doc_node.end_col_offset
@@ -230,14 +237,12 @@ def _strip_docstring(lines: list[bytes], start: int, end: int, doc_node: ast.exp
         first, last = seg[i0], seg[i1]
         joined = first[:c0] + last[c1:]
         replacement = [] if not joined.strip() else [joined if joined.endswith(b"\n") else joined + b"\n"]
-        seg[i0:i1 + 1] = replacement
+        seg[i0 : i1 + 1] = replacement
     return b"".join(seg).decode("utf-8", errors="replace")
 
 
 def _units_of_file(repo: str, wire_path: str, rel: Path, data: bytes, language: str = "python") -> list[Unit]:
     if language == "cpp":
-        from lens_engine.cpp_units import units_of_cpp
-
         return units_of_cpp(data, wire_path, rel, repo, _package_of(rel, language), _module_of(rel, language), Unit)
     try:
         tree = ast.parse(data, filename=wire_path)
@@ -256,9 +261,12 @@ def _units_of_file(repo: str, wire_path: str, rel: Path, data: bytes, language: 
                 start = min([node.lineno] + [d.lineno for d in node.decorator_list])
                 end = node.end_lineno or node.lineno
                 doc_node = None
-                if node.body and isinstance(node.body[0], ast.Expr) \
-                        and isinstance(node.body[0].value, ast.Constant) \
-                        and isinstance(node.body[0].value.value, str):
+                if (
+                    node.body
+                    and isinstance(node.body[0], ast.Expr)
+                    and isinstance(node.body[0].value, ast.Constant)
+                    and isinstance(node.body[0].value.value, str)
+                ):
                     doc_node = node.body[0].value
                 doc = ast.get_docstring(node, clean=True) or ""
                 a = node.args
@@ -268,18 +276,27 @@ def _units_of_file(repo: str, wire_path: str, rel: Path, data: bytes, language: 
                 params += [x.arg for x in a.kwonlyargs]
                 if a.kwarg:
                     params.append("**" + a.kwarg.arg)
-                calls = sorted({n for c in ast.walk(node) if isinstance(c, ast.Call)
-                                for n in [_call_name(c)] if n})
-                out.append(Unit(
-                    repo=repo, path=wire_path, start_line=start, end_line=end, name=node.name,
-                    qualname=f"{cls}.{node.name}" if cls else node.name, cls=cls,
-                    package=package, module=module, language=language,
-                    text=_strip_docstring(lines, start, end, doc_node), doc=doc,
-                    params=tuple(params), calls=tuple(calls),
-                    decorators=tuple(sorted({n for d in node.decorator_list
-                                             for n in [_decorator_name(d)] if n})),
-                    is_stub=_is_stub(node.body),
-                ))
+                calls = sorted({n for c in ast.walk(node) if isinstance(c, ast.Call) for n in [_call_name(c)] if n})
+                out.append(
+                    Unit(
+                        repo=repo,
+                        path=wire_path,
+                        start_line=start,
+                        end_line=end,
+                        name=node.name,
+                        qualname=f"{cls}.{node.name}" if cls else node.name,
+                        cls=cls,
+                        package=package,
+                        module=module,
+                        language=language,
+                        text=_strip_docstring(lines, start, end, doc_node),
+                        doc=doc,
+                        params=tuple(params),
+                        calls=tuple(calls),
+                        decorators=tuple(sorted({n for d in node.decorator_list for n in [_decorator_name(d)] if n})),
+                        is_stub=_is_stub(node.body),
+                    )
+                )
 
     visit(tree.body, "")
     return out
@@ -289,7 +306,9 @@ def _cache_file(cache_dir: Path, key: str) -> Path:
     return Path(cache_dir) / "lens_engine" / f"corpus-{key[:24]}.jsonl"
 
 
-def _full_corpus(roots, include_tests: bool, cache_dir) -> tuple[list[Unit], list[tuple[str, str, str]], dict[str, str]]:
+def _full_corpus(
+    roots, include_tests: bool, cache_dir
+) -> tuple[list[Unit], list[tuple[str, str, str]], dict[str, str]]:
     """Every unit of every included file, plus the manifest and file -> package map (cached by
     the full manifest's digest)."""
     manifest: list[tuple[str, str, str]] = []
@@ -300,12 +319,14 @@ def _full_corpus(roots, include_tests: bool, cache_dir) -> tuple[list[Unit], lis
         manifest.append((repo, wire_path, sha256_hex(data)))
         blobs[wire_path] = (repo, rel, data, language)
         pkg_of_file[wire_path] = _package_of(rel, language)
-    key = sha256_hex(canonical_json({"v": CORPUS_VERSION, "manifest": manifest,
-                                     "tests": include_tests}).encode())
+    key = sha256_hex(canonical_json({"v": CORPUS_VERSION, "manifest": manifest, "tests": include_tests}).encode())
     cache = _cache_file(cache_dir, key) if cache_dir is not None else None
     if cache is not None and cache.is_file():
-        units = [Unit(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(line).items()})
-                 for line in cache.read_text("utf-8").splitlines() if line]
+        units = [
+            Unit(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(line).items()})
+            for line in cache.read_text("utf-8").splitlines()
+            if line
+        ]
         return units, manifest, pkg_of_file
     t0 = time.monotonic()
     units = []
@@ -313,13 +334,13 @@ def _full_corpus(roots, include_tests: bool, cache_dir) -> tuple[list[Unit], lis
         units.extend(_units_of_file(repo, wire_path, rel, data, language))
     log.info("parsed %d files -> %d functions in %.1fs", len(blobs), len(units), time.monotonic() - t0)
     if cache is not None:
-        atomic_write_text(cache, "".join(json.dumps(dataclasses.asdict(u), ensure_ascii=False) + "\n"
-                                         for u in units))
+        atomic_write_text(cache, "".join(json.dumps(dataclasses.asdict(u), ensure_ascii=False) + "\n" for u in units))
     return units, manifest, pkg_of_file
 
 
-def choose_packages(counts: dict[str, int], max_functions: int | None, seed: int = 0,
-                    language_of: dict[str, str] | None = None) -> list[str]:
+def choose_packages(
+    counts: dict[str, int], max_functions: int | None, seed: int = 0, language_of: dict[str, str] | None = None
+) -> list[str]:
     """Whole packages in a seeded hash order, greedily while they fit under the cap; with
     `language_of` (package -> language), each language within its share of the cap
     (LANGUAGE_SHARES renormalised over the languages present)."""
@@ -357,9 +378,13 @@ def env_max_functions() -> int | None:
 _UNSET = object()
 
 
-def build_corpus(roots: Sequence[tuple] | None = None,
-                 max_functions=_UNSET, seed: int = 0, include_tests: bool = False,
-                 cache_dir: str | os.PathLike | None = None) -> Corpus:
+def build_corpus(
+    roots: Sequence[tuple] | None = None,
+    max_functions=_UNSET,
+    seed: int = 0,
+    include_tests: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+) -> Corpus:
     """The corpus (see the module docstring).
 
     `roots`: (repo, directory, path prefix[, language]) tuples; default `default_roots()`. `max_functions`: cap by whole packages; default from
@@ -368,8 +393,7 @@ def build_corpus(roots: Sequence[tuple] | None = None,
     """
     if max_functions is _UNSET:
         max_functions = env_max_functions()
-    roots = ([(r[0], Path(r[1]), r[2], r[3] if len(r) > 3 else "python") for r in roots] if roots
-             else default_roots())
+    roots = [(r[0], Path(r[1]), r[2], r[3] if len(r) > 3 else "python") for r in roots] if roots else default_roots()
     units, manifest, pkg_of_file = _full_corpus(roots, include_tests, cache_dir)
     counts: dict[str, int] = {}
     language_of: dict[str, str] = {}
@@ -379,5 +403,4 @@ def build_corpus(roots: Sequence[tuple] | None = None,
     chosen = set(choose_packages(counts, max_functions, seed, language_of))
     keep_units = [u for u in units if u.package in chosen]
     keep_manifest = [m for m in manifest if pkg_of_file[m[1]] in chosen]
-    return Corpus(units=keep_units, manifest=keep_manifest, packages=sorted(chosen),
-                  files=len(keep_manifest))
+    return Corpus(units=keep_units, manifest=keep_manifest, packages=sorted(chosen), files=len(keep_manifest))

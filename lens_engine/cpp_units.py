@@ -26,12 +26,16 @@ import bisect
 import re
 from pathlib import Path
 
-KEYWORDS = frozenset("""
+KEYWORDS = frozenset(
+    """
 if for while switch return sizeof decltype static_assert alignof alignas catch throw new delete
 case do else goto typeid noexcept requires co_await co_return co_yield defined
-""".split())
-_SCOPE_RE = re.compile(r"^(?:template\s*<.*>\s*)?(class|struct|union|namespace)\b\s*(?:\[\[[^\]]*\]\]\s*)?"
-                       r"(?:[A-Z][A-Z0-9_]*(?:\([^)]*\))?\s+)*([A-Za-z_]\w*)?")
+""".split()
+)
+_SCOPE_RE = re.compile(
+    r"^(?:template\s*<.*>\s*)?(class|struct|union|namespace)\b\s*(?:\[\[[^\]]*\]\]\s*)?"
+    r"(?:[A-Z][A-Z0-9_]*(?:\([^)]*\))?\s+)*([A-Za-z_]\w*)?"
+)
 _HEAD_RE = re.compile(r"([A-Za-z_~]\w*)\s*(?:<[^<>()]*>)?\s*\(")
 _SKIP_START = re.compile(r"^(?:typedef|using|friend|return|enum|extern\s+\"|static_assert|goto)\b")
 _IDENT = re.compile(r"[A-Za-z_]\w*")
@@ -160,7 +164,7 @@ def _function_head(stmt: str) -> tuple[str, list[str]] | None:
     body = re.sub(r"^template\s*<.*?>\s*(?=[A-Za-z_~])", "", flat)
     for m in _HEAD_RE.finditer(body):
         name = m.group(1)
-        before = body[:m.start()]
+        before = body[: m.start()]
         if "=" in before or "(" in before:
             return None
         if name in KEYWORDS or name.startswith("~") or (name.isupper() and len(name) > 1):
@@ -168,19 +172,21 @@ def _function_head(stmt: str) -> tuple[str, list[str]] | None:
         close = _paren_span(body, body.index("(", m.start()))
         if close < 0:
             return None
-        tail = body[close + 1:]
+        tail = body[close + 1 :]
         # what may follow a function's parameter list
-        if tail and not re.match(r"^\s*(?:const|override|final|noexcept(?:\([^)]*\))?|volatile|&|&&|->|=\s*(?:0|default|delete)|"
-                                 r":|[A-Z][A-Z0-9_]*(?:\([^)]*\))?|\[\[[^\]]*\]\]|\s)*(?:->.*|:.*|=.*)?$", tail):
+        if tail and not re.match(
+            r"^\s*(?:const|override|final|noexcept(?:\([^)]*\))?|volatile|&|&&|->|=\s*(?:0|default|delete)|"
+            r":|[A-Z][A-Z0-9_]*(?:\([^)]*\))?|\[\[[^\]]*\]\]|\s)*(?:->.*|:.*|=.*)?$",
+            tail,
+        ):
             return None
         if not before.strip() and name[0].islower() and "::" not in body:
             return None  # a bare call statement `foo(x);`, not a declaration
-        return name, _split_params(body[body.index("(", m.start()) + 1:close])
+        return name, _split_params(body[body.index("(", m.start()) + 1 : close])
     return None
 
 
-def units_of_cpp(data: bytes, wire_path: str, rel: Path, repo: str, package: str, module: str,
-                 unit_cls) -> list:
+def units_of_cpp(data: bytes, wire_path: str, rel: Path, repo: str, package: str, module: str, unit_cls) -> list:
     """Every function declared or defined in a C/C++ file, as `unit_cls` (lens_engine.corpus.Unit)."""
     src = data.decode("utf-8", errors="replace")
     blank, comments = _blank(src)
@@ -215,8 +221,8 @@ def units_of_cpp(data: bytes, wire_path: str, rel: Path, repo: str, package: str
         flat_nolabel = re.sub(r"^(?:(?:public|private|protected)\s*:\s*)+", "", flat)
         if flat_nolabel != flat:
             m = re.search(r"(?:public|private|protected)\s*:", stmt)
-            first = stmt_start + m.end() + (len(stmt[m.end():]) - len(stmt[m.end():].lstrip()))
-            stmt = stmt[m.end():]
+            first = stmt_start + m.end() + (len(stmt[m.end() :]) - len(stmt[m.end() :].lstrip()))
+            stmt = stmt[m.end() :]
         head = _function_head(stmt) if ch in ";{" else None
         in_function = any(k == "function" for k, _, _ in scopes)
         if ch == "{":
@@ -236,8 +242,23 @@ def units_of_cpp(data: bytes, wire_path: str, rel: Path, repo: str, package: str
                         k = b.start()
                         break
                 end = k
-                out.append(_unit(head, first, end, blank[i:end], scopes, src_lines, comments, line_of,
-                                 wire_path, repo, package, module, unit_cls))
+                out.append(
+                    _unit(
+                        head,
+                        first,
+                        end,
+                        blank[i:end],
+                        scopes,
+                        src_lines,
+                        comments,
+                        line_of,
+                        wire_path,
+                        repo,
+                        package,
+                        module,
+                        unit_cls,
+                    )
+                )
                 i = end + 1
                 stmt_start = i
                 continue
@@ -248,15 +269,31 @@ def units_of_cpp(data: bytes, wire_path: str, rel: Path, repo: str, package: str
             continue
         # ';'
         if head is not None and not in_function and not any(k == "block" for k, _, _ in scopes):
-            out.append(_unit(head, first, i, "", scopes, src_lines, comments, line_of, wire_path, repo,
-                             package, module, unit_cls))
+            out.append(
+                _unit(
+                    head, first, i, "", scopes, src_lines, comments, line_of, wire_path, repo, package, module, unit_cls
+                )
+            )
         stmt_start = i + 1
         i += 1
     return out
 
 
-def _unit(head, first: int, end: int, body: str, scopes, src_lines, comments, line_of, wire_path, repo,
-          package, module, unit_cls):
+def _unit(
+    head,
+    first: int,
+    end: int,
+    body: str,
+    scopes,
+    src_lines,
+    comments,
+    line_of,
+    wire_path,
+    repo,
+    package,
+    module,
+    unit_cls,
+):
     name, params = head
     start_line, end_line = line_of(first), line_of(end)
     # documentation: the comment block ending right above the span
@@ -267,10 +304,25 @@ def _unit(head, first: int, end: int, body: str, scopes, src_lines, comments, li
         ln -= 1
     doc = _clean_doc("\n".join(doc_lines).splitlines()) if doc_lines else ""
     cls = ".".join(s for k, s, _ in scopes if k in ("class", "struct", "union") and s)
-    calls = sorted({c for c in _CALL.findall(body) if c not in KEYWORDS and c != name
-                    and not (c.isupper() and len(c) > 1)})
-    text = "".join(src_lines[start_line - 1:end_line])
-    return unit_cls(repo=repo, path=wire_path, start_line=start_line, end_line=end_line, name=name,
-                    qualname=f"{cls}.{name}" if cls else name, cls=cls, package=package, module=module,
-                    language="cpp", text=text, doc=doc, params=tuple(params), calls=tuple(calls),
-                    decorators=(), is_stub=False)
+    calls = sorted(
+        {c for c in _CALL.findall(body) if c not in KEYWORDS and c != name and not (c.isupper() and len(c) > 1)}
+    )
+    text = "".join(src_lines[start_line - 1 : end_line])
+    return unit_cls(
+        repo=repo,
+        path=wire_path,
+        start_line=start_line,
+        end_line=end_line,
+        name=name,
+        qualname=f"{cls}.{name}" if cls else name,
+        cls=cls,
+        package=package,
+        module=module,
+        language="cpp",
+        text=text,
+        doc=doc,
+        params=tuple(params),
+        calls=tuple(calls),
+        decorators=(),
+        is_stub=False,
+    )

@@ -35,6 +35,8 @@ spend cap is used (what was searched is kept). Query vectors come from an in-mem
 
 Fusion: weighted reciprocal rank (k0 = 60) of the arms' ranked lists; `why` lists the arms that
 retrieved the hit. Scores are made strictly decreasing (tie-free) in rank order.
+
+Why this is one module: the reference engine's query path (lexical, structural and dense arms, shards, fusion, the tail-taming stop) is one object whose arms share the index handles.
 """
 
 from __future__ import annotations
@@ -55,10 +57,13 @@ from typing import Iterator
 
 import numpy as np
 
-from lens_core.hashing import sha256_hex
-from lens_core.systems import SystemConfig
+from lens_core.common.embeddings import embed_texts
+from lens_core.common.hashing import sha256_hex
+from lens_core.common.settings import cache_dir
+from lens_core.common.systems import SystemConfig
 from lens_engine.corpus import Corpus, build_corpus
 from lens_engine.index import DEFAULT_SHARDS, EngineIndex, build_index, split_identifier, term_counts
+from lens_engine.suites import build_suites
 from lens_engine.text import analyze, identifiers
 
 log = logging.getLogger(__name__)
@@ -198,11 +203,15 @@ class Probe:
     error: str | None = None
 
     def wire(self) -> dict:
-        return {"shard": self.shard, "probe_id": self.probe_id, "issued_ts": round(self.issued_ts, 3),
-                "first_byte_ts": None if self.first_byte_ts is None else round(self.first_byte_ts, 3),
-                "done_ts": None if self.done_ts is None else round(self.done_ts, 3),
-                "cancel_ts": None if self.cancel_ts is None else round(self.cancel_ts, 3),
-                "status": self.status}
+        return {
+            "shard": self.shard,
+            "probe_id": self.probe_id,
+            "issued_ts": round(self.issued_ts, 3),
+            "first_byte_ts": None if self.first_byte_ts is None else round(self.first_byte_ts, 3),
+            "done_ts": None if self.done_ts is None else round(self.done_ts, 3),
+            "cancel_ts": None if self.cancel_ts is None else round(self.cancel_ts, 3),
+            "status": self.status,
+        }
 
 
 def _top(docs: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -218,8 +227,14 @@ def _sigmoid(x: float) -> float:
 # Engine
 # ---------------------------------------------------------------------------------------------
 class Engine:
-    def __init__(self, index: EngineIndex, corpus: Corpus, cache_dir: str | os.PathLike | None = None,
-                 straggler: StragglerModel | None = None, max_workers: int = 64):
+    def __init__(
+        self,
+        index: EngineIndex,
+        corpus: Corpus,
+        cache_dir: str | os.PathLike | None = None,
+        straggler: StragglerModel | None = None,
+        max_workers: int = 64,
+    ):
         self.index = index
         self.corpus = corpus
         self.cache_dir = cache_dir
@@ -234,9 +249,17 @@ class Engine:
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def load(cls, cache_dir: str | os.PathLike, n_shards: int = DEFAULT_SHARDS, dense: bool = True,
-             warm_queries: bool = True, straggler: StragglerModel | None = None, progress=True,
-             tune_switch_interval: bool = True, **corpus_kwargs) -> "Engine":
+    def load(
+        cls,
+        cache_dir: str | os.PathLike,
+        n_shards: int = DEFAULT_SHARDS,
+        dense: bool = True,
+        warm_queries: bool = True,
+        straggler: StragglerModel | None = None,
+        progress=True,
+        tune_switch_interval: bool = True,
+        **corpus_kwargs,
+    ) -> "Engine":
         """Build or load the corpus and every index (cached under cache_dir by content hash)."""
         t0 = time.monotonic()
         corpus = build_corpus(cache_dir=cache_dir, **corpus_kwargs)
@@ -246,16 +269,18 @@ class Engine:
             # Shard threads must get the GIL promptly for real per-shard timings.
             sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         if dense and warm_queries:
-            from lens_engine.suites import build_suites
-
             queries, _ = build_suites(corpus)
             eng.warm_query_vectors(queries["text"].to_list())
-        log.info("engine ready: %d functions, %d shards, dense=%s (%.1fs)", len(corpus.units), n_shards,
-                 dense, time.monotonic() - t0)
+        log.info(
+            "engine ready: %d functions, %d shards, dense=%s (%.1fs)",
+            len(corpus.units),
+            n_shards,
+            dense,
+            time.monotonic() - t0,
+        )
         return eng
 
     def warm_query_vectors(self, texts: list[str]) -> None:
-        from lens_core.embeddings import embed_texts
 
         texts = list(dict.fromkeys(texts))
         if not texts:
@@ -272,8 +297,6 @@ class Engine:
         with self._qvec_lock:
             v = self._qvec.get(q)
         if v is None:
-            from lens_core.embeddings import embed_texts
-
             v = embed_texts([q], cache_dir=self.cache_dir, progress=False)[0]
             with self._qvec_lock:
                 if len(self._qvec) > 100_000:
@@ -299,13 +322,26 @@ class Engine:
         qseq = [self.index.lex.vocab[t] for t in stream if t in self.index.lex.vocab]
         st_terms, template = struct_query(q)
         st_ids, st_qw = self.index.struct.query_vector(st_terms)
-        max_mult = (max(system.phrase_boost, 1.0) * (1.0 + max(system.proximity_weight, 0.0) * PROX_SCALE)
-                    if len(set(qseq)) >= 2 else 1.0)
+        max_mult = (
+            max(system.phrase_boost, 1.0) * (1.0 + max(system.proximity_weight, 0.0) * PROX_SCALE)
+            if len(set(qseq)) >= 2
+            else 1.0
+        )
         arm_k = max(k, 10)
-        return Plan(k=k, arm_k=arm_k, rerank_depth=max(2 * arm_k, 50), lex_ids=lex_ids, lex_qw=lex_qw,
-                    qseq=qseq, st_ids=st_ids, st_qw=st_qw, template=template, code_like=code_like(q),
-                    system=system,
-                    max_mult=max_mult)
+        return Plan(
+            k=k,
+            arm_k=arm_k,
+            rerank_depth=max(2 * arm_k, 50),
+            lex_ids=lex_ids,
+            lex_qw=lex_qw,
+            qseq=qseq,
+            st_ids=st_ids,
+            st_qw=st_qw,
+            template=template,
+            code_like=code_like(q),
+            system=system,
+            max_mult=max_mult,
+        )
 
     # -- one shard ---------------------------------------------------------------------------------
     def _lex_shard(self, shard: int, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
@@ -315,7 +351,7 @@ class Engine:
         if nz.size == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         if nz.size > plan.rerank_depth:
-            nz = nz[np.argpartition(-bm[nz], plan.rerank_depth - 1)[:plan.rerank_depth]]
+            nz = nz[np.argpartition(-bm[nz], plan.rerank_depth - 1)[: plan.rerank_depth]]
         docs = ix.shard_docs[shard][nz]
         score = bm[nz].astype(np.float64)
         if len(set(plan.qseq)) >= 2:
@@ -353,9 +389,16 @@ class Engine:
             out.put(probe)
 
     # -- search ----------------------------------------------------------------------------------
-    def search(self, q: str, k: int, system: SystemConfig, deadline_ms: float,
-               qid: str | None = None, debug: bool = False,
-               arms: frozenset[str] | None = None) -> Iterator[dict]:
+    def search(
+        self,
+        q: str,
+        k: int,
+        system: SystemConfig,
+        deadline_ms: float,
+        qid: str | None = None,
+        debug: bool = False,
+        arms: frozenset[str] | None = None,
+    ) -> Iterator[dict]:
         """Wire lines of SPEC §2: hit lines (rank 1..) then one done line. `debug` adds a
         `router` object (confidence, upshift, stopped_by) to the done line.
 
@@ -388,16 +431,24 @@ class Engine:
 
         def issue(shard: int) -> None:
             self._probe_seq += 1
-            p = Probe(shard=shard, probe_id=f"p-{len(probes) + 1}", probe_no=len(by_shard[shard]),
-                      issued_ts=_now_ms(), issued_perf=time.perf_counter())
+            p = Probe(
+                shard=shard,
+                probe_id=f"p-{len(probes) + 1}",
+                probe_no=len(by_shard[shard]),
+                issued_ts=_now_ms(),
+                issued_perf=time.perf_counter(),
+            )
             probes.append(p)
             by_shard[shard].append(p)
             self.pool.submit(self._run_probe, p, plan, key, out)
 
         for s in range(n):
             issue(s)
-        hedge_at = {s: by_shard[s][0].issued_perf + self._hedge_after_ms(s, system.hedge_delay_ms) / 1000.0
-                    for s in range(n)} if system.tail_hedge else {}
+        hedge_at = (
+            {s: by_shard[s][0].issued_perf + self._hedge_after_ms(s, system.hedge_delay_ms) / 1000.0 for s in range(n)}
+            if system.tail_hedge
+            else {}
+        )
         pending = set(range(n))
         winners: dict[int, Probe] = {}
         stopped_by = None
@@ -431,8 +482,10 @@ class Engine:
                             hedge_at[s] = now + HEDGE_RECHECK_S
             wake = deadline_at
             if hedge_at:
-                wake = min(wake, min(hedge_at[s] for s in pending if s in hedge_at) if any(
-                    s in hedge_at for s in pending) else wake)
+                wake = min(
+                    wake,
+                    min(hedge_at[s] for s in pending if s in hedge_at) if any(s in hedge_at for s in pending) else wake,
+                )
             if system.lts_stop:
                 wake = min(wake, now + LTS_TICK_S)
             try:
@@ -460,8 +513,12 @@ class Engine:
                     cancel_shard(s, "cancelled")
                 stopped_by = "ta"
                 break
-            if system.lts_stop and pending and len(winners) * 2 >= n and \
-                    self._lts_stop(winners, pending, plan, ub_lex, (time.perf_counter() - t0) * 1000.0):
+            if (
+                system.lts_stop
+                and pending
+                and len(winners) * 2 >= n
+                and self._lts_stop(winners, pending, plan, ub_lex, (time.perf_counter() - t0) * 1000.0)
+            ):
                 for s in sorted(pending):
                     cancel_shard(s, "cancelled")
                 stopped_by = "lts"
@@ -472,12 +529,15 @@ class Engine:
         st_list = self._merge([w.struct for w in winners.values()], max(k, 50))
         conf = self.lexical_confidence(plan, lex_list, st_list)
         arms_out = {"lex": lex_list, "struct": st_list}
-        weights = {"lex": ARM_WEIGHTS["lex"],
-                   "struct": ARM_WEIGHTS["struct_template" if plan.template else "struct"]}
+        weights = {"lex": ARM_WEIGHTS["lex"], "struct": ARM_WEIGHTS["struct_template" if plan.template else "struct"]}
         dense_probes = 0
         upshift = False
-        if ix.dense is not None and conf < system.router_tau and time.perf_counter() < deadline_at \
-                and (only is None or "sem" in only):
+        if (
+            ix.dense is not None
+            and conf < system.router_tau
+            and time.perf_counter() < deadline_at
+            and (only is None or "sem" in only)
+        ):
             gain = (system.router_tau - conf) * (1.0 - math.exp(-system.spend_cap_ms / max(self._dense_ms, 1e-3)))
             if gain >= system.min_conf_gain:
                 upshift = True
@@ -489,12 +549,15 @@ class Engine:
                 weights["sem"] = ARM_WEIGHTS["sem"]
 
         if only is not None:
-            if "sem" in only and "sem" not in arms_out and ix.dense is not None \
-                    and time.perf_counter() < deadline_at:
+            if "sem" in only and "sem" not in arms_out and ix.dense is not None and time.perf_counter() < deadline_at:
                 live = sorted(set(winners) | set(ta_skipped))
-                sem, dense_probes = self._dense(self._query_vector(q), live,
-                                                system.model_copy(update={"spend_cap_ms": 1e9}), max(k, 50),
-                                                deadline_at)
+                sem, dense_probes = self._dense(
+                    self._query_vector(q),
+                    live,
+                    system.model_copy(update={"spend_cap_ms": 1e9}),
+                    max(k, 50),
+                    deadline_at,
+                )
                 arms_out["sem"] = sem
                 weights["sem"] = ARM_WEIGHTS["sem"]
             arms_out = {a: v for a, v in arms_out.items() if a in only}
@@ -503,15 +566,31 @@ class Engine:
         cpu_ms = (time.thread_time() - c0) * 1000.0 + sum(p.cpu_ms for p in probes)
         for rank, (doc, score, why) in enumerate(hits, start=1):
             u = ix.units[doc]
-            yield {"type": "hit", "rank": rank, "repo": u.repo, "path": u.path, "start_line": u.start_line,
-                   "end_line": u.end_line, "score": float(score), "why": why,
-                   "shard": int(ix.shard_of[doc])}
-        done = {"type": "done", "lat_ms": round(lat_ms, 3), "cfg_hash": system.cfg_hash,
-                "shards": [p.wire() for p in probes],
-                "cost": {"probes": len(probes) + dense_probes, "cpu_ms": round(cpu_ms, 3)}}
+            yield {
+                "type": "hit",
+                "rank": rank,
+                "repo": u.repo,
+                "path": u.path,
+                "start_line": u.start_line,
+                "end_line": u.end_line,
+                "score": float(score),
+                "why": why,
+                "shard": int(ix.shard_of[doc]),
+            }
+        done = {
+            "type": "done",
+            "lat_ms": round(lat_ms, 3),
+            "cfg_hash": system.cfg_hash,
+            "shards": [p.wire() for p in probes],
+            "cost": {"probes": len(probes) + dense_probes, "cpu_ms": round(cpu_ms, 3)},
+        }
         if debug:
-            done["router"] = {"confidence": round(conf, 4), "upshift": upshift, "stopped_by": stopped_by,
-                              "dense_shards": dense_probes}
+            done["router"] = {
+                "confidence": round(conf, 4),
+                "upshift": upshift,
+                "stopped_by": stopped_by,
+                "dense_shards": dense_probes,
+            }
         yield done
 
     # -- stopping rules --------------------------------------------------------------------------
@@ -533,8 +612,9 @@ class Engine:
         gap = (top1 - kth) / top1 if top1 > 0 else 0.0
         resid = max((ub_lex[s] for s in pending), default=0.0)
         resid_ratio = resid / (resid + kth) if resid + kth > 0 else 0.0
-        return np.array([1.0, gap, resid_ratio, elapsed_ms / max(self._expected_shard_ms(), 1e-3),
-                         plan.system.ef_search / 64.0])
+        return np.array(
+            [1.0, gap, resid_ratio, elapsed_ms / max(self._expected_shard_ms(), 1e-3), plan.system.ef_search / 64.0]
+        )
 
     def _lts_stop(self, winners, pending, plan: Plan, ub_lex, elapsed_ms: float) -> bool:
         x = self.lts_features(winners, pending, plan, ub_lex, elapsed_ms)
@@ -576,8 +656,9 @@ class Engine:
                     st_conf = 0.9
         return float(min(1.0, max(lex_conf, st_conf)))
 
-    def _dense(self, qv: np.ndarray, shards: list[int], system: SystemConfig, n: int,
-               deadline_at: float) -> tuple[tuple[np.ndarray, np.ndarray], int]:
+    def _dense(
+        self, qv: np.ndarray, shards: list[int], system: SystemConfig, n: int, deadline_at: float
+    ) -> tuple[tuple[np.ndarray, np.ndarray], int]:
         dense = self.index.dense
         t0 = time.perf_counter()
         qproj = dense.project(qv)
@@ -627,6 +708,5 @@ class Engine:
 
 
 def cache_dir_default() -> Path:
-    from lens_core.settings import cache_dir
 
     return cache_dir()

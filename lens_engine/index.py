@@ -10,7 +10,7 @@
   name, `n:` name parts, `c=`/`c:` enclosing class, `p=` parameters, `k=` called names,
   `d=` decorators, `m:` module path parts; weight = field weight x IDF (binary presence).
 - Dense: MiniLM vectors of `<qualname>\\n<indexed text>` (first 2000 characters) through
-  `lens_core.embeddings.embed_texts` (SQLite cache by text hash). An HNSW graph per shard is
+  `lens_core.common.embeddings.embed_texts` (SQLite cache by text hash). An HNSW graph per shard is
   built over a PCA projection (`PCA_DIM` dims) of the vectors; a search takes `refine_topk`
   candidates with `ef_search` and re-ranks them exactly with the full 384-d vectors.
 
@@ -37,7 +37,8 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from lens_core.hashing import atomic_path, canonical_json, sha256_hex
+from lens_core.common.embeddings import MODEL_ID, embed_texts
+from lens_core.common.hashing import atomic_path, canonical_json, sha256_hex
 from lens_engine.corpus import Corpus, Unit
 from lens_engine.text import analyze, split_identifier
 
@@ -52,8 +53,7 @@ HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 100
 HNSW_SEED = 100
 DENSE_TEXT_CHARS = 2000
-STRUCT_FIELD_WEIGHTS = {"n=": 4.0, "n:": 1.5, "c=": 2.0, "c:": 1.0, "p=": 1.0, "k=": 1.0, "d=": 1.0,
-                        "m:": 0.5}
+STRUCT_FIELD_WEIGHTS = {"n=": 4.0, "n:": 1.5, "c=": 2.0, "c:": 1.0, "p=": 1.0, "k=": 1.0, "d=": 1.0, "m:": 0.5}
 
 
 def shard_of_path(path: str, n_shards: int) -> int:
@@ -137,8 +137,10 @@ def _bm25_matrix(bags: Sequence[list[str]]) -> tuple[dict[str, int], sp.csr_matr
             cols.append(vocab.setdefault(t, len(vocab)))
             rows.append(d)
     n, v = len(bags), len(vocab)
-    tf = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (np.array(rows, dtype=np.int64),
-                                                              np.array(cols, dtype=np.int64))), shape=(n, v))
+    tf = sp.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64))),
+        shape=(n, v),
+    )
     tf.sum_duplicates()
     df = np.bincount(tf.indices, minlength=v).astype(np.float64)
     idf = np.log1p((n - df + 0.5) / (df + 0.5))
@@ -254,8 +256,9 @@ class DenseShards:
         y = q.astype(np.float32) @ self.pca
         return y / max(float(np.linalg.norm(y)), 1e-12)
 
-    def search_shard(self, shard: int, q: np.ndarray, qproj: np.ndarray, ef_search: int,
-                     refine_topk: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search_shard(
+        self, shard: int, q: np.ndarray, qproj: np.ndarray, ef_search: int, refine_topk: int, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(global doc ids, exact cosine) of the best `k` of `refine_topk` ANN candidates."""
         idx = self.indexes[shard]
         count = idx.get_current_count()
@@ -305,19 +308,32 @@ class EngineIndex:
 
 
 def index_key(corpus: Corpus, n_shards: int, dense: bool) -> str:
-    return sha256_hex(canonical_json({
-        "v": INDEX_VERSION, "corpus": corpus.digest, "shards": n_shards, "k1": BM25_K1, "b": BM25_B,
-        "pca": PCA_DIM, "M": HNSW_M, "efc": HNSW_EF_CONSTRUCTION, "seed": HNSW_SEED, "dense": dense,
-        "fields": STRUCT_FIELD_WEIGHTS, "dense_chars": DENSE_TEXT_CHARS,
-    }).encode())[:24]
+    return sha256_hex(
+        canonical_json(
+            {
+                "v": INDEX_VERSION,
+                "corpus": corpus.digest,
+                "shards": n_shards,
+                "k1": BM25_K1,
+                "b": BM25_B,
+                "pca": PCA_DIM,
+                "M": HNSW_M,
+                "efc": HNSW_EF_CONSTRUCTION,
+                "seed": HNSW_SEED,
+                "dense": dense,
+                "fields": STRUCT_FIELD_WEIGHTS,
+                "dense_chars": DENSE_TEXT_CHARS,
+            }
+        ).encode()
+    )[:24]
 
 
 def build_embeddings(corpus: Corpus, cache_dir: str | os.PathLike, progress=True) -> np.ndarray:
     """(n_units, 384) float32 MiniLM vectors of the corpus, cached as one .npy by digest."""
-    from lens_core.embeddings import MODEL_ID, embed_texts
 
-    key = sha256_hex(canonical_json({"corpus": corpus.digest, "model": MODEL_ID,
-                                     "chars": DENSE_TEXT_CHARS}).encode())[:24]
+    key = sha256_hex(canonical_json({"corpus": corpus.digest, "model": MODEL_ID, "chars": DENSE_TEXT_CHARS}).encode())[
+        :24
+    ]
     target = Path(cache_dir) / "lens_engine" / f"vectors-{key}.npy"
     if target.is_file():
         v = np.load(target)
@@ -362,8 +378,13 @@ def _build_files(corpus: Corpus, n_shards: int, out: Path, vectors: np.ndarray |
     np.save(out / "offsets.npy", offsets)
     (out / "lex_vocab.json").write_text(json.dumps(lex_vocab, ensure_ascii=False))
     (out / "struct_vocab.json").write_text(json.dumps(st_vocab, ensure_ascii=False))
-    log.info("sparse indexes: %d docs, %d lexical terms, %d symbol terms (%.1fs)", len(bags), len(lex_vocab),
-             len(st_vocab), time.monotonic() - t0)
+    log.info(
+        "sparse indexes: %d docs, %d lexical terms, %d symbol terms (%.1fs)",
+        len(bags),
+        len(lex_vocab),
+        len(st_vocab),
+        time.monotonic() - t0,
+    )
     if vectors is not None:
         import hnswlib
 
@@ -375,18 +396,23 @@ def _build_files(corpus: Corpus, n_shards: int, out: Path, vectors: np.ndarray |
         _, shard_docs = _shards(corpus, n_shards)
         for s, docs in enumerate(shard_docs):
             idx = hnswlib.Index(space="cosine", dim=pca.shape[1])
-            idx.init_index(max_elements=max(len(docs), 1), ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M,
-                           random_seed=HNSW_SEED)
+            idx.init_index(
+                max_elements=max(len(docs), 1), ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M, random_seed=HNSW_SEED
+            )
             if len(docs):
                 idx.add_items(proj[docs], docs.astype(np.int64), num_threads=1)
             idx.save_index(str(out / f"hnsw-{s}.bin"))
         log.info("HNSW: %d shards, dim %d (%.1fs)", n_shards, pca.shape[1], time.monotonic() - t0)
-    (out / "meta.json").write_text(json.dumps({"corpus": corpus.digest, "n_units": len(corpus.units),
-                                               "shards": n_shards, "dense": vectors is not None}))
+    (out / "meta.json").write_text(
+        json.dumps(
+            {"corpus": corpus.digest, "n_units": len(corpus.units), "shards": n_shards, "dense": vectors is not None}
+        )
+    )
 
 
-def build_index(corpus: Corpus, cache_dir: str | os.PathLike, n_shards: int = DEFAULT_SHARDS,
-                dense: bool = True, progress=True) -> EngineIndex:
+def build_index(
+    corpus: Corpus, cache_dir: str | os.PathLike, n_shards: int = DEFAULT_SHARDS, dense: bool = True, progress=True
+) -> EngineIndex:
     """Build (or load from `cache_dir`) every index of the corpus."""
     key = index_key(corpus, n_shards, dense)
     root = Path(cache_dir) / "lens_engine"
@@ -413,10 +439,12 @@ def load_index(corpus: Corpus, path: Path, n_shards: int, vectors: np.ndarray | 
     if meta["corpus"] != corpus.digest or meta["n_units"] != len(corpus.units):
         raise RuntimeError(f"{path}/meta.json: index was built for another corpus")
     shard_of, shard_docs = _shards(corpus, n_shards)
-    lex = SparseArm(json.loads((path / "lex_vocab.json").read_text()), sp.load_npz(path / "lex.npz").tocsr(),
-                    shard_docs)
-    struct = SparseArm(json.loads((path / "struct_vocab.json").read_text()),
-                       sp.load_npz(path / "struct.npz").tocsr(), shard_docs)
+    lex = SparseArm(
+        json.loads((path / "lex_vocab.json").read_text()), sp.load_npz(path / "lex.npz").tocsr(), shard_docs
+    )
+    struct = SparseArm(
+        json.loads((path / "struct_vocab.json").read_text()), sp.load_npz(path / "struct.npz").tocsr(), shard_docs
+    )
     dense = None
     if vectors is not None and meta.get("dense"):
         import hnswlib
@@ -429,10 +457,20 @@ def load_index(corpus: Corpus, path: Path, n_shards: int, vectors: np.ndarray | 
             idx.set_num_threads(1)
             indexes.append(idx)
         dense = DenseShards(vectors.astype(np.float32), pca, shard_docs, indexes)
-    return EngineIndex(units=corpus.units, n_shards=n_shards, shard_of=shard_of, shard_docs=shard_docs,
-                       lex=lex, lex_idf=np.load(path / "lex_idf.npy"), streams=np.load(path / "streams.npy"),
-                       offsets=np.load(path / "offsets.npy"), struct=struct, dense=dense, key=key,
-                       corpus_digest=corpus.digest)
+    return EngineIndex(
+        units=corpus.units,
+        n_shards=n_shards,
+        shard_of=shard_of,
+        shard_docs=shard_docs,
+        lex=lex,
+        lex_idf=np.load(path / "lex_idf.npy"),
+        streams=np.load(path / "streams.npy"),
+        offsets=np.load(path / "offsets.npy"),
+        struct=struct,
+        dense=dense,
+        key=key,
+        corpus_digest=corpus.digest,
+    )
 
 
 def term_counts(tokens: Sequence[str]) -> dict[str, float]:

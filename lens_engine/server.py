@@ -23,7 +23,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
-from lens_core.systems import SystemConfig
+from lens_core.common.systems import SystemConfig, all_systems
 from lens_engine.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -62,11 +62,17 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if url.path == "/health":
                 eng: Engine = self.server.engine
-                return self._json(200, {"status": "ok", "corpus_digest": eng.corpus.digest,
-                                        "functions": len(eng.corpus.units),
-                                        "languages": sorted({u.language for u in eng.corpus.units}),
-                                        "workers": self.server.workers,
-                                        "systems": sorted(self.server.systems)})
+                return self._json(
+                    200,
+                    {
+                        "status": "ok",
+                        "corpus_digest": eng.corpus.digest,
+                        "functions": len(eng.corpus.units),
+                        "languages": sorted({u.language for u in eng.corpus.units}),
+                        "workers": self.server.workers,
+                        "systems": sorted(self.server.systems),
+                    },
+                )
             if url.path != "/search":
                 return self._error(404, "not_found", url.path)
             if not self._authorised():
@@ -111,10 +117,14 @@ class _Handler(BaseHTTPRequestHandler):
         if params.get("arms"):
             arms = frozenset(a.strip() for a in params["arms"].split(",") if a.strip())
             if not arms or not arms <= {"lex", "struct", "sem"}:
-                return self._error(400, "bad_request", f"arms={params['arms']!r}: expected a comma-separated "
-                                                       "subset of lex, struct, sem")
-        lines = self.server.engine.search(q, k, system, deadline_ms, qid=params.get("qid") or None,
-                                          debug=params.get("debug") == "1", arms=arms)
+                return self._error(
+                    400,
+                    "bad_request",
+                    f"arms={params['arms']!r}: expected a comma-separated subset of lex, struct, sem",
+                )
+        lines = self.server.engine.search(
+            q, k, system, deadline_ms, qid=params.get("qid") or None, debug=params.get("debug") == "1", arms=arms
+        )
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Connection", "close")
@@ -163,11 +173,10 @@ class LensServer(ThreadingHTTPServer):
         return f"http://{host}:{port}"
 
 
-def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 0,
-                systems: list[SystemConfig] | None = None, workers: int = 1) -> LensServer:
+def make_server(
+    engine: Engine, host: str = "127.0.0.1", port: int = 0, systems: list[SystemConfig] | None = None, workers: int = 1
+) -> LensServer:
     if systems is None:
-        from lens_core.systems import all_systems
-
         systems = all_systems(full_grid=True)
     return LensServer((host, port), engine, {s.name: s for s in systems}, workers=workers)
 

@@ -30,8 +30,8 @@ from collections import Counter, defaultdict
 
 import polars as pl
 
-from lens_core.contracts import GROUND_TRUTH_SCHEMA, QUERIES_SCHEMA
-from lens_core.hashing import sha256_hex
+from lens_core.common.contracts import GROUND_TRUTH_SCHEMA, QUERIES_SCHEMA
+from lens_core.common.hashing import sha256_hex
 from lens_engine.corpus import Corpus, Unit
 from lens_engine.text import analyze
 
@@ -60,7 +60,7 @@ def first_sentence(doc: str) -> str:
     para = doc.strip().split("\n\n", 1)[0]
     para = " ".join(para.split())
     m = _SENT_END.search(para)
-    return para[:m.start()].strip() if m else para
+    return para[: m.start()].strip() if m else para
 
 
 def _nl_text(u: Unit) -> str | None:
@@ -92,8 +92,9 @@ def _signature(u: Unit) -> str:
     return f"def {u.name}({', '.join(u.params)})"
 
 
-def build_suites(corpus: Corpus, seed: int = 0, max_per_suite: int | None = None,
-                 split: str = "test") -> tuple[pl.DataFrame, pl.DataFrame]:
+def build_suites(
+    corpus: Corpus, seed: int = 0, max_per_suite: int | None = None, split: str = "test"
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(queries, ground_truth) with exactly QUERIES_SCHEMA / GROUND_TRUTH_SCHEMA columns."""
     if split not in {s for s, _ in SPLITS}:
         raise ValueError(f"split={split!r}: expected one of train, dev, test")
@@ -146,13 +147,11 @@ def build_suites(corpus: Corpus, seed: int = 0, max_per_suite: int | None = None
                     queries["structural"].append((sig, "structural", u.language, gt))
                     break
             elif kind == 2:
-                cands = [c for c in u.calls if len(c) >= 4 and c not in seen_callee
-                         and 2 <= len(callers[c]) <= 8]
+                cands = [c for c in u.calls if len(c) >= 4 and c not in seen_callee and 2 <= len(callers[c]) <= 8]
                 if cands:
                     c = sorted(cands, key=lambda c: sha256_hex(f"{seed}:{c}".encode()))[0]
                     seen_callee.add(c)
-                    queries["structural"].append((f"functions that call {c}", "structural", u.language,
-                                                  callers[c]))
+                    queries["structural"].append((f"functions that call {c}", "structural", u.language, callers[c]))
                     break
 
     q_rows: list[dict] = []
@@ -169,8 +168,16 @@ def build_suites(corpus: Corpus, seed: int = 0, max_per_suite: int | None = None
             q_rows.append({"qid": qid, "text": text, "suite": suite, "intent": intent, "language": language})
             for j in sorted(set(gt)):
                 g = units[j]
-                gt_rows.append({"qid": qid, "repo": g.repo, "path": g.path, "start_line": g.start_line,
-                                "end_line": g.end_line, "rel": 3})
+                gt_rows.append(
+                    {
+                        "qid": qid,
+                        "repo": g.repo,
+                        "path": g.path,
+                        "start_line": g.start_line,
+                        "end_line": g.end_line,
+                        "rel": 3,
+                    }
+                )
     qdf = pl.DataFrame(q_rows, schema=pl.Schema(pl.from_arrow(QUERIES_SCHEMA.empty_table()).schema))
     gdf = pl.DataFrame(gt_rows, schema=pl.Schema(pl.from_arrow(GROUND_TRUTH_SCHEMA.empty_table()).schema))
     if qdf["qid"].n_unique() != qdf.height:

@@ -22,13 +22,14 @@ from lvm_assets.assets import (
     lvm_sequences_leakage,
 )
 
-LVM_ASSETS = [lvm_corpus, lvm_concept_vectors, lvm_sequences, lvm_checkpoints, lvm_eval_scores,
-              lvm_champion]
+LVM_ASSETS = [lvm_corpus, lvm_concept_vectors, lvm_sequences, lvm_checkpoints, lvm_eval_scores, lvm_champion]
 LVM_CHECKS = [lvm_sequences_leakage, lvm_eval_checks]
 
-lvm_job = dg.define_asset_job("lvm_job", selection=dg.AssetSelection.groups("lvm"),
-                              description="The LVM chain: corpus, vectors, sequences, "
-                              "checkpoints (all variants), held-out eval, champion.")
+lvm_job = dg.define_asset_job(
+    "lvm_job",
+    selection=dg.AssetSelection.groups("lvm"),
+    description="The LVM chain: corpus, vectors, sequences, checkpoints (all variants), held-out eval, champion.",
+)
 
 defs = dg.Definitions(assets=LVM_ASSETS, asset_checks=LVM_CHECKS, jobs=[lvm_job])
 

@@ -26,8 +26,14 @@ def run_lvm(instance: dg.DagsterInstance, log=print) -> dict[str, Any]:
     out: dict[str, Any] = {"success": True, "checks": {}, "steps": []}
     for selection, key in stages:
         t = time.monotonic()
-        res = dg.materialize(everything, selection=selection, partition_key=key, instance=instance,
-                             raise_on_error=False, tags={"lens/entry": "lens-eval run --with-lvm"})
+        res = dg.materialize(
+            everything,
+            selection=selection,
+            partition_key=key,
+            instance=instance,
+            raise_on_error=False,
+            tags={"lens/entry": "lens-eval run --with-lvm"},
+        )
         label = ",".join(selection) + (f"[{key}]" if key else "")
         out["steps"].append((label, time.monotonic() - t, res.success))
         log(f"lvm: {label}: {'ok' if res.success else 'FAILED'} in {time.monotonic() - t:.1f}s")

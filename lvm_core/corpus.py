@@ -15,6 +15,8 @@ into `other`.
 
 Errors: a missing, unreadable or empty folder (no readable supported file, or no sentence)
 raises `CorpusError` naming the folder.
+
+Why this is one module: the corpus reader handles each source format (kernel RST, pydoc topics) with the sentence splitter and article split they share.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class Article:
 
 @dataclass
 class Corpus:
-    source: str                      # folder path or PYDOC_SOURCE
+    source: str  # folder path or PYDOC_SOURCE
     articles: list[Article]
     lanes: list[str]
     skipped: dict[str, int] = field(default_factory=dict)
@@ -76,16 +78,30 @@ class Corpus:
 # ---------------------------------------------------------------------------------------------
 # Sentence splitting
 # ---------------------------------------------------------------------------------------------
-_ABBREV = ("e.g.", "i.e.", "etc.", "vs.", "cf.", "approx.", "Fig.", "fig.", "No.", "Mr.", "Dr.",
-           "et al.", "resp.", "incl.", "esp.")
+_ABBREV = (
+    "e.g.",
+    "i.e.",
+    "etc.",
+    "vs.",
+    "cf.",
+    "approx.",
+    "Fig.",
+    "fig.",
+    "No.",
+    "Mr.",
+    "Dr.",
+    "et al.",
+    "resp.",
+    "incl.",
+    "esp.",
+)
 _ABBREV_RE = re.compile("|".join(re.escape(a) for a in sorted(_ABBREV, key=len, reverse=True)))
 _SPLIT_RE = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 _WS_RE = re.compile(r"\s+")
 _ALPHA_RE = re.compile(r"[A-Za-z]")
 
 
-def split_sentences(text: str, min_words: int = 4, min_chars: int = 20,
-                    max_chars: int = 400) -> list[str]:
+def split_sentences(text: str, min_words: int = 4, min_chars: int = 20, max_chars: int = 400) -> list[str]:
     """Split plain text into sentences: paragraphs on blank lines, then on `. ! ?` before a
     capital or digit (common abbreviations protected). Fragments that are too short, mostly
     non-letters (code, tables) or too long are dropped."""
@@ -114,9 +130,27 @@ def split_sentences(text: str, min_words: int = 4, min_chars: int = 20,
 _RST_UNDERLINE = re.compile(r"^\s*([=\-~^\"'`#*+_:.<>])\1{2,}\s*$")
 _RST_DIRECTIVE = re.compile(r"^(\s*)\.\.\s+(?:\|[^|]+\|\s+)?([\w:.-]+)::(.*)$")
 _RST_COMMENT = re.compile(r"^(\s*)\.\.(\s|$)")
-_RST_KEEP_DIRECTIVES = {"note", "warning", "important", "tip", "attention", "caution", "hint",
-                        "danger", "error", "seealso", "admonition", "topic", "sidebar", "rubric",
-                        "versionadded", "versionchanged", "deprecated", "hlist", "container"}
+_RST_KEEP_DIRECTIVES = {
+    "note",
+    "warning",
+    "important",
+    "tip",
+    "attention",
+    "caution",
+    "hint",
+    "danger",
+    "error",
+    "seealso",
+    "admonition",
+    "topic",
+    "sidebar",
+    "rubric",
+    "versionadded",
+    "versionchanged",
+    "deprecated",
+    "hlist",
+    "container",
+}
 _RST_ROLE = re.compile(r":[\w:.+-]+:`([^`]*)`")
 _RST_LINK = re.compile(r"`([^`<]*?)\s*<[^>]*>`_{1,2}")
 _RST_REF = re.compile(r"`([^`]+)`_{1,2}")
@@ -153,8 +187,8 @@ def strip_rst(text: str) -> str:
     links, literals and emphasis."""
     lines = text.replace("\r\n", "\n").replace("\t", "    ").split("\n")
     out: list[str] = []
-    skip_indent: int | None = None   # skipping an indented block deeper than this
-    pending_literal = False          # previous paragraph ended with '::'
+    skip_indent: int | None = None  # skipping an indented block deeper than this
+    pending_literal = False  # previous paragraph ended with '::'
     for raw in lines:
         if skip_indent is not None:
             if skip_indent < 0:  # doctest: until a blank line
@@ -249,8 +283,7 @@ def strip_markdown(text: str) -> str:
         if prev_blank and _indent(raw) >= 4 and not _BULLET.match(raw):
             continue  # indented code block
         prev_blank = False
-        if _MD_LINKDEF.match(raw) or _MD_RULE.match(raw) or _MD_SETEXT.match(raw) \
-                or raw.lstrip().startswith("|"):
+        if _MD_LINKDEF.match(raw) or _MD_RULE.match(raw) or _MD_SETEXT.match(raw) or raw.lstrip().startswith("|"):
             out.append("")
             continue
         line = raw
@@ -273,11 +306,51 @@ def strip_markdown(text: str) -> str:
 
 
 class _HTMLText(html.parser.HTMLParser):
-    SKIP = {"script", "style", "pre", "nav", "head", "noscript", "svg", "math", "footer",
-            "header", "form", "button", "select"}
-    BLOCK = {"p", "div", "li", "ul", "ol", "dl", "dt", "dd", "h1", "h2", "h3", "h4", "h5",
-             "h6", "br", "tr", "td", "th", "table", "section", "article", "blockquote",
-             "hr", "aside", "main", "body", "caption", "figcaption"}
+    SKIP = {
+        "script",
+        "style",
+        "pre",
+        "nav",
+        "head",
+        "noscript",
+        "svg",
+        "math",
+        "footer",
+        "header",
+        "form",
+        "button",
+        "select",
+    }
+    BLOCK = {
+        "p",
+        "div",
+        "li",
+        "ul",
+        "ol",
+        "dl",
+        "dt",
+        "dd",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "br",
+        "tr",
+        "td",
+        "th",
+        "table",
+        "section",
+        "article",
+        "blockquote",
+        "hr",
+        "aside",
+        "main",
+        "body",
+        "caption",
+        "figcaption",
+    }
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -315,9 +388,9 @@ def strip_html(text: str) -> str:
 
 
 _ROFF_ESC = [
-    (re.compile(r"\\f(?:\[[^\]]*\]|\(..|.)"), ""),      # font changes
-    (re.compile(r"\\s[+-]?\d+"), ""),                   # size changes
-    (re.compile(r"\\\*(?:\[[^\]]*\]|\(..|.)"), ""),     # strings
+    (re.compile(r"\\f(?:\[[^\]]*\]|\(..|.)"), ""),  # font changes
+    (re.compile(r"\\s[+-]?\d+"), ""),  # size changes
+    (re.compile(r"\\\*(?:\[[^\]]*\]|\(..|.)"), ""),  # strings
     (re.compile(r"\\\((em|en)"), " - "),
     (re.compile(r"\\\((aq|cq|oq)"), "'"),
     (re.compile(r"\\\((lq|rq|dq)"), '"'),
@@ -329,8 +402,34 @@ _ROFF_ESC = [
     (re.compile(r"\\[ ~0]"), " "),
     (re.compile(r"\\c\s*$"), ""),
 ]
-_ROFF_FONT_MACROS = {"B", "I", "R", "SM", "SB", "BI", "BR", "IB", "IR", "RB", "RI", "UR", "MT",
-                     "Nm", "Ar", "Fl", "Cm", "Em", "Pa", "Va", "Xr", "Dv", "Er", "Ev", "Fn", "Sy"}
+_ROFF_FONT_MACROS = {
+    "B",
+    "I",
+    "R",
+    "SM",
+    "SB",
+    "BI",
+    "BR",
+    "IB",
+    "IR",
+    "RB",
+    "RI",
+    "UR",
+    "MT",
+    "Nm",
+    "Ar",
+    "Fl",
+    "Cm",
+    "Em",
+    "Pa",
+    "Va",
+    "Xr",
+    "Dv",
+    "Er",
+    "Ev",
+    "Fn",
+    "Sy",
+}
 _ROFF_HEAD_MACROS = {"SH", "SS", "Sh", "Ss"}
 _ROFF_NOFILL_START = {"nf", "EX", "Bd"}
 _ROFF_NOFILL_END = {"fi", "EE", "Ed"}
@@ -377,8 +476,15 @@ def strip_roff(text: str) -> str:
 
 
 _STRIPPERS = {"rst": strip_rst, "md": strip_markdown, "html": strip_html, "roff": strip_roff}
-_EXT_FORMAT = {".rst": "rst", ".txt": "rst", ".rest": "rst", ".md": "md", ".markdown": "md",
-               ".html": "html", ".htm": "html"}
+_EXT_FORMAT = {
+    ".rst": "rst",
+    ".txt": "rst",
+    ".rest": "rst",
+    ".md": "md",
+    ".markdown": "md",
+    ".html": "html",
+    ".htm": "html",
+}
 _MAN_EXT = re.compile(r"^\.[1-9][a-z]*$")
 
 
@@ -402,8 +508,7 @@ def _read_text(path: Path, gz: bool) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def extract_sentences(text: str, fmt: str, min_words: int = 4, min_chars: int = 20,
-                      max_chars: int = 400) -> list[str]:
+def extract_sentences(text: str, fmt: str, min_words: int = 4, min_chars: int = 20, max_chars: int = 400) -> list[str]:
     if fmt == "sniff":
         head = text.lstrip()[:200]
         fmt = "roff" if head.startswith((".TH", '.\\"', "'\\\"", ".Dd", ".so")) else "rst"
@@ -413,8 +518,7 @@ def extract_sentences(text: str, fmt: str, min_words: int = 4, min_chars: int = 
 # ---------------------------------------------------------------------------------------------
 # Lanes and caps
 # ---------------------------------------------------------------------------------------------
-def assign_lanes(sections: dict[str, str], sizes: dict[str, int], max_lanes: int = 16
-                 ) -> dict[str, str]:
+def assign_lanes(sections: dict[str, str], sizes: dict[str, int], max_lanes: int = 16) -> dict[str, str]:
     """Map article id -> lane. `sections` maps article id -> section; when there are more than
     `max_lanes` sections, the `max_lanes - 1` largest by total size keep their own lane and the
     rest become `other` (ties broken by name, so the result is deterministic)."""
@@ -425,7 +529,7 @@ def assign_lanes(sections: dict[str, str], sizes: dict[str, int], max_lanes: int
         total[sec] += sizes.get(aid, 0)
     if len(total) <= max_lanes:
         return dict(sections)
-    keep = {s for s, _ in sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[:max_lanes - 1]}
+    keep = {s for s, _ in sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[: max_lanes - 1]}
     return {aid: (sec if sec in keep else OTHER_LANE) for aid, sec in sections.items()}
 
 
@@ -451,8 +555,7 @@ def cap_articles(articles: Sequence[Article], max_sentences: int | None) -> tupl
     return sorted(kept, key=lambda a: order[a.id]), True
 
 
-def drop_contained(articles: Sequence[Article], threshold: float = 0.5
-                   ) -> tuple[list[Article], int]:
+def drop_contained(articles: Sequence[Article], threshold: float = 0.5) -> tuple[list[Article], int]:
     """Drop articles whose sentences mostly (>= threshold) occur in a larger article.
 
     Documentation trees repeat themselves (pydoc's `compound` topic contains `if`, `while`,
@@ -471,15 +574,18 @@ def drop_contained(articles: Sequence[Article], threshold: float = 0.5
     return [a for a in articles if a.id not in drop], len(drop)
 
 
-def _finish(source: str, articles: list[Article], skipped: Counter, max_sentences: int | None,
-            ) -> Corpus:
+def _finish(
+    source: str,
+    articles: list[Article],
+    skipped: Counter,
+    max_sentences: int | None,
+) -> Corpus:
     articles, n_dup = drop_contained(articles)
     if n_dup:
         skipped["duplicate_content"] += n_dup
     articles, capped = cap_articles(articles, max_sentences)
     lanes = sorted({a.lane for a in articles})
-    return Corpus(source=source, articles=articles, lanes=lanes, skipped=dict(skipped),
-                  capped=capped)
+    return Corpus(source=source, articles=articles, lanes=lanes, skipped=dict(skipped), capped=capped)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,15 +596,22 @@ def iter_files(root: Path, exclude_dirs: Iterable[str] = ()) -> list[Path]:
     files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=None):
         rel = Path(dirpath).relative_to(root)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_"))
-                             and not (rel == Path(".") and d in excl))
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith((".", "_")) and not (rel == Path(".") and d in excl)
+        )
         files.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
     return files
 
 
-def load_folder(root: str | os.PathLike, max_lanes: int = 16, exclude_dirs: Iterable[str] = (),
-                max_sentences: int | None = None, min_words: int = 4, min_chars: int = 20,
-                max_chars: int = 400) -> Corpus:
+def load_folder(
+    root: str | os.PathLike,
+    max_lanes: int = 16,
+    exclude_dirs: Iterable[str] = (),
+    max_sentences: int | None = None,
+    min_words: int = 4,
+    min_chars: int = 20,
+    max_chars: int = 400,
+) -> Corpus:
     """Read a documentation folder (see the module docstring). Raises CorpusError naming the
     folder when it is missing, unreadable or yields no sentence.
 
@@ -529,8 +642,9 @@ def load_folder(root: str | os.PathLike, max_lanes: int = 16, exclude_dirs: Iter
             sizes[aid] = 0
         files.append((aid, path, fmt, gz, section))
     if not files:
-        raise CorpusError(f"corpus folder {root}: no documentation files "
-                          f"(.rst/.txt/.md/.html/.htm/man pages, optionally .gz)")
+        raise CorpusError(
+            f"corpus folder {root}: no documentation files (.rst/.txt/.md/.html/.htm/man pages, optionally .gz)"
+        )
     lanes = assign_lanes({f[0]: f[4] for f in files}, sizes, max_lanes)
     order = sorted(files, key=lambda f: article_hash(f[0])) if max_sentences else files
     kept: list[tuple[int, Article]] = []
@@ -555,31 +669,78 @@ def load_folder(root: str | os.PathLike, max_lanes: int = 16, exclude_dirs: Iter
             skipped["over_cap"] += 1
             capped = True
             continue
-        kept.append((position[aid], Article(id=aid, lane=lanes[aid], sentences=tuple(sents),
-                                            fmt=fmt)))
+        kept.append((position[aid], Article(id=aid, lane=lanes[aid], sentences=tuple(sents), fmt=fmt)))
         n += len(sents)
     if not kept:
         detail = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items()))
-        raise CorpusError(f"corpus folder {root}: no readable documentation with sentences "
-                          f"({detail})")
+        raise CorpusError(f"corpus folder {root}: no readable documentation with sentences ({detail})")
     articles = [a for _, a in sorted(kept, key=lambda t: t[0])]
     articles, n_dup = drop_contained(articles)
     if n_dup:
         skipped["duplicate_content"] += n_dup
-    return Corpus(source=str(root), articles=articles, lanes=sorted({a.lane for a in articles}),
-                  skipped=dict(skipped), capped=capped)
+    return Corpus(
+        source=str(root),
+        articles=articles,
+        lanes=sorted({a.lane for a in articles}),
+        skipped=dict(skipped),
+        capped=capped,
+    )
 
 
 # pydoc topic -> lane: an ordered rule table (first match wins), so the grouping is fixed.
-_PYDOC_COMPOUND = {"if", "while", "for", "try", "with", "def", "class", "async", "else",
-                   "elif", "except", "finally", "match", "case", "function", "compound"}
-_PYDOC_LEXICAL = {"identifiers", "integers", "floating", "imaginary", "strings", "numbers",
-                  "formatstrings", "atom-literals", "atom-identifiers", "booleans"}
-_PYDOC_DATAMODEL = {"attribute-access", "callable-types", "customization", "numeric-types",
-                    "sequence-types", "specialattrs", "specialnames", "objects", "types",
-                    "context-managers"}
-_PYDOC_EXECUTION = {"execmodel", "naming", "exceptions", "dynamic-features", "debugger",
-                    "id-classes", "global", "nonlocal", "import"}
+_PYDOC_COMPOUND = {
+    "if",
+    "while",
+    "for",
+    "try",
+    "with",
+    "def",
+    "class",
+    "async",
+    "else",
+    "elif",
+    "except",
+    "finally",
+    "match",
+    "case",
+    "function",
+    "compound",
+}
+_PYDOC_LEXICAL = {
+    "identifiers",
+    "integers",
+    "floating",
+    "imaginary",
+    "strings",
+    "numbers",
+    "formatstrings",
+    "atom-literals",
+    "atom-identifiers",
+    "booleans",
+}
+_PYDOC_DATAMODEL = {
+    "attribute-access",
+    "callable-types",
+    "customization",
+    "numeric-types",
+    "sequence-types",
+    "specialattrs",
+    "specialnames",
+    "objects",
+    "types",
+    "context-managers",
+}
+_PYDOC_EXECUTION = {
+    "execmodel",
+    "naming",
+    "exceptions",
+    "dynamic-features",
+    "debugger",
+    "id-classes",
+    "global",
+    "nonlocal",
+    "import",
+}
 
 
 def pydoc_lane(topic: str) -> str:
@@ -595,14 +756,18 @@ def pydoc_lane(topic: str) -> str:
         return "builtin_types"
     if topic in _PYDOC_COMPOUND:
         return "compound_statements"
-    if keyword.iskeyword(topic) or keyword.iskeyword(topic.capitalize()) or topic in {
-            "assignment", "augassign", "assert"}:
+    if (
+        keyword.iskeyword(topic)
+        or keyword.iskeyword(topic.capitalize())
+        or topic in {"assignment", "augassign", "assert"}
+    ):
         return "simple_statements"
     return "expressions"
 
 
-def load_pydoc_topics(max_sentences: int | None = None, min_words: int = 4, min_chars: int = 20,
-                      max_chars: int = 400) -> Corpus:
+def load_pydoc_topics(
+    max_sentences: int | None = None, min_words: int = 4, min_chars: int = 20, max_chars: int = 400
+) -> Corpus:
     """Python's documentation topics (`pydoc_data.topics.topics`, shipped with the interpreter):
     one article per topic (id `pydoc/<topic>`), text treated as reST-like plain text."""
     try:
@@ -616,8 +781,7 @@ def load_pydoc_topics(max_sentences: int | None = None, min_words: int = 4, min_
         if not sents:
             skipped["no_sentences"] += 1
             continue
-        articles.append(Article(id=f"pydoc/{name}", lane=pydoc_lane(name), sentences=tuple(sents),
-                                fmt="pydoc"))
+        articles.append(Article(id=f"pydoc/{name}", lane=pydoc_lane(name), sentences=tuple(sents), fmt="pydoc"))
     if not articles:
         raise CorpusError(f"corpus {PYDOC_SOURCE}: no sentences")
     return _finish(PYDOC_SOURCE, articles, skipped, max_sentences)
@@ -638,8 +802,12 @@ def resolve_source(cfg: dict) -> str:
 def load_default(cfg: dict) -> Corpus:
     c = cfg["corpus"]
     src = resolve_source(cfg)
-    kw = dict(max_sentences=c.get("max_sentences") or None, min_words=c["min_words"],
-              min_chars=c["min_chars"], max_chars=c["max_chars"])
+    kw = dict(
+        max_sentences=c.get("max_sentences") or None,
+        min_words=c["min_words"],
+        min_chars=c["min_chars"],
+        max_chars=c["max_chars"],
+    )
     if src == PYDOC_SOURCE:
         return load_pydoc_topics(**kw)
     return load_folder(src, max_lanes=c["max_lanes"], exclude_dirs=c.get("exclude_dirs", []), **kw)

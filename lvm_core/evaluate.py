@@ -18,7 +18,7 @@ gives the per-query count (`candidates_per_query`: min/median/max = bank - up to
 rule, and validation Hit@5 (early stopping, ridge's lambda) uses it too.
 
 Ranking by cosine, pessimistic on ties (`ranking.target_ranks`). Hit@1/5/10 per lane and
-overall (lane `all`) with percentile-bootstrap CIs over queries (`lens_core.bootstrap.mean_ci`;
+overall (lane `all`) with percentile-bootstrap CIs over queries (`lens_core.stats.bootstrap.mean_ci`;
 the same resamples for every K). Latency: the model forward on batch size 1 (numpy in -> numpy
 out, device transfer included) timed for a fixed sample of queries after a warm-up,
 single-threaded (torch and BLAS limited to one thread, as a batch-1 server runs; multi-threaded
@@ -44,9 +44,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lens_core.bootstrap import mean_ci
-from lens_core.contracts import LVM_EVAL_SCHEMA, SLICE_ALL
-from lens_core.hashing import atomic_path, atomic_write_bytes, atomic_write_json, sha256_hex
+from lens_core.common.contracts import LVM_EVAL_SCHEMA, SLICE_ALL
+from lens_core.common.hashing import atomic_path, atomic_write_bytes, atomic_write_json, sha256_hex
+from lens_core.stats.bootstrap import mean_ci
 from lvm_core.models import VARIANTS
 from lvm_core.ranking import hits_at
 from lvm_core.sequences import Sequences
@@ -55,8 +55,7 @@ from lvm_core.train import Predictor, SplitData, build_predictor, current_checkp
 log = logging.getLogger(__name__)
 
 
-def latency_p95_ms(predictor: Predictor, contexts: np.ndarray, n: int, seed: int,
-                   warmup: int = 5) -> float:
+def latency_p95_ms(predictor: Predictor, contexts: np.ndarray, n: int, seed: int, warmup: int = 5) -> float:
     """p95 of the per-query forward time (batch size 1) over `n` sampled queries, in ms."""
     if contexts.shape[0] == 0 or n <= 0:
         return float("nan")
@@ -71,18 +70,27 @@ def latency_p95_ms(predictor: Predictor, contexts: np.ndarray, n: int, seed: int
     try:
         with threadpool_limits(limits=1):
             for i in idx[:warmup]:
-                predictor.predict(contexts[i:i + 1])
+                predictor.predict(contexts[i : i + 1])
             for j, i in enumerate(idx):
                 t0 = time.perf_counter_ns()
-                predictor.predict(contexts[i:i + 1])
+                predictor.predict(contexts[i : i + 1])
                 times[j] = (time.perf_counter_ns() - t0) / 1e6
     finally:
         torch.set_num_threads(threads)
     return float(np.percentile(times, 95))
 
 
-def score_rows(model: str, ranks: np.ndarray, lanes: np.ndarray, ks, n_candidates: int,
-               p95_ms: float, b: int, seed: int, alpha: float = 0.05) -> list[dict]:
+def score_rows(
+    model: str,
+    ranks: np.ndarray,
+    lanes: np.ndarray,
+    ks,
+    n_candidates: int,
+    p95_ms: float,
+    b: int,
+    seed: int,
+    alpha: float = 0.05,
+) -> list[dict]:
     """LVM_EVAL_SCHEMA rows: per lane and `all`, one row per K."""
     ks = [int(k) for k in ks]
     rows: list[dict] = []
@@ -94,15 +102,25 @@ def score_rows(model: str, ranks: np.ndarray, lanes: np.ndarray, ks, n_candidate
         h = hits_at(ranks[m], ks)
         mean, lo, hi = mean_ci(np.stack([h[k] for k in ks]), b=b, seed=seed, alpha=alpha)
         for i, k in enumerate(ks):
-            rows.append({"model": model, "lane": lane, "k": k, "hit": float(mean[i]),
-                         "ci_low": float(lo[i]), "ci_high": float(hi[i]),
-                         "n_queries": int(m.sum()), "n_candidates": int(n_candidates),
-                         "p95_ms": float(p95_ms)})
+            rows.append(
+                {
+                    "model": model,
+                    "lane": lane,
+                    "k": k,
+                    "hit": float(mean[i]),
+                    "ci_low": float(lo[i]),
+                    "ci_high": float(hi[i]),
+                    "n_queries": int(m.sum()),
+                    "n_candidates": int(n_candidates),
+                    "p95_ms": float(p95_ms),
+                }
+            )
     return rows
 
 
-def evaluate_predictors(predictors: dict[str, Predictor], data: SplitData, cfg: dict
-                        ) -> tuple[pa.Table, dict[str, np.ndarray], dict[str, dict]]:
+def evaluate_predictors(
+    predictors: dict[str, Predictor], data: SplitData, cfg: dict
+) -> tuple[pa.Table, dict[str, np.ndarray], dict[str, dict]]:
     """Evaluate predictors on one split's queries against its bank."""
     e = cfg["eval"]
     ctx = data.contexts()
@@ -116,25 +134,50 @@ def evaluate_predictors(predictors: dict[str, Predictor], data: SplitData, cfg: 
         finite = np.isfinite(preds).all(axis=1)
         ranks = data.ranks(preds)
         p95 = latency_p95_ms(pred, ctx, int(e["latency_queries"]), int(e["seed"]))
-        rows += score_rows(name, ranks, lanes, e["ks"], data.bank.n, p95, int(e["bootstrap_b"]),
-                           int(e["seed"]), float(e.get("alpha", 0.05)))
+        rows += score_rows(
+            name,
+            ranks,
+            lanes,
+            e["ks"],
+            data.bank.n,
+            p95,
+            int(e["bootstrap_b"]),
+            int(e["seed"]),
+            float(e.get("alpha", 0.05)),
+        )
         ranks_by[name] = ranks
-        stats[name] = {"nan_rate": float(1.0 - finite.mean()) if finite.size else 0.0,
-                       "p95_ms": p95, "n_queries": int(ranks.size),
-                       "eval_seconds": time.monotonic() - t0}
-        log.info("eval %s: Hit@5 %.4f p95 %.3f ms (%d queries, bank %d minus context)", name,
-                 float((ranks <= 5).mean()), p95, ranks.size, data.bank.n)
+        stats[name] = {
+            "nan_rate": float(1.0 - finite.mean()) if finite.size else 0.0,
+            "p95_ms": p95,
+            "n_queries": int(ranks.size),
+            "eval_seconds": time.monotonic() - t0,
+        }
+        log.info(
+            "eval %s: Hit@5 %.4f p95 %.3f ms (%d queries, bank %d minus context)",
+            name,
+            float((ranks <= 5).mean()),
+            p95,
+            ranks.size,
+            data.bank.n,
+        )
     table = pa.Table.from_pylist(rows, schema=LVM_EVAL_SCHEMA)
     return table, ranks_by, stats
 
 
 def eval_set_hash(data: SplitData) -> str:
-    return sha256_hex(np.ascontiguousarray(data.target).tobytes()
-                      + np.ascontiguousarray(data.bank.vectors[:, :8]).tobytes())
+    return sha256_hex(
+        np.ascontiguousarray(data.target).tobytes() + np.ascontiguousarray(data.bank.vectors[:, :8]).tobytes()
+    )
 
 
-def evaluate_all(out_dir: str | os.PathLike, seq: Sequences, vectors: np.ndarray, cfg: dict,
-                 variants=VARIANTS, device: str | None = None) -> dict:
+def evaluate_all(
+    out_dir: str | os.PathLike,
+    seq: Sequences,
+    vectors: np.ndarray,
+    cfg: dict,
+    variants=VARIANTS,
+    device: str | None = None,
+) -> dict:
     """Load each variant's current checkpoint (sha256 verified), evaluate, write the outputs."""
     out_dir = Path(out_dir)
     data = SplitData(seq, vectors, "eval")
@@ -144,25 +187,36 @@ def evaluate_all(out_dir: str | os.PathLike, seq: Sequences, vectors: np.ndarray
         meta = current_checkpoint(out_dir, v)
         ckpt = load_checkpoint(meta["path"], meta["sha256"])
         predictors[v] = build_predictor(ckpt, device)
-        ckpts[v] = {"name": meta["name"], "checkpoint": meta["path"], "sha256": meta["sha256"],
-                    "reused": meta.get("reused", False),
-                    "train_seconds": meta.get("metrics", {}).get("train_seconds")}
+        ckpts[v] = {
+            "name": meta["name"],
+            "checkpoint": meta["path"],
+            "sha256": meta["sha256"],
+            "reused": meta.get("reused", False),
+            "train_seconds": meta.get("metrics", {}).get("train_seconds"),
+        }
     table, ranks_by, stats = evaluate_predictors(predictors, data, cfg)
     set_hash = eval_set_hash(data)
     with atomic_path(out_dir / "eval_scores.parquet", suffix=".parquet") as tmp:
         pq.write_table(table, tmp)
     buf = io.BytesIO()
-    np.savez(buf, lanes=np.asarray(data.lane).astype(str), targets=data.target,
-             **{f"ranks__{k}": r for k, r in ranks_by.items()})
+    np.savez(
+        buf,
+        lanes=np.asarray(data.lane).astype(str),
+        targets=data.target,
+        **{f"ranks__{k}": r for k, r in ranks_by.items()},
+    )
     atomic_write_bytes(out_dir / "eval_details.npz", buf.getvalue())
     per_q = data.candidate_counts()
-    summary = {"eval_set": set_hash, "n_candidates": data.bank.n,
-               "protocol": "whole held-out bank (de-duplicated) minus each query's own context "
-                           "sentences; the target is never removed",
-               "candidates_per_query": {"min": int(per_q.min()), "median": float(np.median(per_q)),
-                                        "max": int(per_q.max())},
-               "n_queries": int(data.target.size), "n_eval_sentences": int(data.bank._rows.size),
-               "models": {v: ckpts[v] | stats[v] for v in variants}}
+    summary = {
+        "eval_set": set_hash,
+        "n_candidates": data.bank.n,
+        "protocol": "whole held-out bank (de-duplicated) minus each query's own context "
+        "sentences; the target is never removed",
+        "candidates_per_query": {"min": int(per_q.min()), "median": float(np.median(per_q)), "max": int(per_q.max())},
+        "n_queries": int(data.target.size),
+        "n_eval_sentences": int(data.bank._rows.size),
+        "models": {v: ckpts[v] | stats[v] for v in variants},
+    }
     atomic_write_json(out_dir / "eval_summary.json", summary)
     return summary
 

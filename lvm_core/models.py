@@ -41,16 +41,16 @@ VARIANTS = ("memory_gru", "copy_last", "mean_context", "ridge")
 
 
 class MemoryGRU(nn.Module):
-    def __init__(self, dim: int = 384, hidden: int = 384, memory_slots: int = 32,
-                 dropout: float = 0.1):
+    def __init__(self, dim: int = 384, hidden: int = 384, memory_slots: int = 32, dropout: float = 0.1):
         super().__init__()
         self.dim, self.hidden, self.memory_slots = dim, hidden, memory_slots
         self.gru = nn.GRU(dim, hidden, batch_first=True)
         self.query = nn.Linear(hidden, hidden)
         self.mem_keys = nn.Parameter(torch.randn(memory_slots, hidden) / math.sqrt(hidden))
         self.mem_values = nn.Parameter(torch.randn(memory_slots, hidden) / math.sqrt(hidden))
-        self.head = nn.Sequential(nn.Linear(2 * hidden + dim, hidden), nn.GELU(),
-                                  nn.Dropout(dropout), nn.Linear(hidden, dim))
+        self.head = nn.Sequential(
+            nn.Linear(2 * hidden + dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
+        )
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
@@ -108,8 +108,7 @@ class Ridge:
         return (p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
     def state(self) -> dict:
-        return {"W": torch.from_numpy(self.W), "b": torch.from_numpy(self.b),
-                "lam": self.lam, "last_k": self.last_k}
+        return {"W": torch.from_numpy(self.W), "b": torch.from_numpy(self.b), "lam": self.lam, "last_k": self.last_k}
 
     @classmethod
     def from_state(cls, st: dict) -> "Ridge":
@@ -118,14 +117,18 @@ class Ridge:
         return r
 
 
-def info_nce(pred: torch.Tensor, target: torch.Tensor, tau: float = 0.07,
-             extra_neg: torch.Tensor | None = None, extra_mask: torch.Tensor | None = None
-             ) -> torch.Tensor:
+def info_nce(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    tau: float = 0.07,
+    extra_neg: torch.Tensor | None = None,
+    extra_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """InfoNCE with in-batch negatives; `extra_neg` (B, M, D) adds per-query negatives
     (`extra_mask` (B, M) False = padding)."""
-    logits = pred @ target.T / tau                                   # (B, B)
+    logits = pred @ target.T / tau  # (B, B)
     if extra_neg is not None and extra_neg.shape[1] > 0:
-        ex = torch.einsum("bd,bmd->bm", pred, extra_neg) / tau       # (B, M)
+        ex = torch.einsum("bd,bmd->bm", pred, extra_neg) / tau  # (B, M)
         if extra_mask is not None:
             ex = ex.masked_fill(~extra_mask, float("-inf"))
         logits = torch.cat([logits, ex], dim=1)
@@ -133,9 +136,14 @@ def info_nce(pred: torch.Tensor, target: torch.Tensor, tau: float = 0.07,
     return F.cross_entropy(logits, labels)
 
 
-def lvm_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = 1.0, tau: float = 0.07,
-             extra_neg: torch.Tensor | None = None, extra_mask: torch.Tensor | None = None
-             ) -> torch.Tensor:
+def lvm_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 1.0,
+    tau: float = 0.07,
+    extra_neg: torch.Tensor | None = None,
+    extra_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """MSE + 0.5 (1 - cos) + alpha InfoNCE on the L2-normalised prediction."""
     pred = F.normalize(pred, dim=-1)
     mse = F.mse_loss(pred, target)
@@ -146,14 +154,23 @@ def lvm_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = 1.0, tau: 
     return loss
 
 
-def mine_negatives(target: torch.Tensor, target_rows: torch.Tensor, target_lane: torch.Tensor,
-                   bank: torch.Tensor, bank_rows: torch.Tensor, bank_lane: torch.Tensor,
-                   lo: float, hi: float, k: int, same_lane: bool, generator: torch.Generator
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def mine_negatives(
+    target: torch.Tensor,
+    target_rows: torch.Tensor,
+    target_lane: torch.Tensor,
+    bank: torch.Tensor,
+    bank_rows: torch.Tensor,
+    bank_lane: torch.Tensor,
+    lo: float,
+    hi: float,
+    k: int,
+    same_lane: bool,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to k negatives per target from `bank` with cos(target, neg) in [lo, hi] (and the same
     lane when `same_lane`), the target's own row excluded; picked at random among the
     eligible. Returns (negatives (B, k, D), mask (B, k))."""
-    sims = target @ bank.T                                                     # (B, N)
+    sims = target @ bank.T  # (B, N)
     ok = (sims >= lo) & (sims <= hi) & (bank_rows[None, :] != target_rows[:, None])
     if same_lane:
         ok &= bank_lane[None, :] == target_lane[:, None]

@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+from lens_core.common.settings import data_dir as _dd
 from lvm_core import corpus as C
 from lvm_core import registry as R
 from lvm_core.checks import CheckResult, run_checks
@@ -28,8 +29,6 @@ log = logging.getLogger(__name__)
 
 def lvm_dir(data_dir: str | os.PathLike | None = None) -> Path:
     if data_dir is None:
-        from lens_core.settings import data_dir as _dd
-
         data_dir = _dd()
     return Path(data_dir).resolve() / "lvm"
 
@@ -43,8 +42,13 @@ def step_corpus(out: Path, cfg: dict) -> dict:
     corpus = C.load_default(cfg)
     meta = write_corpus(corpus, out)
     meta["max_sentences"] = cfg["corpus"].get("max_sentences")
-    log.info("lvm corpus: %s, %d articles, %d sentences, %d lanes", meta["source"],
-             meta["n_articles"], meta["n_sentences"], len(meta["lanes"]))
+    log.info(
+        "lvm corpus: %s, %d articles, %d sentences, %d lanes",
+        meta["source"],
+        meta["n_articles"],
+        meta["n_sentences"],
+        len(meta["lanes"]),
+    )
     return meta
 
 
@@ -56,20 +60,24 @@ def step_sequences(out: Path, cfg: dict) -> dict:
     table, cmeta = read_corpus(out)
     vecs, vmeta = read_vectors(out)
     if vmeta["corpus_hash"] != cmeta["content_hash"]:
-        raise ValueError(f"{out}/concept_vectors.npy was built from another corpus; "
-                         f"re-materialise lvm_concept_vectors")
+        raise ValueError(f"{out}/concept_vectors.npy was built from another corpus; re-materialise lvm_concept_vectors")
     s = cfg["sequences"]
-    seq = make_sequences(table.column("article_id").to_numpy(zero_copy_only=False),
-                         table.column("lane").to_numpy(zero_copy_only=False),
-                         int(s["context_len"]), int(s["stride"]), float(s["eval_fraction"]),
-                         float(s["val_fraction"]), int(s["min_eval_candidates"]))
+    seq = make_sequences(
+        table.column("article_id").to_numpy(zero_copy_only=False),
+        table.column("lane").to_numpy(zero_copy_only=False),
+        int(s["context_len"]),
+        int(s["stride"]),
+        float(s["eval_fraction"]),
+        float(s["val_fraction"]),
+        int(s["min_eval_candidates"]),
+    )
     data_hash = f"{vmeta['sha256'][:32]}{seq.content_hash()[:32]}"
-    return write_sequences(seq, out, {"data_hash": data_hash, "stride": int(s["stride"]),
-                                      "vectors_sha256": vmeta["sha256"]})
+    return write_sequences(
+        seq, out, {"data_hash": data_hash, "stride": int(s["stride"]), "vectors_sha256": vmeta["sha256"]}
+    )
 
 
-def step_checkpoint(out: Path, variant: str, cfg: dict, device: str | None = None,
-                    progress: bool = True) -> dict:
+def step_checkpoint(out: Path, variant: str, cfg: dict, device: str | None = None, progress: bool = True) -> dict:
     seq, smeta = read_sequences(out)
     vecs, _ = read_vectors(out)
     return ensure_checkpoint(variant, out, seq, vecs, smeta["data_hash"], cfg, device, progress)
@@ -97,12 +105,15 @@ def step_champion(out: Path, cfg: dict) -> dict:
     r = cfg["registry"]
     decision = R.maybe_promote(cand, champ, int(r["bootstrap_b"]), float(r["alpha"]))
     reg = R.apply_decision(out, cand, decision)
-    return {"candidate": cand["name"], "decision": decision, "champion": reg["champion"],
-            "history_len": len(reg["history"])}
+    return {
+        "candidate": cand["name"],
+        "decision": decision,
+        "champion": reg["champion"],
+        "history_len": len(reg["history"]),
+    }
 
 
-def run_all(data_dir: str | os.PathLike | None = None, progress: bool = True,
-            overrides: dict | None = None) -> dict:
+def run_all(data_dir: str | os.PathLike | None = None, progress: bool = True, overrides: dict | None = None) -> dict:
     """Run the whole LVM chain without Dagster; returns a summary with per-step timings."""
     cfg = load_config(overrides)
     out = lvm_dir(data_dir)
@@ -123,9 +134,12 @@ def run_all(data_dir: str | os.PathLike | None = None, progress: bool = True,
     for v in VARIANTS:
         t = time.monotonic()
         meta = step_checkpoint(out, v, cfg, device, progress)
-        res["checkpoints"][v] = {"name": meta["name"], "sha256": meta["sha256"],
-                                 "reused": meta["reused"],
-                                 "val_hit5": meta["metrics"].get("val_hit5")}
+        res["checkpoints"][v] = {
+            "name": meta["name"],
+            "sha256": meta["sha256"],
+            "reused": meta["reused"],
+            "val_hit5": meta["metrics"].get("val_hit5"),
+        }
         timings[f"checkpoint_{v}"] = time.monotonic() - t
     t = time.monotonic()
     res["eval"] = step_eval(out, cfg, device)
@@ -133,8 +147,10 @@ def run_all(data_dir: str | os.PathLike | None = None, progress: bool = True,
     res["checks"] = [c.as_dict() for c in step_checks(out, cfg)]
     blocking = [c for c in res["checks"] if not c["passed"] and c["severity"] == "ERROR"]
     if blocking:
-        res["champion"] = {"skipped": True, "reason": "blocking check(s) failed: "
-                           + ", ".join(c["name"] for c in blocking)}
+        res["champion"] = {
+            "skipped": True,
+            "reason": "blocking check(s) failed: " + ", ".join(c["name"] for c in blocking),
+        }
     else:
         res["champion"] = step_champion(out, cfg)
     res["timings_s"] = timings

@@ -21,8 +21,7 @@ class Bank:
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
             raise ValueError("empty candidate bank")
-        uniq, inverse = np.unique(np.ascontiguousarray(vectors[rows], dtype=np.float32), axis=0,
-                                  return_inverse=True)
+        uniq, inverse = np.unique(np.ascontiguousarray(vectors[rows], dtype=np.float32), axis=0, return_inverse=True)
         self.vectors = np.ascontiguousarray(uniq)
         self._rows = rows
         self._inv = np.asarray(inverse).reshape(-1).astype(np.int64)
@@ -43,8 +42,9 @@ class Bank:
         return self._inv[self._order[pos]]
 
 
-def target_ranks(preds: np.ndarray, target_idx: np.ndarray, bank: np.ndarray,
-                 chunk: int = 2048, exclude: np.ndarray | None = None) -> np.ndarray:
+def target_ranks(
+    preds: np.ndarray, target_idx: np.ndarray, bank: np.ndarray, chunk: int = 2048, exclude: np.ndarray | None = None
+) -> np.ndarray:
     """1-based pessimistic rank of `bank[target_idx[i]]` for `preds[i]` by cosine (bank rows
     and finite predictions are treated as unit vectors: the score is the dot product after
     normalising the prediction). Non-finite predictions get rank n_bank + 1.
@@ -66,7 +66,7 @@ def target_ranks(preds: np.ndarray, target_idx: np.ndarray, bank: np.ndarray,
     unit = np.where(finite[:, None], preds, 0) / np.maximum(norms, 1e-12)
     for s in range(0, q, chunk):
         sl = slice(s, min(q, s + chunk))
-        scores = unit[sl] @ bank.T                                     # (c, n)
+        scores = unit[sl] @ bank.T  # (c, n)
         t = target_idx[sl]
         if exclude is not None and exclude.shape[1]:
             ex = exclude[sl]
@@ -75,13 +75,12 @@ def target_ranks(preds: np.ndarray, target_idx: np.ndarray, bank: np.ndarray,
             ok = ex >= 0
             scores[r[ok], ex[ok]] = -np.inf
         true = scores[np.arange(t.size), t][:, None]
-        ranks[sl] = (scores >= true).sum(axis=1)                       # includes the target
+        ranks[sl] = (scores >= true).sum(axis=1)  # includes the target
     ranks[~finite] = n + 1
     return ranks
 
 
-def candidate_counts(n_bank: int, target_idx: np.ndarray, exclude: np.ndarray | None
-                     ) -> np.ndarray:
+def candidate_counts(n_bank: int, target_idx: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
     """Per-query candidate-set size: the bank minus the distinct excluded candidates other
     than the target (see `target_ranks`)."""
     target_idx = np.asarray(target_idx, dtype=np.int64)
@@ -89,8 +88,7 @@ def candidate_counts(n_bank: int, target_idx: np.ndarray, exclude: np.ndarray | 
         return np.full(target_idx.size, n_bank, dtype=np.int64)
     ex = np.where(exclude == target_idx[:, None], -1, np.asarray(exclude, dtype=np.int64))
     ex = np.sort(ex, axis=1)
-    distinct = (ex >= 0) & np.concatenate([np.ones((ex.shape[0], 1), bool),
-                                           ex[:, 1:] != ex[:, :-1]], axis=1)
+    distinct = (ex >= 0) & np.concatenate([np.ones((ex.shape[0], 1), bool), ex[:, 1:] != ex[:, :-1]], axis=1)
     return n_bank - distinct.sum(axis=1)
 
 

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from lens_core.bootstrap import mean_ci
-from lens_core.contracts import SLICE_ALL
-from lens_core.hashing import atomic_write_json, sha256_file
+from lens_core.common.contracts import SLICE_ALL
+from lens_core.common.hashing import atomic_write_json, sha256_file
+from lens_core.stats.bootstrap import mean_ci
 
 REGISTRY_FILE = "champion.json"
 
@@ -61,8 +61,7 @@ def write_registry(lvm_dir: str | os.PathLike, reg: dict) -> None:
     atomic_write_json(Path(lvm_dir) / REGISTRY_FILE, reg)
 
 
-def model_eval(table: pa.Table, summary: dict, details: dict[str, np.ndarray], variant: str,
-               k: int = 5) -> dict:
+def model_eval(table: pa.Table, summary: dict, details: dict[str, np.ndarray], variant: str, k: int = 5) -> dict:
     """Registry view of one evaluated variant: entry fields + per-query hits at k."""
     rows = {(r["k"]): r for r in table.to_pylist() if r["model"] == variant and r["lane"] == SLICE_ALL}
     if k not in rows:
@@ -70,13 +69,22 @@ def model_eval(table: pa.Table, summary: dict, details: dict[str, np.ndarray], v
     m = summary["models"][variant]
     ranks = details.get(f"ranks__{variant}")
     return {
-        "name": m["name"], "variant": variant, "checkpoint": m["checkpoint"], "sha256": m["sha256"],
+        "name": m["name"],
+        "variant": variant,
+        "checkpoint": m["checkpoint"],
+        "sha256": m["sha256"],
         "eval_set": summary["eval_set"],
-        "metrics": {**{f"hit{kk}": rows[kk]["hit"] for kk in sorted(rows)},
-                    "hit5_ci_low": rows[k]["ci_low"], "hit5_ci_high": rows[k]["ci_high"],
-                    "n_queries": rows[k]["n_queries"], "n_candidates": rows[k]["n_candidates"],
-                    "p95_ms": rows[k]["p95_ms"]},
-        "hit": rows[k]["hit"], "ci_low": rows[k]["ci_low"], "ci_high": rows[k]["ci_high"],
+        "metrics": {
+            **{f"hit{kk}": rows[kk]["hit"] for kk in sorted(rows)},
+            "hit5_ci_low": rows[k]["ci_low"],
+            "hit5_ci_high": rows[k]["ci_high"],
+            "n_queries": rows[k]["n_queries"],
+            "n_candidates": rows[k]["n_candidates"],
+            "p95_ms": rows[k]["p95_ms"],
+        },
+        "hit": rows[k]["hit"],
+        "ci_low": rows[k]["ci_low"],
+        "ci_high": rows[k]["ci_high"],
         "per_query": None if ranks is None else (ranks <= k).astype(np.float64),
     }
 
@@ -88,8 +96,7 @@ def best_variant(table: pa.Table, k: int = 5) -> str:
     return max(rows, key=lambda r: (r["hit"], r["ci_low"], r["model"]))["model"]
 
 
-def champion_eval(reg: dict, table: pa.Table, summary: dict, details: dict, k: int = 5
-                  ) -> dict | None:
+def champion_eval(reg: dict, table: pa.Table, summary: dict, details: dict, k: int = 5) -> dict | None:
     """The champion's figures: fresh (with per-query hits) when its checkpoint was part of this
     evaluation, else as recorded when it was promoted (no per-query hits)."""
     champ = reg.get("champion")
@@ -98,35 +105,67 @@ def champion_eval(reg: dict, table: pa.Table, summary: dict, details: dict, k: i
     for v, m in summary["models"].items():
         if m["name"] == champ["name"] and m["sha256"] == champ["sha256"]:
             return model_eval(table, summary, details, v, k)
-    return {**champ, "hit": champ["metrics"][f"hit{k}"], "ci_low": champ["metrics"].get("hit5_ci_low"),
-            "ci_high": champ["metrics"].get("hit5_ci_high"), "per_query": None}
+    return {
+        **champ,
+        "hit": champ["metrics"][f"hit{k}"],
+        "ci_low": champ["metrics"].get("hit5_ci_low"),
+        "ci_high": champ["metrics"].get("hit5_ci_high"),
+        "per_query": None,
+    }
 
 
-def maybe_promote(candidate_eval: dict, champion_eval: dict | None, b: int = 2000,
-                  alpha: float = 0.05, seed: int = 0) -> dict:
+def maybe_promote(
+    candidate_eval: dict, champion_eval: dict | None, b: int = 2000, alpha: float = 0.05, seed: int = 0
+) -> dict:
     """Decision {promote, method, reason, diff, diff_ci_low, diff_ci_high} (module docstring)."""
     if champion_eval is None:
-        return {"promote": True, "method": "initial", "reason": "no champion yet",
-                "diff": None, "diff_ci_low": None, "diff_ci_high": None}
+        return {
+            "promote": True,
+            "method": "initial",
+            "reason": "no champion yet",
+            "diff": None,
+            "diff_ci_low": None,
+            "diff_ci_high": None,
+        }
     if candidate_eval["name"] == champion_eval["name"]:
-        return {"promote": False, "method": "same", "reason": f"{candidate_eval['name']} is "
-                "already the champion", "diff": 0.0, "diff_ci_low": None, "diff_ci_high": None}
+        return {
+            "promote": False,
+            "method": "same",
+            "reason": f"{candidate_eval['name']} is already the champion",
+            "diff": 0.0,
+            "diff_ci_low": None,
+            "diff_ci_high": None,
+        }
     cq, hq = candidate_eval.get("per_query"), champion_eval.get("per_query")
     diff = float(candidate_eval["hit"] - champion_eval["hit"])
-    if (cq is not None and hq is not None and len(cq) == len(hq)
-            and candidate_eval.get("eval_set") == champion_eval.get("eval_set")):
+    if (
+        cq is not None
+        and hq is not None
+        and len(cq) == len(hq)
+        and candidate_eval.get("eval_set") == champion_eval.get("eval_set")
+    ):
         _, lo, hi = mean_ci(np.asarray(cq) - np.asarray(hq), b=b, seed=seed, alpha=alpha)
         lo, hi = float(lo[0]), float(hi[0])
         ok = lo > 0
-        return {"promote": bool(ok), "method": "paired_bootstrap", "diff": diff,
-                "diff_ci_low": lo, "diff_ci_high": hi,
-                "reason": f"Hit@5 gain {diff:+.4f}, paired {100 * (1 - alpha):.0f}% CI "
-                          f"[{lo:+.4f}, {hi:+.4f}] " + ("excludes 0" if ok else "includes 0")}
+        return {
+            "promote": bool(ok),
+            "method": "paired_bootstrap",
+            "diff": diff,
+            "diff_ci_low": lo,
+            "diff_ci_high": hi,
+            "reason": f"Hit@5 gain {diff:+.4f}, paired {100 * (1 - alpha):.0f}% CI "
+            f"[{lo:+.4f}, {hi:+.4f}] " + ("excludes 0" if ok else "includes 0"),
+        }
     ok = candidate_eval["ci_low"] > champion_eval["hit"]
-    return {"promote": bool(ok), "method": "ci_low_vs_hit", "diff": diff, "diff_ci_low": None,
-            "diff_ci_high": None,
-            "reason": f"candidate Hit@5 CI low {candidate_eval['ci_low']:.4f} "
-                      f"{'>' if ok else '<='} champion Hit@5 {champion_eval['hit']:.4f}"}
+    return {
+        "promote": bool(ok),
+        "method": "ci_low_vs_hit",
+        "diff": diff,
+        "diff_ci_low": None,
+        "diff_ci_high": None,
+        "reason": f"candidate Hit@5 CI low {candidate_eval['ci_low']:.4f} "
+        f"{'>' if ok else '<='} champion Hit@5 {champion_eval['hit']:.4f}",
+    }
 
 
 def _entry(ev: dict) -> dict:
@@ -141,11 +180,11 @@ def apply_decision(lvm_dir: str | os.PathLike, candidate_eval: dict, decision: d
     if decision["promote"]:
         prev = reg["champion"]["name"] if reg.get("champion") else None
         reg["champion"] = entry | {"promoted_at": _now(), "reason": decision["reason"]}
-        reg["history"].append(entry | {"event": "promote", "at": _now(), "previous": prev,
-                                       "decision": decision})
+        reg["history"].append(entry | {"event": "promote", "at": _now(), "previous": prev, "decision": decision})
     elif decision["method"] != "same":
-        reg["history"].append(entry | {"event": "keep", "at": _now(),
-                                       "champion": reg["champion"]["name"], "decision": decision})
+        reg["history"].append(
+            entry | {"event": "keep", "at": _now(), "champion": reg["champion"]["name"], "decision": decision}
+        )
     write_registry(lvm_dir, reg)
     return reg
 
@@ -153,20 +192,22 @@ def apply_decision(lvm_dir: str | os.PathLike, candidate_eval: dict, decision: d
 def rollback(name: str, lvm_dir: str | os.PathLike) -> dict:
     """Make `name` (an earlier champion in the history) the champion again."""
     reg = read_registry(lvm_dir)
-    cands = [h for h in reg["history"] if h.get("name") == name and h.get("event") in
-             ("promote", "rollback")]
+    cands = [h for h in reg["history"] if h.get("name") == name and h.get("event") in ("promote", "rollback")]
     if not cands:
         known = sorted({h["name"] for h in reg["history"] if h.get("event") in ("promote", "rollback")})
-        raise RegistryError(f"rollback {name}: not an earlier champion in "
-                            f"{Path(lvm_dir) / REGISTRY_FILE} (known: {', '.join(known) or 'none'})")
+        raise RegistryError(
+            f"rollback {name}: not an earlier champion in "
+            f"{Path(lvm_dir) / REGISTRY_FILE} (known: {', '.join(known) or 'none'})"
+        )
     target = cands[-1]
     ck = Path(target["checkpoint"])
     if not ck.is_file():
         raise RegistryError(f"rollback {name}: checkpoint {ck} is missing")
     got = sha256_file(ck)
     if got != target["sha256"]:
-        raise RegistryError(f"rollback {name}: checkpoint {ck} sha256 mismatch (expected "
-                            f"{target['sha256']}, got {got})")
+        raise RegistryError(
+            f"rollback {name}: checkpoint {ck} sha256 mismatch (expected {target['sha256']}, got {got})"
+        )
     prev = reg["champion"]["name"] if reg.get("champion") else None
     entry = {k: target[k] for k in ("name", "variant", "checkpoint", "sha256", "eval_set", "metrics")}
     reg["champion"] = entry | {"promoted_at": _now(), "reason": f"rollback from {prev}"}
@@ -177,5 +218,7 @@ def rollback(name: str, lvm_dir: str | os.PathLike) -> dict:
 
 def status(lvm_dir: str | os.PathLike) -> dict:
     reg = read_registry(lvm_dir)
-    return {"champion": reg["champion"], "history": [
-        {k: h.get(k) for k in ("event", "name", "at", "previous")} for h in reg["history"]]}
+    return {
+        "champion": reg["champion"],
+        "history": [{k: h.get(k) for k in ("event", "name", "at", "previous")} for h in reg["history"]],
+    }

@@ -29,26 +29,30 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lens_core.hashing import atomic_path, atomic_write_json, canonical_json
+from lens_core.common.hashing import atomic_path, atomic_write_json, canonical_json
 from lvm_core.corpus import article_hash
 
 SPLITS = ("train", "val", "eval")
 
-WINDOWS_SCHEMA = pa.schema([
-    ("split", pa.string()),
-    ("article_id", pa.string()),
-    ("lane", pa.string()),
-    ("ctx_start", pa.int64()),   # corpus row of the first context sentence
-    ("target", pa.int64()),      # corpus row of the next sentence (= ctx_start + context_len)
-])
-SPLITS_SCHEMA = pa.schema([
-    ("article_id", pa.string()),
-    ("lane", pa.string()),
-    ("split", pa.string()),
-    ("first_row", pa.int64()),
-    ("n_sentences", pa.int64()),
-    ("n_windows", pa.int64()),
-])
+WINDOWS_SCHEMA = pa.schema(
+    [
+        ("split", pa.string()),
+        ("article_id", pa.string()),
+        ("lane", pa.string()),
+        ("ctx_start", pa.int64()),  # corpus row of the first context sentence
+        ("target", pa.int64()),  # corpus row of the next sentence (= ctx_start + context_len)
+    ]
+)
+SPLITS_SCHEMA = pa.schema(
+    [
+        ("article_id", pa.string()),
+        ("lane", pa.string()),
+        ("split", pa.string()),
+        ("first_row", pa.int64()),
+        ("n_sentences", pa.int64()),
+        ("n_windows", pa.int64()),
+    ]
+)
 
 
 class SequenceError(ValueError):
@@ -58,8 +62,8 @@ class SequenceError(ValueError):
 @dataclass
 class Sequences:
     context_len: int
-    windows: pa.Table     # WINDOWS_SCHEMA
-    articles: pa.Table    # SPLITS_SCHEMA
+    windows: pa.Table  # WINDOWS_SCHEMA
+    articles: pa.Table  # SPLITS_SCHEMA
     skipped_short: int
 
     def split_rows(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -82,17 +86,21 @@ class Sequences:
 
     def article_sets(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {s: [] for s in SPLITS}
-        for aid, sp in zip(self.articles.column("article_id").to_pylist(),
-                           self.articles.column("split").to_pylist()):
+        for aid, sp in zip(self.articles.column("article_id").to_pylist(), self.articles.column("split").to_pylist()):
             out[sp].append(aid)
         return out
 
     def counts(self) -> dict[str, dict[str, int]]:
         split_col = np.asarray(self.windows.column("split").to_numpy(zero_copy_only=False))
         art_split = self.articles.column("split").to_pylist()
-        return {s: {"windows": int((split_col == s).sum()),
-                    "articles": sum(1 for x in art_split if x == s),
-                    "bank": int(self.bank_rows(s).size)} for s in SPLITS}
+        return {
+            s: {
+                "windows": int((split_col == s).sum()),
+                "articles": sum(1 for x in art_split if x == s),
+                "bank": int(self.bank_rows(s).size),
+            }
+            for s in SPLITS
+        }
 
     def content_hash(self) -> str:
         h = hashlib.sha256(f"L={self.context_len}\n".encode())
@@ -115,8 +123,9 @@ def leakage(splits: dict[str, list[str] | set[str]]) -> list[str]:
     return sorted(leaked)
 
 
-def assign_splits(articles: list[tuple[str, str, int]], eval_fraction: float,
-                  val_fraction: float, min_eval_candidates: int = 0) -> dict[str, str]:
+def assign_splits(
+    articles: list[tuple[str, str, int]], eval_fraction: float, val_fraction: float, min_eval_candidates: int = 0
+) -> dict[str, str]:
     """article id -> split, from (id, lane, n_sentences) triples (see the module docstring)."""
     if not 0 < eval_fraction < 1 or not 0 <= val_fraction < 1 or eval_fraction + val_fraction >= 1:
         raise SequenceError(f"bad split fractions eval={eval_fraction} val={val_fraction}")
@@ -149,9 +158,15 @@ def assign_splits(articles: list[tuple[str, str, int]], eval_fraction: float,
     return out
 
 
-def make_sequences(article_ids: np.ndarray, lanes: np.ndarray, context_len: int = 8,
-                   stride: int = 1, eval_fraction: float = 0.3, val_fraction: float = 0.12,
-                   min_eval_candidates: int = 0) -> Sequences:
+def make_sequences(
+    article_ids: np.ndarray,
+    lanes: np.ndarray,
+    context_len: int = 8,
+    stride: int = 1,
+    eval_fraction: float = 0.3,
+    val_fraction: float = 0.12,
+    min_eval_candidates: int = 0,
+) -> Sequences:
     """Windows over a corpus given per-row article ids and lanes (rows of one article are
     contiguous, in sentence order, as in corpus.parquet)."""
     if context_len < 1:
@@ -170,8 +185,9 @@ def make_sequences(article_ids: np.ndarray, lanes: np.ndarray, context_len: int 
     if len(set(ids)) != len(ids):
         raise SequenceError("an article's sentences are not contiguous in the corpus table")
     art_lanes = np.asarray(lanes)[firsts].tolist()
-    split_of = assign_splits(list(zip(ids, art_lanes, sizes.tolist())), eval_fraction,
-                             val_fraction, min_eval_candidates)
+    split_of = assign_splits(
+        list(zip(ids, art_lanes, sizes.tolist())), eval_fraction, val_fraction, min_eval_candidates
+    )
     cols: dict[str, list] = {k: [] for k in ("split", "article_id", "lane", "ctx_start", "target")}
     n_windows = []
     skipped = 0
@@ -188,22 +204,39 @@ def make_sequences(article_ids: np.ndarray, lanes: np.ndarray, context_len: int 
         cols["ctx_start"].append(starts)
         cols["target"].append(starts + context_len)
     if sum(n_windows) == 0:
-        raise SequenceError(f"every article is too short for one window of {context_len} "
-                            f"sentences + 1 target ({skipped} article(s) skipped)")
-    windows = pa.table({
-        "split": cols["split"], "article_id": cols["article_id"], "lane": cols["lane"],
-        "ctx_start": np.concatenate(cols["ctx_start"]), "target": np.concatenate(cols["target"]),
-    }, schema=WINDOWS_SCHEMA)
-    articles = pa.table({"article_id": ids, "lane": art_lanes,
-                         "split": [split_of[a] for a in ids], "first_row": firsts,
-                         "n_sentences": sizes, "n_windows": np.asarray(n_windows, np.int64)},
-                        schema=SPLITS_SCHEMA)
+        raise SequenceError(
+            f"every article is too short for one window of {context_len} "
+            f"sentences + 1 target ({skipped} article(s) skipped)"
+        )
+    windows = pa.table(
+        {
+            "split": cols["split"],
+            "article_id": cols["article_id"],
+            "lane": cols["lane"],
+            "ctx_start": np.concatenate(cols["ctx_start"]),
+            "target": np.concatenate(cols["target"]),
+        },
+        schema=WINDOWS_SCHEMA,
+    )
+    articles = pa.table(
+        {
+            "article_id": ids,
+            "lane": art_lanes,
+            "split": [split_of[a] for a in ids],
+            "first_row": firsts,
+            "n_sentences": sizes,
+            "n_windows": np.asarray(n_windows, np.int64),
+        },
+        schema=SPLITS_SCHEMA,
+    )
     seq = Sequences(context_len, windows, articles, skipped)
     empty = [s for s, c in seq.counts().items() if c["windows"] == 0]
     if empty:
-        raise SequenceError(f"split(s) {', '.join(empty)} have no window of {context_len}+1 "
-                            f"sentences ({skipped} article(s) too short); lower context_len or "
-                            f"widen the corpus")
+        raise SequenceError(
+            f"split(s) {', '.join(empty)} have no window of {context_len}+1 "
+            f"sentences ({skipped} article(s) too short); lower context_len or "
+            f"widen the corpus"
+        )
     return seq
 
 
@@ -218,9 +251,14 @@ def write_sequences(seq: Sequences, out_dir: str | os.PathLike, extra: dict | No
     lk = leakage(seq.article_sets())
     if lk:  # cannot happen by construction; refuse to write a leaking split anyway
         raise SequenceError(f"article leakage across splits: {lk[:5]}")
-    meta = {"context_len": seq.context_len, "counts": seq.counts(),
-            "skipped_short_articles": seq.skipped_short, "leakage": lk,
-            "content_hash": seq.content_hash(), **(extra or {})}
+    meta = {
+        "context_len": seq.context_len,
+        "counts": seq.counts(),
+        "skipped_short_articles": seq.skipped_short,
+        "leakage": lk,
+        "content_hash": seq.content_hash(),
+        **(extra or {}),
+    }
     with atomic_path(out_dir / "sequences.parquet", suffix=".parquet") as tmp:
         pq.write_table(seq.windows, tmp)
     with atomic_path(out_dir / "article_splits.parquet", suffix=".parquet") as tmp:
@@ -235,7 +273,10 @@ def read_sequences(out_dir: str | os.PathLike) -> tuple[Sequences, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; materialise lvm_sequences first")
     meta = json.loads((out_dir / "sequences.json").read_text())
-    seq = Sequences(meta["context_len"], pq.read_table(path),
-                    pq.read_table(out_dir / "article_splits.parquet"),
-                    meta["skipped_short_articles"])
+    seq = Sequences(
+        meta["context_len"],
+        pq.read_table(path),
+        pq.read_table(out_dir / "article_splits.parquet"),
+        meta["skipped_short_articles"],
+    )
     return seq, meta

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import copy
 import os
-
-from lens_core.settings import env_number
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from lens_core.common.settings import env_number
 
 DEFAULT_CONFIG = Path(__file__).with_name("config") / "lvm.yaml"
 

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from lens_core.hashing import atomic_path, atomic_write_json, canonical_json, sha256_file, sha256_hex
+from lens_core.common.hashing import atomic_path, atomic_write_json, canonical_json, sha256_file, sha256_hex
 from lvm_core import models as M
 from lvm_core.ranking import Bank, candidate_counts, hits_at, target_ranks
 from lvm_core.sequences import Sequences, gather
@@ -36,7 +36,7 @@ from lvm_core.settings import pick_device
 
 log = logging.getLogger(__name__)
 CKPT_FORMAT = "lvm-ckpt-v1"
-CODE_VERSION = "lvm-train-4"   # bump when training code changes what a checkpoint contains
+CODE_VERSION = "lvm-train-4"  # bump when training code changes what a checkpoint contains
 
 
 class CheckpointError(ValueError):
@@ -61,7 +61,7 @@ class Predictor:
     def predict(self, x: np.ndarray, batch: int = 1024) -> np.ndarray:
         if x.shape[0] == 0:
             return np.zeros((0, x.shape[2]), dtype=np.float32)
-        return np.concatenate([self._fn(x[i:i + batch]) for i in range(0, x.shape[0], batch)])
+        return np.concatenate([self._fn(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
 
 
 def gru_predictor(model: M.MemoryGRU, device: str) -> Predictor:
@@ -79,8 +79,7 @@ def build_predictor(ckpt: dict, device: str | None = None) -> Predictor:
     variant = ckpt["variant"]
     if variant == "memory_gru":
         c = ckpt["config"]
-        model = M.MemoryGRU(dim=c["dim"], hidden=c["hidden"], memory_slots=c["memory_slots"],
-                            dropout=c["dropout"])
+        model = M.MemoryGRU(dim=c["dim"], hidden=c["hidden"], memory_slots=c["memory_slots"], dropout=c["dropout"])
         model.load_state_dict(ckpt["state"])
         return gru_predictor(model, device or pick_device())
     if variant == "copy_last":
@@ -128,17 +127,33 @@ class SplitData:
 # ---------------------------------------------------------------------------------------------
 def _gru_config(cfg: dict, dim: int) -> dict:
     t = cfg["train"]
-    keys = ("seed", "hidden", "memory_slots", "epochs", "patience", "batch_size", "lr",
-            "weight_decay", "dropout", "alpha_infonce", "tau", "soft_negatives", "soft_range",
-            "hard_negatives", "hard_range", "negatives_per_query")
+    keys = (
+        "seed",
+        "hidden",
+        "memory_slots",
+        "epochs",
+        "patience",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "dropout",
+        "alpha_infonce",
+        "tau",
+        "soft_negatives",
+        "soft_range",
+        "hard_negatives",
+        "hard_range",
+        "negatives_per_query",
+    )
     out = {k: t[k] for k in keys}
     out["context_negatives"] = bool(t.get("context_negatives", False))
     out["dim"] = dim
     return out
 
 
-def train_memory_gru(seq: Sequences, vectors: np.ndarray, cfg: dict, device: str | None = None,
-                     progress: bool = True) -> TrainResult:
+def train_memory_gru(
+    seq: Sequences, vectors: np.ndarray, cfg: dict, device: str | None = None, progress: bool = True
+) -> TrainResult:
     dim = int(vectors.shape[1])
     c = _gru_config(cfg, dim)
     device = device or pick_device()
@@ -157,10 +172,12 @@ def train_memory_gru(seq: Sequences, vectors: np.ndarray, cfg: dict, device: str
     # Train bank for negative mining: every sentence of the train articles.
     bank_rows_np = seq.bank_rows("train")
     row_lane = np.empty(vectors.shape[0], dtype=np.int64)
-    for aid_lane, first, n in zip(seq.articles.column("lane").to_pylist(),
-                                  seq.articles.column("first_row").to_pylist(),
-                                  seq.articles.column("n_sentences").to_pylist()):
-        row_lane[first:first + n] = lane_code[aid_lane]
+    for aid_lane, first, n in zip(
+        seq.articles.column("lane").to_pylist(),
+        seq.articles.column("first_row").to_pylist(),
+        seq.articles.column("n_sentences").to_pylist(),
+    ):
+        row_lane[first : first + n] = lane_code[aid_lane]
     bank_rows = torch.from_numpy(bank_rows_np).to(device)
     bank_vec = vec_t[bank_rows]
     bank_lane = torch.from_numpy(row_lane[bank_rows_np]).to(device)
@@ -176,7 +193,7 @@ def train_memory_gru(seq: Sequences, vectors: np.ndarray, cfg: dict, device: str
         perm = torch.randperm(n, generator=gen).to(device)
         total, batches = 0.0, 0
         for i in range(0, n, bs):
-            b = perm[i:i + bs]
+            b = perm[i : i + bs]
             if b.numel() < 2:
                 continue
             xb = vec_t[start_t[b][:, None] + offs]
@@ -187,13 +204,15 @@ def train_memory_gru(seq: Sequences, vectors: np.ndarray, cfg: dict, device: str
                 masks.append(torch.ones(b.numel(), 1, dtype=torch.bool, device=device))
             k = int(c["negatives_per_query"])
             if c["soft_negatives"] and k:
-                nv, nm = M.mine_negatives(yb, target_t[b], tlane_t[b], bank_vec, bank_rows,
-                                          bank_lane, *c["soft_range"], k, True, gen)
+                nv, nm = M.mine_negatives(
+                    yb, target_t[b], tlane_t[b], bank_vec, bank_rows, bank_lane, *c["soft_range"], k, True, gen
+                )
                 negs.append(nv)
                 masks.append(nm)
             if c["hard_negatives"] and k:
-                nv, nm = M.mine_negatives(yb, target_t[b], tlane_t[b], bank_vec, bank_rows,
-                                          bank_lane, *c["hard_range"], k, False, gen)
+                nv, nm = M.mine_negatives(
+                    yb, target_t[b], tlane_t[b], bank_vec, bank_rows, bank_lane, *c["hard_range"], k, False, gen
+                )
                 negs.append(nv)
                 masks.append(nm)
             extra = torch.cat(negs, 1) if negs else None
@@ -209,20 +228,31 @@ def train_memory_gru(seq: Sequences, vectors: np.ndarray, cfg: dict, device: str
         hit5 = val.hit_rate(gru_predictor(model, device))
         history.append({"epoch": epoch, "loss": total / max(batches, 1), "val_hit5": hit5})
         if progress:
-            log.info("memory_gru epoch %d loss %.4f val Hit@5 %.4f (%.1fs)", epoch,
-                     total / max(batches, 1), hit5, time.monotonic() - t0)
+            log.info(
+                "memory_gru epoch %d loss %.4f val Hit@5 %.4f (%.1fs)",
+                epoch,
+                total / max(batches, 1),
+                hit5,
+                time.monotonic() - t0,
+            )
         if hit5 > best[0]:
-            best = (hit5, epoch, copy.deepcopy({k: v.detach().cpu() for k, v in
-                                                model.state_dict().items()}))
+            best = (hit5, epoch, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
             bad_epochs = 0
         else:
             bad_epochs += 1
             if bad_epochs >= int(c["patience"]):
                 break
-    metrics = {"val_hit5": best[0], "best_epoch": best[1], "epochs_run": len(history),
-               "train_windows": int(n), "val_windows": int(val.start.size),
-               "val_candidates": val.bank.n, "train_seconds": time.monotonic() - t0,
-               "device": device, "history": history}
+    metrics = {
+        "val_hit5": best[0],
+        "best_epoch": best[1],
+        "epochs_run": len(history),
+        "train_windows": int(n),
+        "val_windows": int(val.start.size),
+        "val_candidates": val.bank.n,
+        "train_seconds": time.monotonic() - t0,
+        "device": device,
+        "history": history,
+    }
     return TrainResult("memory_gru", best[2], c, metrics)
 
 
@@ -241,15 +271,25 @@ def fit_ridge(seq: Sequences, vectors: np.ndarray, cfg: dict) -> TrainResult:
         if h > best[0]:
             best = (h, r)
     r = best[1]
-    config = {"lambdas": list(t["ridge_lambdas"]), "last_k": t["ridge_last_k"], "lam": r.lam,
-              "dim": int(vectors.shape[1])}
-    metrics = {"val_hit5": best[0], "val_hit5_by_lambda": scores, "train_windows": int(start.size),
-               "val_candidates": val.bank.n, "train_seconds": time.monotonic() - t0}
+    config = {
+        "lambdas": list(t["ridge_lambdas"]),
+        "last_k": t["ridge_last_k"],
+        "lam": r.lam,
+        "dim": int(vectors.shape[1]),
+    }
+    metrics = {
+        "val_hit5": best[0],
+        "val_hit5_by_lambda": scores,
+        "train_windows": int(start.size),
+        "val_candidates": val.bank.n,
+        "train_seconds": time.monotonic() - t0,
+    }
     return TrainResult("ridge", r.state(), config, metrics)
 
 
-def train_variant(variant: str, seq: Sequences, vectors: np.ndarray, cfg: dict,
-                  device: str | None = None, progress: bool = True) -> TrainResult:
+def train_variant(
+    variant: str, seq: Sequences, vectors: np.ndarray, cfg: dict, device: str | None = None, progress: bool = True
+) -> TrainResult:
     if variant == "memory_gru":
         return train_memory_gru(seq, vectors, cfg, device, progress)
     if variant == "ridge":
@@ -259,9 +299,12 @@ def train_variant(variant: str, seq: Sequences, vectors: np.ndarray, cfg: dict,
         val = SplitData(seq, vectors, "val")
         fn = M.copy_last if variant == "copy_last" else M.mean_context
         h = val.hit_rate(Predictor(variant, fn))
-        return TrainResult(variant, {}, {"dim": int(vectors.shape[1])},
-                           {"val_hit5": h, "val_candidates": val.bank.n,
-                            "train_seconds": time.monotonic() - t0})
+        return TrainResult(
+            variant,
+            {},
+            {"dim": int(vectors.shape[1])},
+            {"val_hit5": h, "val_candidates": val.bank.n, "train_seconds": time.monotonic() - t0},
+        )
     raise ValueError(f"unknown model variant {variant!r}; expected one of {', '.join(M.VARIANTS)}")
 
 
@@ -278,24 +321,35 @@ def variant_config(variant: str, cfg: dict) -> dict:
 
 
 def checkpoint_key(variant: str, data_hash: str, cfg: dict) -> str:
-    payload = {"variant": variant, "data": data_hash, "config": variant_config(variant, cfg),
-               "code": CODE_VERSION}
+    payload = {"variant": variant, "data": data_hash, "config": variant_config(variant, cfg), "code": CODE_VERSION}
     return sha256_hex(canonical_json(payload).encode())
 
 
-def save_checkpoint(path: str | os.PathLike, result: TrainResult, cache_key: str = "",
-                    extra_meta: dict | None = None) -> dict:
+def save_checkpoint(
+    path: str | os.PathLike, result: TrainResult, cache_key: str = "", extra_meta: dict | None = None
+) -> dict:
     """Write the checkpoint atomically, then its sidecar `<path>.json` with the sha256."""
     path = Path(path)
-    payload = {"format": CKPT_FORMAT, "variant": result.variant, "state": result.state,
-               "config": result.config, "metrics": _jsonable(result.metrics),
-               "cache_key": cache_key}
+    payload = {
+        "format": CKPT_FORMAT,
+        "variant": result.variant,
+        "state": result.state,
+        "config": result.config,
+        "metrics": _jsonable(result.metrics),
+        "cache_key": cache_key,
+    }
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(payload, tmp)
         digest = sha256_file(tmp)
-    meta = {"path": str(path), "sha256": digest, "variant": result.variant,
-            "config": result.config, "metrics": _jsonable(result.metrics),
-            "cache_key": cache_key, **(extra_meta or {})}
+    meta = {
+        "path": str(path),
+        "sha256": digest,
+        "variant": result.variant,
+        "config": result.config,
+        "metrics": _jsonable(result.metrics),
+        "cache_key": cache_key,
+        **(extra_meta or {}),
+    }
     atomic_write_json(Path(f"{path}.json"), meta)
     return meta
 
@@ -312,8 +366,9 @@ def load_checkpoint(path: str | os.PathLike, expected_sha256: str | None = None)
         expected_sha256 = json.loads(side.read_text())["sha256"]
     got = sha256_file(path)
     if got != expected_sha256:
-        raise CheckpointError(f"checkpoint {path}: sha256 mismatch (expected {expected_sha256}, "
-                              f"got {got}); refusing to load")
+        raise CheckpointError(
+            f"checkpoint {path}: sha256 mismatch (expected {expected_sha256}, got {got}); refusing to load"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt file
@@ -328,9 +383,16 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=float))
 
 
-def ensure_checkpoint(variant: str, out_dir: str | os.PathLike, seq: Sequences,
-                      vectors: np.ndarray, data_hash: str, cfg: dict, device: str | None = None,
-                      progress: bool = True) -> dict:
+def ensure_checkpoint(
+    variant: str,
+    out_dir: str | os.PathLike,
+    seq: Sequences,
+    vectors: np.ndarray,
+    data_hash: str,
+    cfg: dict,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Train `variant` unless a checkpoint with the same cache key exists (and verifies);
     point `checkpoints/<variant>/current.json` at it. Returns the checkpoint metadata."""
     out_dir = Path(out_dir)

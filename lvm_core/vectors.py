@@ -1,6 +1,6 @@
 """Concept vectors: one MiniLM vector per corpus sentence (SPEC §12, issue 7 item 2).
 
-Sentences are embedded with `lens_core.embeddings.embed_texts` (the engine's offline MiniLM,
+Sentences are embedded with `lens_core.common.embeddings.embed_texts` (the engine's offline MiniLM,
 L2-normalised 384-d float32, SQLite cache keyed by text hash). Texts go to the model sorted by
 length (less padding, ~2x faster on CPU) and come back in corpus order.
 
@@ -22,16 +22,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lens_core.hashing import atomic_path, atomic_write_bytes, atomic_write_json, sha256_hex
+from lens_core.common.embeddings import MODEL_ID, embed_texts
+from lens_core.common.hashing import atomic_path, atomic_write_bytes, atomic_write_json, sha256_hex
 from lvm_core.corpus import Corpus
 
-CORPUS_SCHEMA = pa.schema([
-    ("row", pa.int64()),
-    ("article_id", pa.string()),
-    ("lane", pa.string()),
-    ("sent_idx", pa.int32()),
-    ("text", pa.string()),
-])
+CORPUS_SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),
+        ("article_id", pa.string()),
+        ("lane", pa.string()),
+        ("sent_idx", pa.int32()),
+        ("text", pa.string()),
+    ]
+)
 
 
 class VectorError(ValueError):
@@ -46,9 +49,16 @@ def corpus_table(corpus: Corpus) -> pa.Table:
         lanes.extend([a.lane] * n)
         idx.extend(range(n))
         texts.extend(a.sentences)
-    return pa.table({"row": np.arange(len(texts), dtype=np.int64), "article_id": ids,
-                     "lane": lanes, "sent_idx": np.asarray(idx, dtype=np.int32), "text": texts},
-                    schema=CORPUS_SCHEMA)
+    return pa.table(
+        {
+            "row": np.arange(len(texts), dtype=np.int64),
+            "article_id": ids,
+            "lane": lanes,
+            "sent_idx": np.asarray(idx, dtype=np.int32),
+            "text": texts,
+        },
+        schema=CORPUS_SCHEMA,
+    )
 
 
 def write_corpus(corpus: Corpus, out_dir: str | os.PathLike) -> dict:
@@ -56,9 +66,15 @@ def write_corpus(corpus: Corpus, out_dir: str | os.PathLike) -> dict:
     table = corpus_table(corpus)
     with atomic_path(out_dir / "corpus.parquet", suffix=".parquet") as tmp:
         pq.write_table(table, tmp)
-    meta = {"source": corpus.source, "n_articles": len(corpus.articles),
-            "n_sentences": table.num_rows, "lanes": corpus.lanes, "skipped": corpus.skipped,
-            "capped": corpus.capped, "content_hash": corpus.content_hash()}
+    meta = {
+        "source": corpus.source,
+        "n_articles": len(corpus.articles),
+        "n_sentences": table.num_rows,
+        "lanes": corpus.lanes,
+        "skipped": corpus.skipped,
+        "capped": corpus.capped,
+        "content_hash": corpus.content_hash(),
+    }
     atomic_write_json(out_dir / "corpus.json", meta)
     return meta
 
@@ -80,36 +96,42 @@ def validate_vectors(vecs: np.ndarray, n_rows: int | None = None, source: str = 
     bad = ~np.isfinite(vecs).all(axis=1)
     if bad.any():
         rows = np.flatnonzero(bad)
-        raise VectorError(f"{source}: {rows.size} vector(s) contain NaN/Inf (first rows: "
-                          f"{rows[:5].tolist()}); nothing written")
+        raise VectorError(
+            f"{source}: {rows.size} vector(s) contain NaN/Inf (first rows: {rows[:5].tolist()}); nothing written"
+        )
 
 
-def embed_sentences(texts: list[str], cache_dir: str | os.PathLike | None,
-                    progress: bool | Callable[[int, int], None] = True,
-                    embed_fn: Callable[..., np.ndarray] | None = None) -> np.ndarray:
+def embed_sentences(
+    texts: list[str],
+    cache_dir: str | os.PathLike | None,
+    progress: bool | Callable[[int, int], None] = True,
+    embed_fn: Callable[..., np.ndarray] | None = None,
+) -> np.ndarray:
     """Embed `texts` (order kept); the model sees them sorted by length."""
     if embed_fn is None:
-        from lens_core.embeddings import embed_texts as embed_fn
-    order = np.argsort(np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)),
-                       kind="stable")
-    vecs = embed_fn([texts[i] for i in order], cache_dir=cache_dir, progress=progress,
-                    batch_size=128)
+        embed_fn = embed_texts
+    order = np.argsort(np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)), kind="stable")
+    vecs = embed_fn([texts[i] for i in order], cache_dir=cache_dir, progress=progress, batch_size=128)
     out = np.empty_like(vecs)
     out[order] = vecs
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def write_vectors(vecs: np.ndarray, out_dir: str | os.PathLike, corpus_hash: str,
-                  model_id: str) -> dict:
+def write_vectors(vecs: np.ndarray, out_dir: str | os.PathLike, corpus_hash: str, model_id: str) -> dict:
     """Validate then write `concept_vectors.npy` + `.json` atomically; returns the metadata."""
     validate_vectors(vecs, source="concept vectors")
     out_dir = Path(out_dir)
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(vecs, dtype=np.float32), allow_pickle=False)
     data = buf.getvalue()
-    meta = {"sha256": sha256_hex(data), "n": int(vecs.shape[0]), "dim": int(vecs.shape[1]),
-            "model_id": model_id, "corpus_hash": corpus_hash,
-            "norm_min": float(np.linalg.norm(vecs, axis=1).min()) if len(vecs) else 0.0}
+    meta = {
+        "sha256": sha256_hex(data),
+        "n": int(vecs.shape[0]),
+        "dim": int(vecs.shape[1]),
+        "model_id": model_id,
+        "corpus_hash": corpus_hash,
+        "norm_min": float(np.linalg.norm(vecs, axis=1).min()) if len(vecs) else 0.0,
+    }
     atomic_write_bytes(out_dir / "concept_vectors.npy", data)
     atomic_write_json(out_dir / "concept_vectors.json", meta)
     return meta
@@ -126,11 +148,13 @@ def read_vectors(out_dir: str | os.PathLike) -> tuple[np.ndarray, dict]:
     return vecs, meta
 
 
-def build_vectors(out_dir: str | os.PathLike, cache_dir: str | os.PathLike | None,
-                  progress: bool = True, embed_fn: Callable[..., np.ndarray] | None = None
-                  ) -> dict:
+def build_vectors(
+    out_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike | None,
+    progress: bool = True,
+    embed_fn: Callable[..., np.ndarray] | None = None,
+) -> dict:
     """corpus.parquet -> concept_vectors.npy (the asset's whole job)."""
-    from lens_core.embeddings import MODEL_ID
 
     table, meta = read_corpus(out_dir)
     texts = table.column("text").to_pylist()

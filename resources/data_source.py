@@ -3,12 +3,12 @@ engine on loopback) or `prod` (LENS_ENDPOINTS with AUTH_TOKEN). The assets only 
 resource's questions: which queries (`suites()`), what did a system answer (`collect()`), and
 what to put in the attestation (`describe()`).
 
-`local` and `prod` share one client (`resources.lens_client`); only who starts the server
+`local` and `prod` share one client (`lens_core.collect.client`); only who starts the server
 differs.
 
 `local`:
 * `suites()`: the reference engine's suites (SPEC §11), built with the `lens_engine` Python API
-  from the same corpus and cache (`lens_core.settings.cache_dir()`) the server loads;
+  from the same corpus and cache (`lens_core.common.settings.cache_dir()`) the server loads;
   deterministic (seed `suite_seed`, default 0: the seed the engine warms its query vectors
   with). Cap: `max_per_suite` / env `LENS_MAX_PER_SUITE`, either one number for every suite
   or `suite=n` pairs (`nl=0,identifier=150,*=150`; `*` = every other suite; 0 = whole).
@@ -51,12 +51,18 @@ import dagster as dg
 import polars as pl
 from pydantic import Field, PrivateAttr
 
-from lens_core.contracts import GROUND_TRUTH_SCHEMA, QUERIES_SCHEMA
-from lens_core.hashing import sha256_hex
-from lens_core.settings import cache_dir, data_source, load_config, sla_ms, env_number
-from lens_core.simulator import Simulator
-from lens_core.systems import SystemConfig
-from resources.lens_client import LensClient, LensUnreachable, collect_run, endpoints_from_env
+from lens_core.collect.client import LensClient, LensUnreachable, collect_run, endpoints_from_env
+from lens_core.collect.rawruns import write_raw_run
+from lens_core.common.contracts import GROUND_TRUTH_SCHEMA, QUERIES_SCHEMA
+from lens_core.common.hashing import sha256_hex
+from lens_core.common.settings import cache_dir, data_source, env_number, load_config, sla_ms
+from lens_core.common.systems import SystemConfig
+from lens_core.ingest.ndjson import ingest
+from lens_core.sim.simulator import Simulator
+from lens_engine.corpus import build_corpus, env_max_functions
+from lens_engine.index import DEFAULT_SHARDS, index_key
+from lens_engine.launcher import EngineServer
+from lens_engine.suites import build_suites
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +92,9 @@ def parse_suite_caps(spec: str | int | None) -> dict[str, int | None]:
         try:
             n = int(value)
         except ValueError:
-            raise ValueError(f"LENS_MAX_PER_SUITE={text!r}: {part!r} is not `n` or `suite=n` with an integer n") from None
+            raise ValueError(
+                f"LENS_MAX_PER_SUITE={text!r}: {part!r} is not `n` or `suite=n` with an integer n"
+            ) from None
         if n < 0 or not name:
             raise ValueError(f"LENS_MAX_PER_SUITE={text!r}: {part!r}: caps are integers >= 0 (0 = whole suite)")
         caps[name] = n or None
@@ -94,8 +102,9 @@ def parse_suite_caps(spec: str | int | None) -> dict[str, int | None]:
     return caps
 
 
-def cap_suites(queries: pl.DataFrame, ground_truth: pl.DataFrame, caps: dict[str, int | None],
-               seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
+def cap_suites(
+    queries: pl.DataFrame, ground_truth: pl.DataFrame, caps: dict[str, int | None], seed: int = 0
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Keep, per suite, the first `cap` queries in a seeded hash order of their qids (stable
     across machines, independent of row order); ground truth follows the kept qids."""
     if all(v is None for v in caps.values()):
@@ -105,7 +114,9 @@ def cap_suites(queries: pl.DataFrame, ground_truth: pl.DataFrame, caps: dict[str
     rank = pl.int_range(pl.len()).over("suite")
     cap_expr = pl.col("suite").replace_strict(
         {s: (c if c is not None else 1 << 62) for s, c in caps.items() if s != "*"},
-        default=caps.get("*") if caps.get("*") is not None else 1 << 62, return_dtype=pl.Int64)
+        default=caps.get("*") if caps.get("*") is not None else 1 << 62,
+        return_dtype=pl.Int64,
+    )
     kept = order.filter(rank < cap_expr).drop("_h").sort("qid")
     gt = ground_truth.filter(pl.col("qid").is_in(kept["qid"].implode()))
     return kept, gt
@@ -149,12 +160,16 @@ class LensDataSource(dg.ConfigurableResource):
     seed: int = Field(-1, description="simulator seed; -1 = run.seed from the config")
     queries_per_suite: int = Field(0, description="simulator queries per suite; 0 = config")
     sla_ms: float = Field(0.0, description="per-query deadline; 0 = $SLA_MS (default 150)")
-    max_per_suite: str = Field("", description="local: queries per suite, `n` or `suite=n,...,*=n` "
-                                                "(0 = whole); empty = $LENS_MAX_PER_SUITE or "
-                                                f"{DEFAULT_MAX_PER_SUITE}")
+    max_per_suite: str = Field(
+        "",
+        description="local: queries per suite, `n` or `suite=n,...,*=n` "
+        "(0 = whole); empty = $LENS_MAX_PER_SUITE or "
+        f"{DEFAULT_MAX_PER_SUITE}",
+    )
     suite_seed: int = Field(0, description="local: seed of the engine's suites (0 = the engine's warm set)")
-    concurrency: int = Field(0, description=f"local/prod: client concurrency; 0 = $LENS_CLIENT_CONCURRENCY "
-                                            f"or {DEFAULT_CONCURRENCY}")
+    concurrency: int = Field(
+        0, description=f"local/prod: client concurrency; 0 = $LENS_CLIENT_CONCURRENCY or {DEFAULT_CONCURRENCY}"
+    )
     hedge: bool = Field(False, description="local/prod: client-side hedged probes (off by default)")
 
     _server: Any = PrivateAttr(default=None)
@@ -219,13 +234,10 @@ class LensDataSource(dg.ConfigurableResource):
     # -- local --------------------------------------------------------------------------------
     def _engine_corpus(self):
         if self._corpus is None:
-            from lens_engine.corpus import build_corpus
-
             self._corpus = build_corpus(cache_dir=cache_dir())
         return self._corpus
 
     def _local_suites(self) -> tuple[pl.DataFrame, pl.DataFrame]:
-        from lens_engine.suites import build_suites
 
         corpus = self._engine_corpus()
         q, g = build_suites(corpus, seed=self.suite_seed)
@@ -233,9 +245,6 @@ class LensDataSource(dg.ConfigurableResource):
 
     def _ensure_server(self):
         if self._server is None:
-            from lens_engine.corpus import env_max_functions
-            from resources.engine_server import EngineServer
-
             mf = env_max_functions()
             srv = EngineServer(cache_dir(), max_functions=0 if mf is None else mf, logger=self._logger)
             srv.start()
@@ -252,8 +261,10 @@ class LensDataSource(dg.ConfigurableResource):
     def _prod_suites() -> tuple[pl.DataFrame, pl.DataFrame]:
         path = os.environ.get("LENS_SUITES", "").strip()
         if not path:
-            raise ValueError("DATA_SOURCE=prod needs LENS_SUITES: a Parquet file of queries with columns "
-                             f"{list(_schema(QUERIES_SCHEMA))} (and optionally LENS_GROUND_TRUTH)")
+            raise ValueError(
+                "DATA_SOURCE=prod needs LENS_SUITES: a Parquet file of queries with columns "
+                f"{list(_schema(QUERIES_SCHEMA))} (and optionally LENS_GROUND_TRUTH)"
+            )
         q = read_query_file(path, QUERIES_SCHEMA, "the query suites", "LENS_SUITES")
         if q["qid"].n_unique() != q.height:
             raise ValueError(f"LENS_SUITES={path}: duplicate qids")
@@ -288,8 +299,15 @@ class LensDataSource(dg.ConfigurableResource):
         c = self._clients.get(key)
         if c is None:
             cfg = load_config()
-            c = LensClient(endpoint, token=token, sla_ms=self.resolved_sla_ms(), k=k, seed=cfg.run.seed,
-                           concurrency=self.resolved_concurrency(), hedge=self.hedge)
+            c = LensClient(
+                endpoint,
+                token=token,
+                sla_ms=self.resolved_sla_ms(),
+                k=k,
+                seed=cfg.run.seed,
+                concurrency=self.resolved_concurrency(),
+                hedge=self.hedge,
+            )
             self._clients[key] = c
         return c
 
@@ -306,8 +324,9 @@ class LensDataSource(dg.ConfigurableResource):
             return self._prod_suites()
         raise ValueError(f"DATA_SOURCE={src!r}: expected sim, local or prod")
 
-    def collect(self, system: SystemConfig, queries: pl.DataFrame, run_id: str, t0_ms: float,
-                k: int) -> list[dict[str, Any]]:
+    def collect(
+        self, system: SystemConfig, queries: pl.DataFrame, run_id: str, t0_ms: float, k: int
+    ) -> list[dict[str, Any]]:
         """Raw-run records of one system over the queries. `t0_ms` is the simulator's clock;
         `local`/`prod` record the real wall-clock request times."""
         src = self.resolved_source()
@@ -321,8 +340,10 @@ class LensDataSource(dg.ConfigurableResource):
             if src == "local" and srv is not None and srv.wait_exited(5.0):
                 self._server = None
                 srv.stop()
-                raise LensUnreachable(f"the reference engine (log {srv.log_path}) is no longer running "
-                                      f"(it exited while serving {system.name}):\n{srv.log_tail()}") from None
+                raise LensUnreachable(
+                    f"the reference engine (log {srv.log_path}) is no longer running "
+                    f"(it exited while serving {system.name}):\n{srv.log_tail()}"
+                ) from None
             raise
 
     def describe(self) -> dict[str, Any]:
@@ -347,9 +368,6 @@ class LensDataSource(dg.ConfigurableResource):
             out["client"] = {"concurrency": self.resolved_concurrency(), "hedge": self.hedge}
         elif src == "local":
             if self._describe_cache is None:
-                from lens_engine.corpus import env_max_functions
-                from lens_engine.index import DEFAULT_SHARDS, index_key
-
                 corpus = self._engine_corpus()
                 mf = env_max_functions()
                 self._describe_cache = {
@@ -373,15 +391,20 @@ class LensDataSource(dg.ConfigurableResource):
 # ---------------------------------------------------------------------------------------------
 # Parity: the simulator and the HTTP ingestor write the same records
 # ---------------------------------------------------------------------------------------------
-def ingestion_parity(queries: pl.DataFrame, system: SystemConfig, client: LensClient, workdir: str | os.PathLike,
-                     run_id: str = "parity", simulator: Simulator | None = None, t0_ms: float = 0.0,
-                     k: int | None = None) -> pl.DataFrame:
+def ingestion_parity(
+    queries: pl.DataFrame,
+    system: SystemConfig,
+    client: LensClient,
+    workdir: str | os.PathLike,
+    run_id: str = "parity",
+    simulator: Simulator | None = None,
+    t0_ms: float = 0.0,
+    k: int | None = None,
+) -> pl.DataFrame:
     """Collect `queries` for `system` through the simulator and through `client`, write both
-    with `write_raw_run`, ingest both with `lens_core.ingest.ingest`, and compare `agg` rows per
+    with `write_raw_run`, ingest both with `lens_core.ingest.ndjson.ingest`, and compare `agg` rows per
     qid. Returns `qid, sim_rows, http_rows, match` (one row per qid of either side, sorted);
     parity holds when `match` is true everywhere. Files go under `workdir/{sim,http}/`."""
-    from lens_core.ingest import ingest
-    from lens_core.rawruns import write_raw_run
 
     if simulator is None:
         cfg = load_config()
@@ -396,6 +419,9 @@ def ingestion_parity(queries: pl.DataFrame, system: SystemConfig, client: LensCl
         write_raw_run(path, records)
         agg, _ = ingest([path])
         counts.append(pl.from_arrow(agg).group_by("qid").len().rename({"len": f"{side}_rows"}))
-    out = counts[0].join(counts[1], on="qid", how="full", coalesce=True).with_columns(
-        pl.col("sim_rows").fill_null(0).cast(pl.Int64), pl.col("http_rows").fill_null(0).cast(pl.Int64))
+    out = (
+        counts[0]
+        .join(counts[1], on="qid", how="full", coalesce=True)
+        .with_columns(pl.col("sim_rows").fill_null(0).cast(pl.Int64), pl.col("http_rows").fill_null(0).cast(pl.Int64))
+    )
     return out.with_columns((pl.col("sim_rows") == pl.col("http_rows")).alias("match")).sort("qid")

@@ -2,7 +2,7 @@
 polars 2.x, so the project carries its own `UPathIOManager`).
 
 Tables land at `<base_dir>/<asset key path>/<partition key>.parquet` (default base_dir:
-`$LENS_DATA_DIR/staging`). Outputs whose asset name has a contract in `lens_core.contracts`
+`$LENS_DATA_DIR/staging`). Outputs whose asset name has a contract in `lens_core.common.contracts`
 go through the schema guard: a drifted table is refused and nothing is written.
 """
 
@@ -16,10 +16,10 @@ import dagster as dg
 import polars as pl
 from upath import UPath
 
-from lens_core import contracts
-from lens_core.settings import data_dir
-from lens_core.hashing import atomic_path
-from lens_core.tables import ParquetFile, read_parquet, write_parquet
+from lens_core.common import contracts
+from lens_core.common.hashing import atomic_path
+from lens_core.common.settings import data_dir
+from lens_core.common.tables import ParquetFile, read_parquet, write_parquet
 
 TABLE_SCHEMAS = {
     "agg": contracts.AGG_SCHEMA,
@@ -65,8 +65,10 @@ class PolarsParquetIOManager(dg.UPathIOManager):
             context.add_output_metadata({"sha256": obj.sha256})
             return
         if not isinstance(obj, pl.DataFrame):
-            raise TypeError(f"{context.asset_key.to_user_string()}: expected a polars DataFrame or a ParquetFile, "
-                            f"got {type(obj).__name__}")
+            raise TypeError(
+                f"{context.asset_key.to_user_string()}: expected a polars DataFrame or a ParquetFile, "
+                f"got {type(obj).__name__}"
+            )
         name = context.asset_key.path[-1]
         info = write_parquet(obj, path, schema=TABLE_SCHEMAS.get(name), name=name, keep_extra=name in KEEP_EXTRA)
         context.add_output_metadata({"sha256": info["sha256"]})

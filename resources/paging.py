@@ -54,8 +54,14 @@ from pydantic import Field
 log = logging.getLogger(__name__)
 
 SEVERITIES: tuple[str, ...] = ("critical", "error", "warning", "info")
-PRIORITY_SEVERITY: dict[str, str] = {"p0": "critical", "p1": "error", "p2": "warning", "p3": "info",
-                                     "p4": "info", "p5": "info"}
+PRIORITY_SEVERITY: dict[str, str] = {
+    "p0": "critical",
+    "p1": "error",
+    "p2": "warning",
+    "p3": "info",
+    "p4": "info",
+    "p5": "info",
+}
 _DAGSTER_SEVERITY = {"warn": "warning"}
 MAX_SUMMARY = 1024
 REDACTED = "***"
@@ -102,8 +108,9 @@ class PagerResource(dg.ConfigurableResource):
     """Sends PagerDuty Events v2 trigger/resolve events to a webhook (see module docstring)."""
 
     url: str = Field("", description="webhook URL; empty = $PAGER_URL; neither = disabled (log only)")
-    routing_key: str = Field("", description="Events v2 routing key; empty = $PAGER_ROUTING_KEY "
-                                             "(secret: use the env var or dg.EnvVar)")
+    routing_key: str = Field(
+        "", description="Events v2 routing key; empty = $PAGER_ROUTING_KEY (secret: use the env var or dg.EnvVar)"
+    )
     timeout_s: float = Field(2.0, description="timeout of one POST (seconds)")
     source: str = Field("lens-pipeline", description="payload.source when the caller gives none")
 
@@ -125,13 +132,26 @@ class PagerResource(dg.ConfigurableResource):
     def describe(self) -> dict[str, Any]:
         """What may be shown (metadata, logs): never the key, never the URL's path."""
         url = self.resolved_url()
-        return {"enabled": bool(url), "webhook": _origin(url) if url else "",
-                "routing_key_set": bool(self._routing_key()), "timeout_s": self.timeout_s}
+        return {
+            "enabled": bool(url),
+            "webhook": _origin(url) if url else "",
+            "routing_key_set": bool(self._routing_key()),
+            "timeout_s": self.timeout_s,
+        }
 
     # -- payloads ----------------------------------------------------------------------------
-    def trigger_payload(self, dedup_key: str, summary: str, severity: str, source: str = "",
-                        component: str = "", owners: Iterable[str] = (), details: dict | None = None,
-                        group: str = "", klass: str = "") -> dict[str, Any]:
+    def trigger_payload(
+        self,
+        dedup_key: str,
+        summary: str,
+        severity: str,
+        source: str = "",
+        component: str = "",
+        owners: Iterable[str] = (),
+        details: dict | None = None,
+        group: str = "",
+        klass: str = "",
+    ) -> dict[str, Any]:
         if not dedup_key:
             raise ValueError("pager trigger: empty dedup_key")
         custom = {"owners": list(owners)}
@@ -159,12 +179,22 @@ class PagerResource(dg.ConfigurableResource):
         return {"routing_key": self._routing_key(), "event_action": "resolve", "dedup_key": dedup_key}
 
     # -- sending -----------------------------------------------------------------------------
-    def trigger(self, dedup_key: str, summary: str, severity: str, source: str = "", component: str = "",
-                owners: Iterable[str] = (), details: dict | None = None, group: str = "",
-                klass: str = "") -> bool:
+    def trigger(
+        self,
+        dedup_key: str,
+        summary: str,
+        severity: str,
+        source: str = "",
+        component: str = "",
+        owners: Iterable[str] = (),
+        details: dict | None = None,
+        group: str = "",
+        klass: str = "",
+    ) -> bool:
         """Open (or re-assert) the incident `dedup_key`. True = the webhook took it (2xx)."""
-        return self.send(self.trigger_payload(dedup_key, summary, severity, source, component, owners,
-                                              details, group, klass))
+        return self.send(
+            self.trigger_payload(dedup_key, summary, severity, source, component, owners, details, group, klass)
+        )
 
     def resolve(self, dedup_key: str) -> bool:
         """Resolve the incident `dedup_key`. True = the webhook took it (2xx)."""
@@ -183,9 +213,9 @@ class PagerResource(dg.ConfigurableResource):
             log.error("pager %s %s: webhook %s is not an http(s) URL; not sent", action, dedup, where)
             return False
         body = json.dumps(event, allow_nan=False).encode("utf-8")
-        req = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              "Accept": "application/json"})
+        req = urllib.request.Request(
+            url, data=body, method="POST", headers={"Content-Type": "application/json", "Accept": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 status = resp.status
@@ -194,13 +224,17 @@ class PagerResource(dg.ConfigurableResource):
             log.warning("pager %s %s: webhook %s answered HTTP %s", action, dedup, where, e.code)
             return False
         except (socket.timeout, TimeoutError):
-            log.warning("pager %s %s: webhook %s did not answer within %.1fs", action, dedup, where,
-                        self.timeout_s)
+            log.warning("pager %s %s: webhook %s did not answer within %.1fs", action, dedup, where, self.timeout_s)
             return False
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
             reason = getattr(e, "reason", e)
-            log.warning("pager %s %s: webhook %s unreachable (%s)", action, dedup, where,
-                        self._redact(f"{type(reason).__name__}: {reason}"))
+            log.warning(
+                "pager %s %s: webhook %s unreachable (%s)",
+                action,
+                dedup,
+                where,
+                self._redact(f"{type(reason).__name__}: {reason}"),
+            )
             return False
         if 200 <= status < 300:
             log.info("pager %s %s: delivered to %s (HTTP %s)", action, dedup, where, status)

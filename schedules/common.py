@@ -12,23 +12,24 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from lens_core.hashing import atomic_write_json
-from lens_core.monitoring import TZ, weekly_partition_for
-from lens_core.settings import data_dir
+from lens_core.common.calendar import PARTITION_START, TZ, weekly_partition_for
+from lens_core.common.hashing import atomic_write_json
+from lens_core.common.settings import data_dir, owners
 from resources.io_manager import staging_table_path
+from resources.paging import DEFAULT_PAGER
 
 GROUP = "monitoring"
-POOL = "lens_monitoring"           # op-level concurrency pool of every monitoring asset
-SERIAL_TAG = "lens/serial"         # run-queue tag: one run per value at a time (dagster.yaml)
-SERIAL_NIGHTLY = "nightly"         # the weekly run + every nightly / Sunday lens job
-SERIAL_LVM = "lvm"                 # the LVM jobs
+POOL = "lens_monitoring"  # op-level concurrency pool of every monitoring asset
+SERIAL_TAG = "lens/serial"  # run-queue tag: one run per value at a time (dagster.yaml)
+SERIAL_NIGHTLY = "nightly"  # the weekly run + every nightly / Sunday lens job
+SERIAL_LVM = "lvm"  # the LVM jobs
 PRIORITY_TAG = "dagster/priority"  # QueuedRunCoordinator dequeues higher first
 WEEKLY_PARTITION_TAG = "lens/weekly_partition"
-OWNERS_EVAL = ["team:search-eval"]
-OWNERS_CAL = ["team:ml-calibration"]
-OWNERS_CORE = ["team:search-core"]
+OWNERS_EVAL = owners("eval")
+OWNERS_CAL = owners("calibration")
+OWNERS_CORE = owners("core")
 
-daily_partitions = dg.DailyPartitionsDefinition(start_date="2026-01-04", timezone=TZ, end_offset=1)
+daily_partitions = dg.DailyPartitionsDefinition(start_date=PARTITION_START, timezone=TZ, end_offset=1)
 
 
 def schedules_running_by_default() -> bool:
@@ -75,7 +76,8 @@ def resolve_weekly(implied: str, needed: tuple[str, ...]) -> tuple[str, bool]:
     if not older:
         raise FileNotFoundError(
             f"no weekly partition <= {implied} has all of {', '.join(needed)} under "
-            f"{data_dir() / 'staging'}: run weekly_lens_job first")
+            f"{data_dir() / 'staging'}: run weekly_lens_job first"
+        )
     return older[-1], True
 
 
@@ -98,7 +100,6 @@ def write_summary(directory: Path, summary: dict[str, Any]) -> Path:
 def default_pager() -> Any:
     """The `pager` resource: the code location's one PagerResource instance (Definitions.merge
     refuses two different objects under one key)."""
-    from resources.paging import DEFAULT_PAGER
 
     return DEFAULT_PAGER
 
@@ -109,8 +110,17 @@ def page_functions(pager: Any, source: str):
 
     def trigger(p) -> bool:
         try:
-            return bool(pager.trigger(dedup_key=p.key, summary=p.summary, severity=p.severity, source=source,
-                                      component=p.component, owners=list(p.owners), details=p.details))
+            return bool(
+                pager.trigger(
+                    dedup_key=p.key,
+                    summary=p.summary,
+                    severity=p.severity,
+                    source=source,
+                    component=p.component,
+                    owners=list(p.owners),
+                    details=p.details,
+                )
+            )
         except Exception:  # noqa: BLE001 - the contract says never raise; be defensive anyway
             return False
 

@@ -19,22 +19,22 @@ from typing import Sequence, TypeVar
 
 import dagster as dg
 
-from lens_core.monitoring import TZ
+from lens_core.monitor.monitoring import TZ
 
 PUBLISHED_ASSETS: tuple[str, ...] = ("release_bundle", "scores", "hero_table")
-DEADLINE_CRON = "0 9 * * 0"           # Sunday 09:00 US/Eastern
-LOWER_BOUND = timedelta(hours=7)      # ... for a run that started at 02:00
+DEADLINE_CRON = "0 9 * * 0"  # Sunday 09:00 US/Eastern
+LOWER_BOUND = timedelta(hours=7)  # ... for a run that started at 02:00
 
 T = TypeVar("T")
 
 
-def weekly_freshness_policy(deadline_cron: str = DEADLINE_CRON, lower_bound: timedelta = LOWER_BOUND,
-                            timezone: str = TZ) -> dg.FreshnessPolicy:
+def weekly_freshness_policy(
+    deadline_cron: str = DEADLINE_CRON, lower_bound: timedelta = LOWER_BOUND, timezone: str = TZ
+) -> dg.FreshnessPolicy:
     return dg.FreshnessPolicy.cron(deadline_cron=deadline_cron, lower_bound_delta=lower_bound, timezone=timezone)
 
 
-def apply_freshness(obj: T, keys: Sequence[str] = PUBLISHED_ASSETS,
-                    policy: dg.FreshnessPolicy | None = None) -> T:
+def apply_freshness(obj: T, keys: Sequence[str] = PUBLISHED_ASSETS, policy: dg.FreshnessPolicy | None = None) -> T:
     """Attach the weekly freshness policy to the published assets in `obj` (a Definitions or a
     sequence of AssetsDefinition / AssetSpec); other assets are returned unchanged. An existing
     policy on one of those assets is replaced."""

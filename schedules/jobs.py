@@ -21,12 +21,17 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from lens_assets.assets import weekly_partitions
-from lens_core.monitoring import TZ, local_date, weekly_partition_for
-from lens_core.settings import data_source, load_config
+from lens_assets.common import weekly_partitions
+from lens_core.common.calendar import TZ, local_date, weekly_partition_for
+from lens_core.common.settings import data_source, load_config
 from schedules import assets as A
 from schedules.common import (
-    PRIORITY_TAG, SERIAL_LVM, SERIAL_NIGHTLY, SERIAL_TAG, WEEKLY_PARTITION_TAG, daily_partitions,
+    PRIORITY_TAG,
+    SERIAL_LVM,
+    SERIAL_NIGHTLY,
+    SERIAL_TAG,
+    WEEKLY_PARTITION_TAG,
+    daily_partitions,
     default_schedule_status,
 )
 
@@ -39,35 +44,104 @@ class Row:
     schedule: str
     job: str
     cron: str
-    kind: str          # weekly | daily | sunday | lvm
+    kind: str  # weekly | daily | sunday | lvm
     priority: int
     serial: str
     what: str
 
 
 SCHEDULE_TABLE: tuple[Row, ...] = (
-    Row("weekly_lens_schedule", "weekly_lens_job", "0 2 * * 0", "weekly", 100, SERIAL_NIGHTLY,
-        "weekly Lens run, full grids, publish on green"),
-    Row("hero_monitoring_schedule", "hero_monitoring_job", "0 2 * * *", "daily", 90, SERIAL_NIGHTLY,
-        "hero monitoring vs baseline"),
-    Row("micro_suite_refresh_schedule", "micro_suite_refresh_job", "15 2 * * *", "daily", 85, SERIAL_NIGHTLY,
-        "micro-suite refresh (>= 800 / suite, stratified, seeded by date)"),
-    Row("parquet_regeneration_schedule", "parquet_regeneration_job", "30 2 * * *", "daily", 80, SERIAL_NIGHTLY,
-        "Parquet regeneration (byte-identical agg/hits)"),
-    Row("ci_whiskers_schedule", "ci_whiskers_job", "45 2 * * *", "daily", 75, SERIAL_NIGHTLY,
-        "CI whiskers PNG"),
-    Row("drift_pack_schedule", "drift_pack_job", "0 3 * * 0", "sunday", 70, SERIAL_NIGHTLY,
-        "drift pack (ECE, adaptive/debiased ECE, Brier, clamp rate, merged-bin share + trends)"),
-    Row("calibrator_parity_schedule", "calibrator_parity_job", "0 4 * * 0", "sunday", 65, SERIAL_NIGHTLY,
-        "calibrator parity suite"),
-    Row("pool_audit_schedule", "pool_audit_job", "0 5 * * 0", "sunday", 60, SERIAL_NIGHTLY,
-        "pool audit diff vs previous week"),
-    Row("tripwires_schedule", "tripwires_job", "0 6 * * 0", "sunday", 55, SERIAL_NIGHTLY,
-        "tripwires (file_credit > 5%, flatline)"),
-    Row("lvm_drift_check_schedule", "lvm_drift_check_job", "0 6 * * 1", "lvm", 50, SERIAL_LVM,
-        "LVM drift check (the lvm group's checks on the stored eval)"),
-    Row("lvm_lane_health_schedule", "lvm_lane_health_job", "0 7 * * *", "lvm", 45, SERIAL_LVM,
-        "LVM lane health and regression suite (held-out eval + champion + their checks)"),
+    Row(
+        "weekly_lens_schedule",
+        "weekly_lens_job",
+        "0 2 * * 0",
+        "weekly",
+        100,
+        SERIAL_NIGHTLY,
+        "weekly Lens run, full grids, publish on green",
+    ),
+    Row(
+        "hero_monitoring_schedule",
+        "hero_monitoring_job",
+        "0 2 * * *",
+        "daily",
+        90,
+        SERIAL_NIGHTLY,
+        "hero monitoring vs baseline",
+    ),
+    Row(
+        "micro_suite_refresh_schedule",
+        "micro_suite_refresh_job",
+        "15 2 * * *",
+        "daily",
+        85,
+        SERIAL_NIGHTLY,
+        "micro-suite refresh (>= 800 / suite, stratified, seeded by date)",
+    ),
+    Row(
+        "parquet_regeneration_schedule",
+        "parquet_regeneration_job",
+        "30 2 * * *",
+        "daily",
+        80,
+        SERIAL_NIGHTLY,
+        "Parquet regeneration (byte-identical agg/hits)",
+    ),
+    Row("ci_whiskers_schedule", "ci_whiskers_job", "45 2 * * *", "daily", 75, SERIAL_NIGHTLY, "CI whiskers PNG"),
+    Row(
+        "drift_pack_schedule",
+        "drift_pack_job",
+        "0 3 * * 0",
+        "sunday",
+        70,
+        SERIAL_NIGHTLY,
+        "drift pack (ECE, adaptive/debiased ECE, Brier, clamp rate, merged-bin share + trends)",
+    ),
+    Row(
+        "calibrator_parity_schedule",
+        "calibrator_parity_job",
+        "0 4 * * 0",
+        "sunday",
+        65,
+        SERIAL_NIGHTLY,
+        "calibrator parity suite",
+    ),
+    Row(
+        "pool_audit_schedule",
+        "pool_audit_job",
+        "0 5 * * 0",
+        "sunday",
+        60,
+        SERIAL_NIGHTLY,
+        "pool audit diff vs previous week",
+    ),
+    Row(
+        "tripwires_schedule",
+        "tripwires_job",
+        "0 6 * * 0",
+        "sunday",
+        55,
+        SERIAL_NIGHTLY,
+        "tripwires (file_credit > 5%, flatline)",
+    ),
+    Row(
+        "lvm_drift_check_schedule",
+        "lvm_drift_check_job",
+        "0 6 * * 1",
+        "lvm",
+        50,
+        SERIAL_LVM,
+        "LVM drift check (the lvm group's checks on the stored eval)",
+    ),
+    Row(
+        "lvm_lane_health_schedule",
+        "lvm_lane_health_job",
+        "0 7 * * *",
+        "lvm",
+        45,
+        SERIAL_LVM,
+        "LVM lane health and regression suite (held-out eval + champion + their checks)",
+    ),
 )
 ROWS = {r.schedule: r for r in SCHEDULE_TABLE}
 
@@ -77,8 +151,13 @@ def _tags(row: Row) -> dict[str, str]:
 
 
 def _asset_job(row: Row, selection, partitions_def=None, description: str = "") -> dg.UnresolvedAssetJobDefinition:
-    return dg.define_asset_job(row.job, selection=selection, partitions_def=partitions_def, tags=_tags(row),
-                               description=description or row.what)
+    return dg.define_asset_job(
+        row.job,
+        selection=selection,
+        partitions_def=partitions_def,
+        tags=_tags(row),
+        description=description or row.what,
+    )
 
 
 _LVM = dg.AssetSelection.groups("lvm")
@@ -93,14 +172,20 @@ JOBS = [
     _asset_job(ROWS["pool_audit_schedule"], [A.pool_audit], weekly_partitions),
     _asset_job(ROWS["tripwires_schedule"], [A.tripwires], weekly_partitions),
     # Checks only: every asset check of the lvm group, evaluated on the stored eval / champion.
-    _asset_job(ROWS["lvm_drift_check_schedule"], _LVM - _LVM.without_checks(),
-               description="LVM drift check: the lvm group's asset checks (Hit@5 drift vs champion, lane "
-                           "health, p95, NaN/Inf, leakage) re-evaluated on the stored outputs."),
+    _asset_job(
+        ROWS["lvm_drift_check_schedule"],
+        _LVM - _LVM.without_checks(),
+        description="LVM drift check: the lvm group's asset checks (Hit@5 drift vs champion, lane "
+        "health, p95, NaN/Inf, leakage) re-evaluated on the stored outputs.",
+    ),
     # The group's sink (champion) and what feeds it directly (held-out eval), with their checks;
     # the variant-partitioned checkpoints are not retrained by this job.
-    _asset_job(ROWS["lvm_lane_health_schedule"], _LVM.sinks().upstream(depth=1),
-               description="LVM lane health and regression suite: held-out eval of the stored checkpoints, "
-                           "champion decision, and their checks."),
+    _asset_job(
+        ROWS["lvm_lane_health_schedule"],
+        _LVM.sinks().upstream(depth=1),
+        description="LVM lane health and regression suite: held-out eval of the stored checkpoints, "
+        "champion decision, and their checks.",
+    ),
 ]
 
 
@@ -108,6 +193,7 @@ def tick_time(context: dg.ScheduleEvaluationContext):
     t = context.scheduled_execution_time
     if t is None:
         from datetime import datetime, timezone
+
         t = datetime.now(timezone.utc)
     return t
 
@@ -118,10 +204,20 @@ def run_request_for(row: Row, tick) -> dg.RunRequest:
     if row.kind == "weekly":
         pk = weekly_partition_for(tick)
         src = data_source()
-        tags.update({DATA_SOURCE_TAG: src, FULL_GRIDS_TAG: "1", WEEKLY_PARTITION_TAG: pk,
-                     "lens/env": "prod" if src == "prod" else load_config().run.env})
-        return dg.RunRequest(run_key=f"{row.job}:{pk}", partition_key=pk, tags=tags,
-                             run_config={"resources": {"lens_source": {"config": {"source": src}}}})
+        tags.update(
+            {
+                DATA_SOURCE_TAG: src,
+                FULL_GRIDS_TAG: "1",
+                WEEKLY_PARTITION_TAG: pk,
+                "lens/env": "prod" if src == "prod" else load_config().run.env,
+            }
+        )
+        return dg.RunRequest(
+            run_key=f"{row.job}:{pk}",
+            partition_key=pk,
+            tags=tags,
+            run_config={"resources": {"lens_source": {"config": {"source": src}}}},
+        )
     if row.kind == "daily":
         day = local_date(tick)
         tags[WEEKLY_PARTITION_TAG] = weekly_partition_for(tick)
@@ -140,10 +236,14 @@ def _schedule(row: Row) -> dg.ScheduleDefinition:
         return run_request_for(row, tick_time(context))
 
     return dg.ScheduleDefinition(
-        name=row.schedule, cron_schedule=row.cron, job_name=row.job, execution_timezone=TZ,
-        execution_fn=execution_fn, default_status=default_schedule_status(),
+        name=row.schedule,
+        cron_schedule=row.cron,
+        job_name=row.job,
+        execution_timezone=TZ,
+        execution_fn=execution_fn,
+        default_status=default_schedule_status(),
         description=f"{row.what}. Partition rule: {row.kind}; run key {row.job}:<"
-                    f"{'date' if row.kind in ('daily', 'lvm') else 'weekly partition'}>.",
+        f"{'date' if row.kind in ('daily', 'lvm') else 'weekly partition'}>.",
     )
 
 
@@ -151,12 +251,20 @@ SCHEDULES = [_schedule(r) for r in SCHEDULE_TABLE]
 
 
 def schedule_table_markdown() -> str:
-    rule = {"weekly": "that Sunday (`YYYY-MM-DD`)", "daily": "tick date; reads latest weekly partition <= tick",
-            "sunday": "that Sunday's weekly partition", "lvm": "unpartitioned"}
-    lines = ["| schedule | job | cron (US/Eastern) | partition | run key | priority | serial lane | what |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rule = {
+        "weekly": "that Sunday (`YYYY-MM-DD`)",
+        "daily": "tick date; reads latest weekly partition <= tick",
+        "sunday": "that Sunday's weekly partition",
+        "lvm": "unpartitioned",
+    }
+    lines = [
+        "| schedule | job | cron (US/Eastern) | partition | run key | priority | serial lane | what |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in SCHEDULE_TABLE:
         key = f"`{r.job}:<{'date' if r.kind in ('daily', 'lvm') else 'partition'}>`"
-        lines.append(f"| {r.schedule} | {r.job} | `{r.cron}` | {rule[r.kind]} | {key} | {r.priority} | "
-                     f"`{SERIAL_TAG}={r.serial}` | {r.what} |")
+        lines.append(
+            f"| {r.schedule} | {r.job} | `{r.cron}` | {rule[r.kind]} | {key} | {r.priority} | "
+            f"`{SERIAL_TAG}={r.serial}` | {r.what} |"
+        )
     return "\n".join(lines)

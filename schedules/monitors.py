@@ -22,9 +22,10 @@ from typing import Any
 
 import dagster as dg
 
-from lens_core import monitoring as M
-from lens_core.hashing import atomic_write_json
-from lens_core.settings import data_dir
+from lens_core.common.calendar import TZ
+from lens_core.common.hashing import atomic_write_json
+from lens_core.common.settings import data_dir
+from lens_core.monitor import monitoring as M
 from schedules.common import default_schedule_status, default_sensor_status, page_functions
 
 HERO_HEALTH_CRON = "*/5 9-18 * * 1-5"
@@ -62,17 +63,30 @@ def _hero_health(context: dg.ScheduleEvaluationContext):
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"open": []}
     trigger, resolve = page_functions(context.resources.pager, "lens/hero_health")
     open_now, log = M.reconcile(state.get("open", []), problems, trigger, resolve)
-    atomic_write_json(state_path, {"open": sorted(open_now), "checked": now.isoformat(), "info": info,
-                                   "problems": [p.as_dict() for p in problems]})
+    atomic_write_json(
+        state_path,
+        {
+            "open": sorted(open_now),
+            "checked": now.isoformat(),
+            "info": info,
+            "problems": [p.as_dict() for p in problems],
+        },
+    )
     return dg.SkipReason(f"hero health {now.isoformat()}: {_report(log, problems)} (no run launched)")
 
 
 hero_health = dg.ScheduleDefinition(
-    name="hero_health", cron_schedule=HERO_HEALTH_CRON, execution_timezone=M.TZ, execution_fn=_hero_health,
-    job_name="hero_monitoring_job", required_resource_keys={"pager"}, default_status=default_schedule_status(),
+    name="hero_health",
+    cron_schedule=HERO_HEALTH_CRON,
+    execution_timezone=TZ,
+    execution_fn=_hero_health,
+    job_name="hero_monitoring_job",
+    required_resource_keys={"pager"},
+    default_status=default_schedule_status(),
     description="Hero health every 5 minutes, weekdays 09:00-18:55 US/Eastern: published bundle present and "
-                "fresh, per-system tail ratio and file-only credit within gates; pages the pager resource. "
-                "Launches no run.")
+    "fresh, per-system tail ratio and file-only credit within gates; pages the pager resource. "
+    "Launches no run.",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,12 +106,18 @@ def latest_check_evaluations(instance: dg.DagsterInstance, asset_graph) -> list[
             continue
         ev = rec.event.dagster_event.event_specific_data if rec.event and rec.event.dagster_event else None
         node = asset_graph.get(key.asset_key) if asset_graph.has(key.asset_key) else None
-        out.append({"asset": key.asset_key.to_user_string(), "check": key.name,
-                    "group": node.group_name if node is not None else None,
-                    "owners": list(node.owners) if node is not None else [],
-                    "passed": bool(getattr(ev, "passed", rec.status == AssetCheckExecutionRecordStatus.SUCCEEDED)),
-                    "severity": getattr(getattr(ev, "severity", None), "value", "ERROR"),
-                    "partition": rec.partition, "run_id": rec.run_id})
+        out.append(
+            {
+                "asset": key.asset_key.to_user_string(),
+                "check": key.name,
+                "group": node.group_name if node is not None else None,
+                "owners": list(node.owners) if node is not None else [],
+                "passed": bool(getattr(ev, "passed", rec.status == AssetCheckExecutionRecordStatus.SUCCEEDED)),
+                "severity": getattr(getattr(ev, "severity", None), "value", "ERROR"),
+                "partition": rec.partition,
+                "run_id": rec.run_id,
+            }
+        )
     return sorted(out, key=lambda e: (e["asset"], e["check"]))
 
 
@@ -106,10 +126,14 @@ def _latest_release_partition(instance: dg.DagsterInstance) -> str | None:
     return ev.dagster_event.partition if ev and ev.dagster_event else None
 
 
-@dg.sensor(name="gate_monitor", minimum_interval_seconds=GATE_MONITOR_INTERVAL_S, required_resource_keys={"pager"},
-           default_status=default_sensor_status(),
-           description="Every 15 minutes: latest check evaluations from the instance; pages one incident per "
-                       "group with red ERROR checks and one per missed weekly run; resolves on green.")
+@dg.sensor(
+    name="gate_monitor",
+    minimum_interval_seconds=GATE_MONITOR_INTERVAL_S,
+    required_resource_keys={"pager"},
+    default_status=default_sensor_status(),
+    description="Every 15 minutes: latest check evaluations from the instance; pages one incident per "
+    "group with red ERROR checks and one per missed weekly run; resolves on green.",
+)
 def gate_monitor(context: dg.SensorEvaluationContext):
     cur = _cursor(context.cursor)
     graph = context.repository_def.asset_graph
@@ -128,11 +152,15 @@ def gate_monitor(context: dg.SensorEvaluationContext):
 # ---------------------------------------------------------------------------------------------
 # emergency tripwire (sensor)
 # ---------------------------------------------------------------------------------------------
-@dg.sensor(name="emergency_tripwire", minimum_interval_seconds=EMERGENCY_INTERVAL_S, required_resource_keys={"pager"},
-           default_status=default_sensor_status(),
-           description="Every minute: the published pointer, its attestation (red blocking gates), artifact "
-                       "hashes and file_credit/flatline on the published tables (re-checked only when the "
-                       "bundle changed). Pages critical.")
+@dg.sensor(
+    name="emergency_tripwire",
+    minimum_interval_seconds=EMERGENCY_INTERVAL_S,
+    required_resource_keys={"pager"},
+    default_status=default_sensor_status(),
+    description="Every minute: the published pointer, its attestation (red blocking gates), artifact "
+    "hashes and file_credit/flatline on the published tables (re-checked only when the "
+    "bundle changed). Pages critical.",
+)
 def emergency_tripwire(context: dg.SensorEvaluationContext):
     cur = _cursor(context.cursor)
     shallow, sig = M.emergency_checks(data_dir(), deep=False)
@@ -146,8 +174,11 @@ def emergency_tripwire(context: dg.SensorEvaluationContext):
     problems = shallow + deep_only
     trigger, resolve = page_functions(context.resources.pager, "lens/emergency_tripwire")
     open_now, log = M.reconcile(cur.get("open", []), problems, trigger, resolve)
-    context.update_cursor(json.dumps({"open": sorted(open_now), "sig": sig,
-                                      "deep_problems": [p.as_dict() for p in deep_only]}, default=str))
+    context.update_cursor(
+        json.dumps(
+            {"open": sorted(open_now), "sig": sig, "deep_problems": [p.as_dict() for p in deep_only]}, default=str
+        )
+    )
     return dg.SkipReason(f"emergency tripwire ({'deep' if deep else 'cached'}): {_report(log, problems)}")
 
 

@@ -37,9 +37,15 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeLens:
-    def __init__(self, token: str | None = None, hits: int = 5, default: str = "ok",
-                 cfg_hash: str = "feedc0de12345678", service_ms: float = 0.0,
-                 capacity: int | None = None):
+    def __init__(
+        self,
+        token: str | None = None,
+        hits: int = 5,
+        default: str = "ok",
+        cfg_hash: str = "feedc0de12345678",
+        service_ms: float = 0.0,
+        capacity: int | None = None,
+    ):
         self.token = token
         self.hits = hits
         self.default = default
@@ -48,10 +54,10 @@ class FakeLens:
         self._capacity = threading.Semaphore(capacity) if capacity else None
         self._plans: dict[str, deque[str]] = {}
         self._lock = threading.Lock()
-        self.requests: list[dict] = []      # every request: path, q, system, k, deadline_ms, auth, behaviour
-        self.disconnects: list[str] = []    # q of each stream whose client went away mid-response
-        self.inflight = 0                   # /search requests being served now
-        self.max_inflight = 0               # ... and the most at once
+        self.requests: list[dict] = []  # every request: path, q, system, k, deadline_ms, auth, behaviour
+        self.disconnects: list[str] = []  # q of each stream whose client went away mid-response
+        self.inflight = 0  # /search requests being served now
+        self.max_inflight = 0  # ... and the most at once
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -94,8 +100,9 @@ class FakeLens:
                 fake._handle(self)
 
         self._server = _Server(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True, name="fake-lens")
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True, name="fake-lens"
+        )
         self._thread.start()
         return self
 
@@ -121,10 +128,19 @@ class FakeLens:
         base = sum(q.encode()) % 97
         out = []
         for i in range(min(self.hits, k)):
-            out.append({"type": "hit", "rank": i + 1, "repo": "cpython",
-                        "path": f"Lib/mod_{(base + i) % 13}.py", "start_line": 10 * i + 1,
-                        "end_line": 10 * i + 5, "score": round(20.0 - i * 1.5, 3),
-                        "why": ["lex", "sem"] if i % 2 else ["lex"], "shard": i % 3})
+            out.append(
+                {
+                    "type": "hit",
+                    "rank": i + 1,
+                    "repo": "cpython",
+                    "path": f"Lib/mod_{(base + i) % 13}.py",
+                    "start_line": 10 * i + 1,
+                    "end_line": 10 * i + 5,
+                    "score": round(20.0 - i * 1.5, 3),
+                    "why": ["lex", "sem"] if i % 2 else ["lex"],
+                    "shard": i % 3,
+                }
+            )
         return out
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
@@ -135,9 +151,17 @@ class FakeLens:
         q = qs.get("q", "")
         behaviour = self._next(q) if parts.path == "/search" else "health"
         with self._lock:
-            self.requests.append({"path": parts.path, "q": q, "system": qs.get("system"),
-                                  "k": qs.get("k"), "deadline_ms": qs.get("deadline_ms"),
-                                  "auth": auth, "behaviour": behaviour})
+            self.requests.append(
+                {
+                    "path": parts.path,
+                    "q": q,
+                    "system": qs.get("system"),
+                    "k": qs.get("k"),
+                    "deadline_ms": qs.get("deadline_ms"),
+                    "auth": auth,
+                    "behaviour": behaviour,
+                }
+            )
         if self.token is not None and auth != f"Bearer {self.token}":
             return self._json(h, 401, {"error": "unauthorized", "detail": "missing or wrong bearer token"})
         if parts.path == "/health":
@@ -179,12 +203,22 @@ class FakeLens:
             time.sleep(float(arg) / 1000.0)
         if kind == "http":
             status = int(arg)
-            return self._json(h, status, {"error": f"injected {status} (request auth: {h.headers.get('Authorization')})",
-                                          "detail": {"q": q}})
+            return self._json(
+                h,
+                status,
+                {"error": f"injected {status} (request auth: {h.headers.get('Authorization')})", "detail": {"q": q}},
+            )
         hits = self._hit_lines(q, k)
         if kind == "oss":
-            return self._json(h, 200, {"results": [
-                {"file_path": x["path"], "line_number": x["start_line"], "score": x["score"]} for x in hits]})
+            return self._json(
+                h,
+                200,
+                {
+                    "results": [
+                        {"file_path": x["path"], "line_number": x["start_line"], "score": x["score"]} for x in hits
+                    ]
+                },
+            )
         lines: list[bytes] = []
         for i, x in enumerate(hits):
             if kind == "nofield" and i == 0:
@@ -214,11 +248,25 @@ class FakeLens:
             if delay:
                 time.sleep(delay)
             now = time.time()
-            done = {"type": "done", "lat_ms": round((now - t0) * 1000.0, 3), "cfg_hash": self.cfg_hash,
-                    "shards": [{"shard": s, "probe_id": f"p-{s}", "issued_ts": t0 * 1000.0,
-                                "first_byte_ts": t0 * 1000.0 + 0.5, "done_ts": now * 1000.0,
-                                "cancel_ts": None, "status": "ok"} for s in range(3)],
-                    "cost": {"probes": 3, "cpu_ms": 1.25}, "system": system}
+            done = {
+                "type": "done",
+                "lat_ms": round((now - t0) * 1000.0, 3),
+                "cfg_hash": self.cfg_hash,
+                "shards": [
+                    {
+                        "shard": s,
+                        "probe_id": f"p-{s}",
+                        "issued_ts": t0 * 1000.0,
+                        "first_byte_ts": t0 * 1000.0 + 0.5,
+                        "done_ts": now * 1000.0,
+                        "cancel_ts": None,
+                        "status": "ok",
+                    }
+                    for s in range(3)
+                ],
+                "cost": {"probes": 3, "cpu_ms": 1.25},
+                "system": system,
+            }
             self._chunk(h, json.dumps(done).encode() + b"\n")
             h.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):

@@ -7,8 +7,6 @@ A command started straight from a large parent reports the parent's peak as its 
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from benchmarks.common import PY, run_proc

@@ -24,7 +24,10 @@ def _run_smoke(tmp_path: Path, only: str, timeout: int) -> str:
     env_out = tmp_path / "bench_out"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--smoke", "--out", str(out), "--only", only],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**__import__("os").environ, "LENS_BENCH_OUT": str(env_out), "PYTHONPATH": str(REPO)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -52,7 +55,7 @@ def _check(text: str, benches: list[str]) -> None:
             assert re.match(r"^[\d.,e+-]+ \[", r[1]), f"row without a measured figure: {r}"
             assert r[-1] in ("yes", "**NO**", "–"), r
     for b in benches:
-        assert f"## " in text and any(b in ln.lower() for ln in text.splitlines() if ln.startswith("## ")), b
+        assert "## " in text and any(b in ln.lower() for ln in text.splitlines() if ln.startswith("## ")), b
 
 
 def test_smoke_report_has_summary_table(tmp_path):
@@ -60,8 +63,15 @@ def test_smoke_report_has_summary_table(tmp_path):
     _check(text, ["scoring", "statistics", "ingest", "calibration"])
     rows = _summary_rows(text)
     names = " ".join(r[0] for r in rows)
-    for expected in ("scoring 1 system", "means equal pytrec_eval", "peak RSS", "statistics", "ingest",
-                     "calibration fit", "calibrator apply p99"):
+    for expected in (
+        "scoring 1 system",
+        "means equal pytrec_eval",
+        "peak RSS",
+        "statistics",
+        "ingest",
+        "calibration fit",
+        "calibrator apply p99",
+    ):
         assert expected in names, expected
     # our means agree with pytrec_eval on the tie-free workload
     agree = next(r for r in rows if "means equal pytrec_eval" in r[0])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lens_core.bootstrap import bootstrap_means, bootstrap_percentiles, count_chunks, mean_ci, percentile_ci
+from lens_core.stats.bootstrap import bootstrap_means, bootstrap_percentiles, count_chunks, mean_ci, percentile_ci
 
 
 def test_counts_are_resamples():
@@ -32,8 +32,9 @@ def test_paired_delta_ci_agrees_with_scipy_paired():
     b = np.clip(base + 0.03 + rng.normal(0, 0.1, 250), 0, 1)
     dist = bootstrap_means(np.vstack([a, b]), b=4000, seed=5)  # shared resamples = paired
     lo, hi = percentile_ci(dist[1] - dist[0])
-    ref = stats.bootstrap((a, b), lambda x, y: np.mean(y - x), paired=True, n_resamples=4000,
-                          method="percentile", random_state=7).confidence_interval
+    ref = stats.bootstrap(
+        (a, b), lambda x, y: np.mean(y - x), paired=True, n_resamples=4000, method="percentile", random_state=7
+    ).confidence_interval
     width = ref.high - ref.low
     assert abs(lo - ref.low) < 0.08 * width and abs(hi - ref.high) < 0.08 * width
     # pairing matters: the unpaired CI of the delta would be much wider
@@ -80,6 +81,6 @@ def test_resampled_means_stay_in_the_data_range():
     for n in (7, 30, 90, 91, 270):
         for k in (1, 2, 3):
             x = np.ones(n)
-            x[:k], x[k:2 * k] = 0.0, 1 / 3
+            x[:k], x[k : 2 * k] = 0.0, 1 / 3
             dist = bootstrap_means(x, b=2000, seed=1)
             assert dist.max() <= 1 + 1e-12 and dist.min() >= -1e-12

@@ -9,8 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from lens_core.bundle import GateResult, assemble, read_published, verify
-from lens_core.hashing import fingerprint
+from lens_core.common.hashing import fingerprint
+from lens_core.decide.gates import GateResult
+from lens_core.publish.bundle import assemble, read_published, verify
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +63,18 @@ def test_verify_catches_a_flipped_byte(green_bundle, tmp_path):
 def test_verify_catches_a_changed_score_even_with_rehashed_attestation(green_bundle, tmp_path):
     b = _copy(green_bundle, tmp_path)
     hero = pl.read_csv(b / "tables/hero_span_v22.csv")
-    hero = hero.with_columns(pl.when(pl.col("system") == "lens_v22").then(pl.col("ndcg_10") + 0.01)
-                             .otherwise(pl.col("ndcg_10")).alias("ndcg_10"))
+    hero = hero.with_columns(
+        pl.when(pl.col("system") == "lens_v22")
+        .then(pl.col("ndcg_10") + 0.01)
+        .otherwise(pl.col("ndcg_10"))
+        .alias("ndcg_10")
+    )
     hero.write_csv(b / "tables/hero_span_v22.csv")
     assert any("hero_span_v22.csv" in x for x in verify(b))
     # A forger who also rewrites the attestation's hash breaks the content hash instead.
     att = json.loads((b / "attestation.json").read_text())
-    from lens_core.hashing import sha256_file
+    from lens_core.common.hashing import sha256_file
+
     att["artifacts"]["tables/hero_span_v22.csv"] = sha256_file(b / "tables/hero_span_v22.csv")
     (b / "attestation.json").write_text(json.dumps(att))
     problems = verify(b)
@@ -77,7 +83,7 @@ def test_verify_catches_a_changed_score_even_with_rehashed_attestation(green_bun
 
 def test_verify_rescoring_catches_consistent_forgery(green_bundle, tmp_path):
     """Everything re-hashed consistently, but the numbers no longer follow from agg/hits/qrels."""
-    from lens_core.hashing import content_hash, sha256_file
+    from lens_core.common.hashing import content_hash, sha256_file
 
     b = _copy(green_bundle, tmp_path)
     hero = pl.read_csv(b / "tables/hero_span_v22.csv")
@@ -125,8 +131,14 @@ def test_concurrent_publications_leave_one_consistent_pointer(tmp_path):
 
     d = tmp_path / "data"
     with ThreadPoolExecutor(4) as ex:
-        results = list(ex.map(lambda i: assemble(d, _tiny_files(tmp_path), [], {"s": str(i)}, [_gate(True)],
-                                                 {"source": "sim"}, now_ms=100 + i), range(8)))
+        results = list(
+            ex.map(
+                lambda i: assemble(
+                    d, _tiny_files(tmp_path), [], {"s": str(i)}, [_gate(True)], {"source": "sim"}, now_ms=100 + i
+                ),
+                range(8),
+            )
+        )
     pub = read_published(d)
     assert pub["fingerprint"] in {r.fingerprint for r in results}
     assert (d / pub["bundle"] / "attestation.json").is_file()

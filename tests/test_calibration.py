@@ -10,18 +10,34 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lens_core import calibration as C
-from lens_core.reliability import reliability_diagram
+from lens_core.calibrate import calibration as C
+from lens_core.calibrate.reliability import reliability_diagram
 
 
-def _cell_frame(system: str, intent: str, language: str, n_hits: int, rng: np.random.Generator,
-                hits_per_query: int = 20, warp: float = 1.0, tag: str = "") -> pl.DataFrame:
+def _cell_frame(
+    system: str,
+    intent: str,
+    language: str,
+    n_hits: int,
+    rng: np.random.Generator,
+    hits_per_query: int = 20,
+    warp: float = 1.0,
+    tag: str = "",
+) -> pl.DataFrame:
     """Labelled hits whose true P(relevant | score) is a logistic curve (raised to `warp`)."""
     score = rng.gamma(2.0, 4.0, n_hits)
     p = (1.0 / (1.0 + np.exp(-(score - 10.0) / 2.5))) ** warp
     qids = np.char.add(f"{system}-{intent}-{language}{tag}-", (np.arange(n_hits) // hits_per_query).astype(str))
-    return pl.DataFrame({"system": system, "qid": qids, "intent": intent, "language": language,
-                         "score": score, "label": (rng.random(n_hits) < p).astype(np.int64)})
+    return pl.DataFrame(
+        {
+            "system": system,
+            "qid": qids,
+            "intent": intent,
+            "language": language,
+            "score": score,
+            "label": (rng.random(n_hits) < p).astype(np.int64),
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,8 +116,7 @@ def test_adaptive_ece_brier_and_merged_bins():
     conf = rng.random(1000)
     label = (rng.random(1000) < conf).astype(int)
     order = np.argsort(conf)
-    manual = sum(abs(label[g].mean() - conf[g].mean()) * g.size / 1000
-                 for g in np.array_split(order, 10))
+    manual = sum(abs(label[g].mean() - conf[g].mean()) * g.size / 1000 for g in np.array_split(order, 10))
     assert C.adaptive_ece(conf, label) == pytest.approx(manual, abs=1e-12)
     assert C.brier(conf, label) == pytest.approx(np.mean((conf - label) ** 2))
     s = rng.random(4000)
@@ -162,13 +177,15 @@ def test_qid_split_is_stable_and_balanced():
 
 
 def _world(rng) -> pl.DataFrame:
-    return pl.concat([
-        _cell_frame("s1", "nl", "python", 24_000, rng),            # big: own cell
-        _cell_frame("s1", "nl", "go", 120, rng),                   # small: backs off to s1/nl
-        _cell_frame("s1", "identifier", "rust", 60, rng),          # small intent: to s1
-        _cell_frame("s2", "nl", "python", 40_000, rng, warp=1.0),
-        _cell_frame("s3", "nl", "python", 300, rng).with_columns(label=pl.lit(0, pl.Int64)),
-    ])
+    return pl.concat(
+        [
+            _cell_frame("s1", "nl", "python", 24_000, rng),  # big: own cell
+            _cell_frame("s1", "nl", "go", 120, rng),  # small: backs off to s1/nl
+            _cell_frame("s1", "identifier", "rust", 60, rng),  # small intent: to s1
+            _cell_frame("s2", "nl", "python", 40_000, rng, warp=1.0),
+            _cell_frame("s3", "nl", "python", 300, rng).with_columns(label=pl.lit(0, pl.Int64)),
+        ]
+    )
 
 
 def test_fit_cells_backs_off_and_report_statuses():
@@ -194,7 +211,8 @@ def test_fit_cells_backs_off_and_report_statuses():
     assert rep.select(pl.selectors.float().is_nan().any()).to_numpy().sum() == 0
     assert set(rep["status"]) <= {"pass", "fail", "insufficient"}
     assert (rep["n_fit"] + rep["n_eval"]).to_list() == (
-        df.group_by(["system", "intent", "language"]).len().sort(["system", "intent", "language"])["len"].to_list())
+        df.group_by(["system", "intent", "language"]).len().sort(["system", "intent", "language"])["len"].to_list()
+    )
     # a cell never seen at fit time backs off to its system
     assert cals.for_cell("s1", "structural", "java").key == "s1|*|*"
     with pytest.raises(KeyError, match="no calibrator for system 'zz'"):
@@ -250,8 +268,9 @@ def test_refit_on_unchanged_data_clamps_nothing_and_composes_exactly():
     assert res.clamp_rate is not None and res.clamp_rate <= 0.5
     grid = np.linspace(-5, 60, 20001)
     # exported breakpoints are exactly score -> g(prev(score))
-    np.testing.assert_allclose(res.calibrator.apply(grid),
-                               np.interp(prev.apply(grid), res.map_conf, res.map_new), atol=1e-12)
+    np.testing.assert_allclose(
+        res.calibrator.apply(grid), np.interp(prev.apply(grid), res.map_conf, res.map_new), atol=1e-12
+    )
     inner = np.diff(res.map_new[1:-1]) / np.diff(res.map_conf[1:-1])
     assert ((inner >= 0.9 - 1e-9) & (inner <= 1.1 + 1e-9)).all()
     back = C.Calibrator.from_json(res.calibrator.to_json())
@@ -268,7 +287,9 @@ def test_refit_flags_drift_when_the_mapping_bends():
     assert res.clamped.sum() == round(res.clamp_rate * res.slopes.size)
     # the clamped map moves confidence less than the unclamped refit would
     s = moved["score"].to_numpy()
-    assert np.abs(res.calibrator.apply(s) - prev.apply(s)).mean() < np.abs(res.unclamped.apply(s) - prev.apply(s)).mean()
+    assert (
+        np.abs(res.calibrator.apply(s) - prev.apply(s)).mean() < np.abs(res.unclamped.apply(s) - prev.apply(s)).mean()
+    )
     few = C.refit_with_clamp(prev, s[:50], moved["label"].to_numpy()[:50])
     assert few.calibrator is prev and few.clamp_rate is None and "min_labels" in few.reason
 
@@ -277,8 +298,9 @@ def test_refit_cells_reports_each_calibrator():
     rng = np.random.default_rng(12)
     df = pl.concat([_cell_frame("s", "nl", "python", 6000, rng), _cell_frame("s", "nl", "go", 80, rng)])
     cals = C.fit_cells(df)
-    new_df = pl.concat([_cell_frame("s", "nl", "python", 6000, rng, tag="b"),
-                        _cell_frame("s", "nl", "go", 80, rng, tag="b")])
+    new_df = pl.concat(
+        [_cell_frame("s", "nl", "python", 6000, rng, tag="b"), _cell_frame("s", "nl", "go", 80, rng, tag="b")]
+    )
     new, rep = C.refit_cells(cals, new_df)
     assert set(rep["calibrator"]) == set(cals.calibrators) == set(new.calibrators)
     assert new.cells == cals.cells

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lens_core.canary import (
+from lens_core.decide.canary import (
     ADVANCE,
     COMPLETE,
     DECISIONS_SCHEMA,
@@ -27,9 +27,18 @@ from lens_core.canary import (
 W = 200  # queries per window (the default)
 
 
-def _arms(n: int, seed: int, repos: int = 100, effect: float = 0.0, noise: float = 0.05,
-          conf_shift: float = 0.0, calib_ms: float = 0.2, bad_windows: dict | None = None,
-          t0_ms: int | None = None, step_ms: int = 1000) -> pl.DataFrame:
+def _arms(
+    n: int,
+    seed: int,
+    repos: int = 100,
+    effect: float = 0.0,
+    noise: float = 0.05,
+    conf_shift: float = 0.0,
+    calib_ms: float = 0.2,
+    bad_windows: dict | None = None,
+    t0_ms: int | None = None,
+    step_ms: int = 1000,
+) -> pl.DataFrame:
     """Both arms of n queries. `bad_windows`: {window index: {"sla": Δ, "calib": ms, "conf": Δ}}."""
     rng = np.random.default_rng(seed)
     qid = [f"q{seed}_{i:05d}" for i in range(n)]
@@ -48,9 +57,15 @@ def _arms(n: int, seed: int, repos: int = 100, effect: float = 0.0, noise: float
         if "calib" in bad:
             t_cal[m] = bad["calib"]
     lat = rng.gamma(4, 10, n)
-    base = {"qid": qid * 2, "repo": repo * 2, "arm": ["control"] * n + ["test"] * n,
-            "sla_recall_50": np.concatenate([c_sla, t_sla]), "lat_ms": np.concatenate([lat, lat * 1.01]),
-            "confidence": np.concatenate([c_conf, t_conf]), "calib_ms": np.concatenate([c_cal, t_cal])}
+    base = {
+        "qid": qid * 2,
+        "repo": repo * 2,
+        "arm": ["control"] * n + ["test"] * n,
+        "sla_recall_50": np.concatenate([c_sla, t_sla]),
+        "lat_ms": np.concatenate([lat, lat * 1.01]),
+        "confidence": np.concatenate([c_conf, t_conf]),
+        "calib_ms": np.concatenate([c_cal, t_cal]),
+    }
     if t0_ms is not None:
         ts = t0_ms + np.arange(n) * step_ms
         base["ts"] = np.concatenate([ts, ts])
@@ -90,8 +105,11 @@ def test_bucket_is_documented_hash_and_stable():
         assert repo_bucket(r) == int.from_bytes(h[:8], "big") % 100
     # pinned: a change of hash would silently reshuffle production traffic
     assert [repo_bucket(f"repo{i:02d}") for i in range(4)] == [repo_bucket(f"repo{i:02d}") for i in range(4)]
-    assert repo_buckets(["repo00", "repo01", "repo00"]).tolist() == [repo_bucket("repo00"), repo_bucket("repo01"),
-                                                                     repo_bucket("repo00")]
+    assert repo_buckets(["repo00", "repo01", "repo00"]).tolist() == [
+        repo_bucket("repo00"),
+        repo_bucket("repo01"),
+        repo_bucket("repo00"),
+    ]
 
 
 def test_bucketing_is_proportional_and_nested():
@@ -113,8 +131,13 @@ def test_all_green_completes_to_100_after_aa():
     res = run_ladder(_stream(_arms(10 * W, seed=1, effect=0.02)))
     acts = _actions(res)
     assert acts[0] == ("aa", 0, ADVANCE)  # A/A first
-    assert [a for a in acts if a[2] != HOLD] == [("aa", 0, ADVANCE), ("ab", 1, ADVANCE), ("ab", 2, ADVANCE),
-                                                  ("ab", 3, ADVANCE), ("ab", 4, COMPLETE)]
+    assert [a for a in acts if a[2] != HOLD] == [
+        ("aa", 0, ADVANCE),
+        ("ab", 1, ADVANCE),
+        ("ab", 2, ADVANCE),
+        ("ab", 3, ADVANCE),
+        ("ab", 4, COMPLETE),
+    ]
     assert res.completed and not res.reverted and res.final_pct == 100 and res.aa_passed
     assert res.steps["pct"].to_list() == [100, 5, 25, 50, 100]
     assert res.steps["decision"].to_list() == [ADVANCE, ADVANCE, ADVANCE, ADVANCE, COMPLETE]
@@ -298,15 +321,29 @@ def test_deterministic():
     assert a.windows.equals(b.windows) and a.decisions.equals(b.decisions)
 
 
-@pytest.mark.parametrize("mutate, match", [
-    (lambda q: q.drop("calib_ms"), "missing column.*calib_ms"),
-    (lambda q: q.filter(~((pl.col("qid") == "q1_00007") & (pl.col("arm") == "test"))), "q1_00007.*no test row"),
-    (lambda q: q.with_columns(pl.when(pl.col("qid") == "q1_00003").then(float("nan"))
-                              .otherwise(pl.col("sla_recall_50")).alias("sla_recall_50")), "sla_recall_50.*q1_00003"),
-    (lambda q: q.with_columns(pl.when(pl.col("qid") == "q1_00004").then(pl.lit("b"))
-                              .otherwise(pl.col("arm")).alias("arm")), "arm.*'b'"),
-    (lambda q: pl.concat([q, q.head(1)]), "q1_00000.*2 rows"),
-])
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda q: q.drop("calib_ms"), "missing column.*calib_ms"),
+        (lambda q: q.filter(~((pl.col("qid") == "q1_00007") & (pl.col("arm") == "test"))), "q1_00007.*no test row"),
+        (
+            lambda q: q.with_columns(
+                pl.when(pl.col("qid") == "q1_00003")
+                .then(float("nan"))
+                .otherwise(pl.col("sla_recall_50"))
+                .alias("sla_recall_50")
+            ),
+            "sla_recall_50.*q1_00003",
+        ),
+        (
+            lambda q: q.with_columns(
+                pl.when(pl.col("qid") == "q1_00004").then(pl.lit("b")).otherwise(pl.col("arm")).alias("arm")
+            ),
+            "arm.*'b'",
+        ),
+        (lambda q: pl.concat([q, q.head(1)]), "q1_00000.*2 rows"),
+    ],
+)
 def test_bad_input_names_the_problem(mutate, match):
     with pytest.raises(ValueError, match=match):
         run_ladder(_stream(mutate(_arms(4 * W, seed=1))))

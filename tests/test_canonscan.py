@@ -1,4 +1,4 @@
-"""The C scanner of canonical raw-run lines (`lens_core._canonscan`, ingestion's first fast
+"""The C scanner of canonical raw-run lines (`lens_core.ingest._canonscan`, ingestion's first fast
 tier): its values equal Python's json/float to the bit, it accepts nothing the RE2
 certification would refuse, and whatever it accepts gives the exact path's tables."""
 
@@ -12,15 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import lens_core.ingest as ingest_mod
-from lens_core.ingest import ingest
-from lens_core.rawruns import encode_record, write_raw_run
-from lens_core.settings import load_config
-from lens_core.simulator import Simulator
-from lens_core.systems import baseline
-from lens_core.tables import SchemaError
+import lens_core.ingest.ndjson as ingest_mod
+from lens_core.collect.rawruns import encode_record, write_raw_run
+from lens_core.common.settings import load_config
+from lens_core.common.systems import baseline
+from lens_core.common.tables import SchemaError
+from lens_core.ingest.ndjson import ingest
+from lens_core.sim.simulator import Simulator
 
-canonscan = pytest.importorskip("lens_core._canonscan", reason="the C scanner is not built (no C compiler at install)")
+canonscan = pytest.importorskip(
+    "lens_core.ingest._canonscan", reason="the C scanner is not built (no C compiler at install)"
+)
 
 NUM = ("obj", "r", [("x", ("num", "x", True))])
 INT = ("obj", "r", [("x", ("int", "x", False))])
@@ -45,11 +47,37 @@ def _bits(values) -> list[int]:
 
 def test_numbers_equal_python_float_to_the_bit():
     rng = random.Random(7)
-    tokens = ["0", "-0", "0.0", "-0.0", "1", "-1", "1e22", "1e23", "9007199254740993", "0.1", "0.3",
-              "123456789012345", "1234567890123456789", "12345678901234567890123", "5e-324", "2.4703282292062328e-324",
-              "2.2250738585072011e-308", "2.2250738585072014e-308", "1.7976931348623157e308", "4.9406564584124654e-324",
-              "1E5", "1e+5", "1.5E-3", "100.204565", "0.000001", "3.0e0", "7.2057594037927933e16",
-              "9.999999999999999e22", "1.00000000000000011102230246251565404236316680908203125"]
+    tokens = [
+        "0",
+        "-0",
+        "0.0",
+        "-0.0",
+        "1",
+        "-1",
+        "1e22",
+        "1e23",
+        "9007199254740993",
+        "0.1",
+        "0.3",
+        "123456789012345",
+        "1234567890123456789",
+        "12345678901234567890123",
+        "5e-324",
+        "2.4703282292062328e-324",
+        "2.2250738585072011e-308",
+        "2.2250738585072014e-308",
+        "1.7976931348623157e308",
+        "4.9406564584124654e-324",
+        "1E5",
+        "1e+5",
+        "1.5E-3",
+        "100.204565",
+        "0.000001",
+        "3.0e0",
+        "7.2057594037927933e16",
+        "9.999999999999999e22",
+        "1.00000000000000011102230246251565404236316680908203125",
+    ]
     for _ in range(20_000):
         kind = rng.random()
         if kind < 0.5:
@@ -57,8 +85,10 @@ def test_numbers_equal_python_float_to_the_bit():
         elif kind < 0.7:
             tokens.append(repr(struct.unpack("<d", struct.pack("<Q", rng.getrandbits(62)))[0]))
         elif kind < 0.85:
-            tokens.append(f"{rng.randint(0, 10**rng.randint(1, 19))}.{rng.randint(0, 10**rng.randint(1, 19))}"
-                          f"e{rng.randint(-30, 30)}")
+            tokens.append(
+                f"{rng.randint(0, 10 ** rng.randint(1, 19))}.{rng.randint(0, 10 ** rng.randint(1, 19))}"
+                f"e{rng.randint(-30, 30)}"
+            )
         else:
             tokens.append(str(rng.randint(-(10**18), 10**18)))
     tokens = [t for t in tokens if t not in ("nan", "inf", "-inf") and len(t) < 64]
@@ -67,8 +97,10 @@ def test_numbers_equal_python_float_to_the_bit():
     assert _bits(got) == _bits(float(t) for t in tokens)
 
 
-@pytest.mark.parametrize("token", ["1e400", "-1e400", "01", "1.", ".5", "+1", "1e", "1.5e+", "NaN", "Infinity",
-                                   "0x10", "1" * 70, "- 1", "1_000"])
+@pytest.mark.parametrize(
+    "token",
+    ["1e400", "-1e400", "01", "1.", ".5", "+1", "1e", "1.5e+", "NaN", "Infinity", "0x10", "1" * 70, "- 1", "1_000"],
+)
 def test_numbers_outside_the_grammar_or_a_double_are_declined(token):
     assert _doubles([token]) is None
 
@@ -84,7 +116,8 @@ def test_strings_equal_json_loads():
     rng = random.Random(11)
     alphabet = ["a", "Z", "/", " ", '"', "\\", "\n", "\t", "\x00", "\x1f", "\x7f", "é", "€", "\u2028", "😀", "𝄞"]
     values = ["", "plain", 'quote " and \\ backslash'] + [
-        "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 20))) for _ in range(3000)]
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 20))) for _ in range(3000)
+    ]
     lines = []
     for i, v in enumerate(values):
         lines.append(json.dumps({"s": v}, separators=(",", ":"), ensure_ascii=bool(i % 2)))
@@ -94,35 +127,71 @@ def test_strings_equal_json_loads():
     assert out is not None
     _, offsets, data, valid = out["s"]
     off = np.frombuffer(offsets, dtype=np.int32)
-    got = [data[off[i]:off[i + 1]].decode() for i in range(len(off) - 1)]
+    got = [data[off[i] : off[i + 1]].decode() for i in range(len(off) - 1)]
     want = [json.loads(line)["s"] for line in lines]
     assert np.frombuffer(valid, dtype=np.uint8).tolist() == [int(w is not None) for w in want]
     assert got == [w if w is not None else "" for w in want]
 
 
-@pytest.mark.parametrize("body", [
-    b'{"s":"\\ud834"}', b'{"s":"\\udd1e"}', b'{"s":"\\ud834\\u0041"}',  # lone surrogates: no UTF-8 form
-    b'{"s":"\\x41"}', b'{"s":"\\u00G1"}', b'{"s":"tab\there"}', b'{"s":"nl\\', b'{"s":"\xff"}',
-    b'{"s":"\xc3"}', b'{"s":"\xe0\x80\x80"}', b'{"s":"\xed\xa0\x80"}', b'{"s":"\xf4\x90\x80\x80"}',  # not UTF-8
-    b'{"s":abc}', b'{"s":"x" }', b'{ "s":"x"}', b'{"s":"x","t":1}', b'{"t":"x"}', b'{"s":"x"}\r', b'{}',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"s":"\\ud834"}',
+        b'{"s":"\\udd1e"}',
+        b'{"s":"\\ud834\\u0041"}',  # lone surrogates: no UTF-8 form
+        b'{"s":"\\x41"}',
+        b'{"s":"\\u00G1"}',
+        b'{"s":"tab\there"}',
+        b'{"s":"nl\\',
+        b'{"s":"\xff"}',
+        b'{"s":"\xc3"}',
+        b'{"s":"\xe0\x80\x80"}',
+        b'{"s":"\xed\xa0\x80"}',
+        b'{"s":"\xf4\x90\x80\x80"}',  # not UTF-8
+        b'{"s":abc}',
+        b'{"s":"x" }',
+        b'{ "s":"x"}',
+        b'{"s":"x","t":1}',
+        b'{"t":"x"}',
+        b'{"s":"x"}\r',
+        b"{}",
+    ],
+)
 def test_strings_and_objects_outside_the_layout_are_declined(body):
     assert _scan(STR, body + b"\n") is None
 
 
 def test_vocabularies_lists_and_nulls():
-    spec = ("obj", "r", [("w", ("flags", "w", ["lex", "struct", "sem"])), ("st", ("enum", "st", ["ok", "timeout"])),
-                         ("xs", ("list", "xs", ("obj", "xs", [("i", ("int", "xs.i", True))])))])
-    body = (b'{"w":[],"st":"ok","xs":[]}\n{"w":["sem","lex","sem"],"st":"timeout","xs":[{"i":null},{"i":3}]}\n')
+    spec = (
+        "obj",
+        "r",
+        [
+            ("w", ("flags", "w", ["lex", "struct", "sem"])),
+            ("st", ("enum", "st", ["ok", "timeout"])),
+            ("xs", ("list", "xs", ("obj", "xs", [("i", ("int", "xs.i", True))]))),
+        ],
+    )
+    body = b'{"w":[],"st":"ok","xs":[]}\n{"w":["sem","lex","sem"],"st":"timeout","xs":[{"i":null},{"i":3}]}\n'
     out = _scan(spec, body)
-    assert [np.frombuffer(out[f"w.{r}"][1], np.uint8).tolist() for r in ("lex", "struct", "sem")] == [[0, 1], [0, 0], [0, 1]]
+    assert [np.frombuffer(out[f"w.{r}"][1], np.uint8).tolist() for r in ("lex", "struct", "sem")] == [
+        [0, 1],
+        [0, 0],
+        [0, 1],
+    ]
     assert out["st"][2] == b"oktimeout"
     assert np.frombuffer(out["xs"][1], np.int32).tolist() == [0, 2]
     assert np.frombuffer(out["xs.i"][1], np.int32).tolist() == [0, 3]
     assert np.frombuffer(out["xs.i"][3], np.uint8).tolist() == [0, 1]
-    for bad in (b'{"w":["LEX"],"st":"ok","xs":[]}', b'{"w":["lex",],"st":"ok","xs":[]}', b'{"w":"lex","st":"ok","xs":[]}',
-                b'{"w":[],"st":"cancelled","xs":[]}', b'{"w":[],"st":null,"xs":[]}', b'{"w":[],"st":"ok","xs":[{"i":1},]}',
-                b'{"w":[],"st":"ok","xs":null}', b'{"w":[],"st":"ok","xs":[]}{"w":[],"st":"ok","xs":[]}'):
+    for bad in (
+        b'{"w":["LEX"],"st":"ok","xs":[]}',
+        b'{"w":["lex",],"st":"ok","xs":[]}',
+        b'{"w":"lex","st":"ok","xs":[]}',
+        b'{"w":[],"st":"cancelled","xs":[]}',
+        b'{"w":[],"st":null,"xs":[]}',
+        b'{"w":[],"st":"ok","xs":[{"i":1},]}',
+        b'{"w":[],"st":"ok","xs":null}',
+        b'{"w":[],"st":"ok","xs":[]}{"w":[],"st":"ok","xs":[]}',
+    ):
         assert _scan(spec, bad + b"\n") is None, bad
 
 
@@ -167,14 +236,16 @@ def _mutate(line: str, rng: random.Random) -> str:
     c = line[i]
     roll = rng.random()
     if roll < 0.35 and c.isdigit():
-        return line[:i] + rng.choice("0123456789") + line[i + 1:]
+        return line[:i] + rng.choice("0123456789") + line[i + 1 :]
     if roll < 0.55 and c.isalpha():
-        return line[:i] + rng.choice("abcXYZé\\u00e9\\\"") + line[i + 1:]
+        return line[:i] + rng.choice('abcXYZé\\u00e9\\"') + line[i + 1 :]
     if roll < 0.7:
-        return line[:i] + line[i + 1:]
+        return line[:i] + line[i + 1 :]
     if roll < 0.85:
-        return line[:i] + rng.choice(['"', ",", ":", "{", "}", "[", "]", " ", "-", ".", "e", "0", "null", "\\"]) + line[i:]
-    return line[:i] + rng.choice(['"', ",", "1", "n", "]", "\t"]) + line[i + 1:]
+        return (
+            line[:i] + rng.choice(['"', ",", ":", "{", "}", "[", "]", " ", "-", ".", "e", "0", "null", "\\"]) + line[i:]
+        )
+    return line[:i] + rng.choice(['"', ",", "1", "n", "]", "\t"]) + line[i + 1 :]
 
 
 def test_fuzzed_files_give_the_exact_paths_tables_or_its_error(tmp_path, records, monkeypatch):
@@ -225,6 +296,7 @@ def test_a_file_the_scanner_declines_goes_to_duckdb_then_gives_the_same_tables(t
             out = real(self)
             taken.append((name, out is not None))
             return out
+
         monkeypatch.setattr(cls, "tables", spy)
     agg, hits = ingest([path])
     assert taken == [("canon", False), ("duckdb", True)]
@@ -235,12 +307,47 @@ def test_a_file_the_scanner_declines_goes_to_duckdb_then_gives_the_same_tables(t
 def test_spec_follows_the_contract():
     """The scanner's spec and the RE2 pattern come from the same contract: a canonical line
     of every optional form is accepted by both."""
-    line = encode_record({"run_id": "r", "system": "s", "cfg_hash": "c", "qid": "q", "suite": "x", "intent": "nl",
-                          "language": "py", "req_ts": 1.7e12, "sla_ms": 150, "lat_ms": None,
-                          "hits": [{"rank": 1, "repo": "r", "path": "p", "start_line": 1, "end_line": 2, "score": 0.5,
-                                    "why": [], "shard": None}],
-                          "shards": [{"shard": 0, "probe_id": "a", "issued_ts": 1.0, "first_byte_ts": None,
-                                      "done_ts": None, "cancel_ts": 2, "status": "cancelled"}],
-                          "cost": {"probes": 1, "cpu_ms": 0}, "error": "boom"}).encode() + b"\n"
+    line = (
+        encode_record(
+            {
+                "run_id": "r",
+                "system": "s",
+                "cfg_hash": "c",
+                "qid": "q",
+                "suite": "x",
+                "intent": "nl",
+                "language": "py",
+                "req_ts": 1.7e12,
+                "sla_ms": 150,
+                "lat_ms": None,
+                "hits": [
+                    {
+                        "rank": 1,
+                        "repo": "r",
+                        "path": "p",
+                        "start_line": 1,
+                        "end_line": 2,
+                        "score": 0.5,
+                        "why": [],
+                        "shard": None,
+                    }
+                ],
+                "shards": [
+                    {
+                        "shard": 0,
+                        "probe_id": "a",
+                        "issued_ts": 1.0,
+                        "first_byte_ts": None,
+                        "done_ts": None,
+                        "cancel_ts": 2,
+                        "status": "cancelled",
+                    }
+                ],
+                "cost": {"probes": 1, "cpu_ms": 0},
+                "error": "boom",
+            }
+        ).encode()
+        + b"\n"
+    )
     assert canonscan.Scanner(ingest_mod._CANON_SPEC).feed(line)
     assert ingest_mod._certified(memoryview(line))

@@ -8,7 +8,7 @@ import sys
 import polars as pl
 import pytest
 
-from lens_core.cli import main
+from lens_cli.main import main
 from tests.conftest import REPO
 
 
@@ -22,7 +22,10 @@ def _trec(tmp_path):
 
 def test_score_from_trec_files(tmp_path, capsys):
     run, qrels = _trec(tmp_path)
-    assert main(["score", "--hits", str(run), "--qrels", str(qrels), "--out", str(tmp_path / "o"), "--bootstrap", "200"]) == 0
+    assert (
+        main(["score", "--hits", str(run), "--qrels", str(qrels), "--out", str(tmp_path / "o"), "--bootstrap", "200"])
+        == 0
+    )
     pq = pl.read_parquet(tmp_path / "o" / "per_query.parquet").sort("qid")
     assert pq["mrr_10"].to_list() == [0.5, 0.0]
     assert pq["ndcg_10"][0] == pytest.approx((2 / 1.584962500721156) / 2.0)
@@ -45,8 +48,9 @@ def test_verify_exit_codes(tmp_path, capsys):
 
 def test_help_on_every_command():
     for cmd in ([], ["score"], ["compare"], ["verify"], ["run"]):
-        out = subprocess.run([sys.executable, "-m", "lens_core.cli", *cmd, "--help"], cwd=REPO,
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "lens_cli", *cmd, "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
         assert out.returncode == 0 and "usage: lens-eval" in out.stdout
 
 
@@ -60,10 +64,24 @@ def _per_query(tmp_path):
     for system, shift in (("ctl", 0.0), ("tst", 0.05)):
         for i in range(n):
             v = float(np.clip(base[i] + shift + rng.normal(0, 0.05), 0, 1))
-            rows.append({"run_id": "r", "system": system, "qid": f"q{i:03d}", "suite": "s",
-                         "intent": "nl" if i % 2 else "identifier", "language": "python", "lat_ms": 10.0,
-                         "ndcg_10": v, "recall_50": v, "sla_recall_50": v, "mrr_10": v, "success_1": 0.0,
-                         "success_5": 1.0, "success_10": 1.0})
+            rows.append(
+                {
+                    "run_id": "r",
+                    "system": system,
+                    "qid": f"q{i:03d}",
+                    "suite": "s",
+                    "intent": "nl" if i % 2 else "identifier",
+                    "language": "python",
+                    "lat_ms": 10.0,
+                    "ndcg_10": v,
+                    "recall_50": v,
+                    "sla_recall_50": v,
+                    "mrr_10": v,
+                    "success_1": 0.0,
+                    "success_5": 1.0,
+                    "success_10": 1.0,
+                }
+            )
     p = tmp_path / "per_query.parquet"
     pl.DataFrame(rows).write_parquet(p)
     return p
@@ -72,8 +90,26 @@ def _per_query(tmp_path):
 def test_compare_reports_deltas_cis_and_holm(tmp_path, capsys):
     p = _per_query(tmp_path)
     out = tmp_path / "cmp.parquet"
-    assert main(["compare", "--per-query", str(p), "--control", "ctl", "--test", "tst", "--bootstrap", "500",
-                 "--permutations", "2000", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--per-query",
+                str(p),
+                "--control",
+                "ctl",
+                "--test",
+                "tst",
+                "--bootstrap",
+                "500",
+                "--permutations",
+                "2000",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = pl.read_parquet(out)
     assert res.columns[:9] == ["control", "test", "slice", "metric", "delta", "ci_low", "ci_high", "p_value", "p_holm"]
     row = res.filter((pl.col("slice") == "all") & (pl.col("metric") == "ndcg_10")).row(0, named=True)
@@ -96,10 +132,10 @@ def test_score_parquet_reads_one_system_at_a_time(tmp_path):
     import numpy as np
     import pyarrow.parquet as papq
 
-    from lens_core.cli import _agg_from_hits, _parquet_systems
-    from lens_core.contracts import HITS_SCHEMA, QRELS_SCHEMA
-    from lens_core.metrics import per_query_metrics
-    from lens_core.tables import conform
+    from lens_cli.main import _agg_from_hits, _parquet_systems
+    from lens_core.common.contracts import HITS_SCHEMA, QRELS_SCHEMA
+    from lens_core.common.tables import conform
+    from lens_core.measures.metrics import per_query_metrics
 
     rng = np.random.default_rng(4)
     rows, qrows = [], []
@@ -110,8 +146,24 @@ def test_score_parquet_reads_one_system_at_a_time(tmp_path):
         for q in range(40):
             for rank, s in enumerate(rng.permutation(30)[:60], start=1):
                 start = 1 + 10 * int(s) + int(rng.integers(0, 3))
-                rows.append(("run", system, f"q{q:02d}", rank, "r", f"f{s}.py", start, start + 8, 100.0 - rank,
-                             True, False, False, None, bool(rng.random() < 0.9)))
+                rows.append(
+                    (
+                        "run",
+                        system,
+                        f"q{q:02d}",
+                        rank,
+                        "r",
+                        f"f{s}.py",
+                        start,
+                        start + 8,
+                        100.0 - rank,
+                        True,
+                        False,
+                        False,
+                        None,
+                        bool(rng.random() < 0.9),
+                    )
+                )
     hits = pl.DataFrame(rows, schema=[f.name for f in HITS_SCHEMA], orient="row")
     qrels = pl.DataFrame(qrows, schema=[f.name for f in QRELS_SCHEMA], orient="row")
     hp, qp = tmp_path / "hits.parquet", tmp_path / "qrels.parquet"

@@ -21,13 +21,12 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from lens_core.rawruns import RECORD_KEYS, write_raw_run
-from lens_core.settings import cache_dir as settings_cache_dir
-from lens_core.systems import all_systems
-from resources.data_source import (LensDataSource, cap_suites, ingestion_parity, parse_suite_caps,
-                                   read_query_file)
-from resources.engine_server import EngineServer, EngineStartError, manifest_text, write_manifest
-from resources.lens_client import LensClient, LensUnreachable, collect_run
+from lens_core.collect.client import LensClient, LensUnreachable, collect_run
+from lens_core.collect.rawruns import RECORD_KEYS, write_raw_run
+from lens_core.common.settings import cache_dir as settings_cache_dir
+from lens_core.common.systems import all_systems
+from lens_engine.launcher import EngineServer, EngineStartError, manifest_text, write_manifest
+from resources.data_source import LensDataSource, cap_suites, ingestion_parity, parse_suite_caps, read_query_file
 
 SMALL = 250
 TOKEN = "tok-Lens-9f3Kq-never-log-me"
@@ -124,11 +123,14 @@ BASE = all_systems()[0]
 # ---------------------------------------------------------------------------------------------
 def test_hits_arrive_from_the_real_engine(server, queries, faults, engine):
     sidecar: list = []
-    recs = collect_run(_client(server), queries, BASE.name, "r1", cfg_hash=BASE.cfg_hash, progress=False,
-                       sidecar=sidecar)
+    recs = collect_run(
+        _client(server), queries, BASE.name, "r1", cfg_hash=BASE.cfg_hash, progress=False, sidecar=sidecar
+    )
     assert [r["qid"] for r in recs] == queries["qid"].to_list()
     assert all(tuple(r) == RECORD_KEYS for r in recs)
-    assert all(r["error"] is None and r["hits"] for r in recs), [(r["qid"], r["error"], r["lat_ms"]) for r in recs if r["error"] or not r["hits"]]
+    assert all(r["error"] is None and r["hits"] for r in recs), [
+        (r["qid"], r["error"], r["lat_ms"]) for r in recs if r["error"] or not r["hits"]
+    ]
     assert all(r["cfg_hash"] == BASE.cfg_hash for r in recs)
     assert all(len({s["shard"] for s in r["shards"]}) == engine.index.n_shards for r in recs)
     paths = {u.path for u in engine.corpus.units}
@@ -151,7 +153,9 @@ def test_query_past_the_deadline_is_late_not_dropped(server, queries, faults):
     q = queries.head(2)
     recs = collect_run(_client(server, sla_ms=50), q, BASE.name, "r1", progress=False, sidecar=sidecar)
     assert len(recs) == 2
-    assert all(r["error"] is None and r["hits"] for r in recs), [(r["qid"], r["error"], r["lat_ms"]) for r in recs if r["error"] or not r["hits"]]
+    assert all(r["error"] is None and r["hits"] for r in recs), [
+        (r["qid"], r["error"], r["lat_ms"]) for r in recs if r["error"] or not r["hits"]
+    ]
     assert all(s["late"] and s["client_ms"] >= 120 and s["attempts"] == 1 for s in sidecar)
 
 
@@ -159,8 +163,7 @@ def test_injected_5xx_is_retried_then_recorded_as_error(server, queries, faults)
     faults.setenv("LENS_ENGINE_FAULT", "500")
     c = _client(server, retries=2)
     sidecar: list = []
-    recs = collect_run(c, queries.head(2), BASE.name, "r1", cfg_hash=BASE.cfg_hash, progress=False,
-                       sidecar=sidecar)
+    recs = collect_run(c, queries.head(2), BASE.name, "r1", cfg_hash=BASE.cfg_hash, progress=False, sidecar=sidecar)
     assert len(recs) == 2 and all(r["error"].startswith("http_5xx:500:injected_fault") for r in recs)
     assert all(r["hits"] == [] and r["lat_ms"] > 0 and r["cfg_hash"] == BASE.cfg_hash for r in recs)
     assert all(s["attempts"] == 3 for s in sidecar) and c.stats["retries"] == 4
@@ -282,7 +285,7 @@ def test_engine_serves_from_several_worker_processes_and_stops_them_all(cache, t
 
 
 def test_manifest_file_hashes_to_the_corpus_digest(engine, tmp_path):
-    from lens_core.hashing import sha256_file
+    from lens_core.common.hashing import sha256_file
 
     p = write_manifest(engine.corpus, tmp_path)
     assert sha256_file(p) == engine.corpus.digest
@@ -315,7 +318,7 @@ def test_local_suites_come_from_the_engine(monkeypatch, small_env, engine):
     monkeypatch.setenv("DATA_SOURCE", "local")
     monkeypatch.setenv("LENS_MAX_PER_SUITE", "nl=0,*=6")
     q, g = LensDataSource().suites()
-    from lens_core.contracts import QUERIES_SCHEMA
+    from lens_core.common.contracts import QUERIES_SCHEMA
 
     assert q.columns == [f.name for f in QUERIES_SCHEMA]
     assert dict(q.group_by("suite").len().iter_rows())["identifier"] == 6
@@ -339,19 +342,37 @@ def test_prod_suites_file_is_required_and_checked(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['suite', 'intent', 'language'\]"):
         LensDataSource().suites()
     good = tmp_path / "q.parquet"
-    pl.DataFrame({"qid": ["a", "b"], "text": ["x", "y"], "suite": ["nl"] * 2, "intent": ["nl"] * 2,
-                  "language": ["python"] * 2, "extra": [1, 2]}).write_parquet(good)
+    pl.DataFrame(
+        {
+            "qid": ["a", "b"],
+            "text": ["x", "y"],
+            "suite": ["nl"] * 2,
+            "intent": ["nl"] * 2,
+            "language": ["python"] * 2,
+            "extra": [1, 2],
+        }
+    ).write_parquet(good)
     monkeypatch.setenv("LENS_SUITES", str(good))
     q, g = LensDataSource().suites()
     assert q.height == 2 and g.height == 0 and "extra" not in q.columns
     gt = tmp_path / "gt.parquet"
-    pl.DataFrame({"qid": ["a", "zz"], "repo": ["r"] * 2, "path": ["p"] * 2, "start_line": [1, 2],
-                  "end_line": [3, 4], "rel": [3, 3]}).write_parquet(gt)
+    pl.DataFrame(
+        {
+            "qid": ["a", "zz"],
+            "repo": ["r"] * 2,
+            "path": ["p"] * 2,
+            "start_line": [1, 2],
+            "end_line": [3, 4],
+            "rel": [3, 3],
+        }
+    ).write_parquet(gt)
     monkeypatch.setenv("LENS_GROUND_TRUTH", str(gt))
     _, g = LensDataSource().suites()
     assert g["qid"].to_list() == ["a"]
-    assert read_query_file(good, __import__("lens_core.contracts", fromlist=["x"]).QUERIES_SCHEMA,
-                           "q", "X").height == 2
+    assert (
+        read_query_file(good, __import__("lens_core.common.contracts", fromlist=["x"]).QUERIES_SCHEMA, "q", "X").height
+        == 2
+    )
 
 
 def test_prod_describe_lists_endpoints_without_credentials(monkeypatch):
@@ -364,7 +385,8 @@ def test_prod_describe_lists_endpoints_without_credentials(monkeypatch):
 
 
 def test_local_run_in_dagster_stops_the_engine_on_step_failure_and_never_leaks_the_token(
-        monkeypatch, data_dir, small_env, queries, caplog):
+    monkeypatch, data_dir, small_env, queries, caplog
+):
     """One Dagster run: a step collects through the resource (starting the engine as a
     subprocess with a bearer token), the next step fails. Afterwards the engine is gone, and
     the token is in no file under the data dir, no log record, no event metadata."""
@@ -384,8 +406,13 @@ def test_local_run_in_dagster_stops_the_engine_on_step_failure_and_never_leaks_t
         recs = lens_source.collect(BASE, q, "rtok", 0.0, 10)
         seen["errors"] = [r["error"] for r in recs]
         info = write_raw_run(data_dir / "runs" / "test" / "rtok" / f"{BASE.name}.ndjson", recs)
-        return dg.MaterializeResult(metadata={"source": dg.MetadataValue.json(lens_source.describe()),
-                                              "sha256": info["sha256"], "client": repr(lens_source.client())})
+        return dg.MaterializeResult(
+            metadata={
+                "source": dg.MetadataValue.json(lens_source.describe()),
+                "sha256": info["sha256"],
+                "client": repr(lens_source.client()),
+            }
+        )
 
     @dg.asset(deps=[collect_tiny])
     def boom() -> None:
@@ -451,7 +478,9 @@ def test_engine_assets_on_local_hit_the_cache(monkeypatch, data_dir, small_env, 
     assert res.success
     corpus_md = res.asset_materializations_for_node("engine_corpus")[0].metadata
     index_md = res.asset_materializations_for_node("engine_index")[0].metadata
-    assert corpus_md["digest"].value == engine.corpus.digest and corpus_md["functions"].value == len(engine.corpus.units)
+    assert corpus_md["digest"].value == engine.corpus.digest and corpus_md["functions"].value == len(
+        engine.corpus.units
+    )
     assert corpus_md["files"].value == engine.corpus.files
     assert sum(v["functions"] for v in corpus_md["languages"].value.values()) == len(engine.corpus.units)
     assert index_md["cache_hit"].value is True and index_md["build"].value == "cache hit"

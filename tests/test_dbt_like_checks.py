@@ -26,7 +26,7 @@ from dbt_like_checks.runner import (
     expand_placeholders,
     spec_from_dict,
 )
-from lens_core import contracts
+from lens_core.common import contracts
 
 SLA = 150.0
 
@@ -41,8 +41,14 @@ def valid_rows() -> dict[str, list[dict[str, Any]]]:
         "q2": ("core", "nl", "go"),
         "q3": ("tail", "nl", "python"),
     }
-    lat = {("base", "q1"): 40.0, ("base", "q2"): 200.0, ("base", "q3"): 90.0,
-           ("test", "q1"): 35.0, ("test", "q2"): 120.0, ("test", "q3"): 80.0}
+    lat = {
+        ("base", "q1"): 40.0,
+        ("base", "q2"): 200.0,
+        ("base", "q3"): 90.0,
+        ("test", "q1"): 35.0,
+        ("test", "q2"): 120.0,
+        ("test", "q3"): 80.0,
+    }
     ts = dt.datetime(2024, 1, 8, 12, 0, tzinfo=dt.timezone.utc)
     agg, hits, per_query = [], [], []
     for system, cfg in systems.items():
@@ -54,46 +60,95 @@ def valid_rows() -> dict[str, list[dict[str, Any]]]:
             if system == "test":
                 spans = spans[::-1]
             for rank, (repo, path, s, e) in enumerate(spans, start=1):
-                hits.append(dict(run_id="r1", system=system, qid=qid, rank=rank, repo=repo,
-                                 path=path, start_line=s, end_line=e, score=10.0 - rank,
-                                 why_lex=True, why_struct=rank == 1, why_sem=False, shard=rank,
-                                 in_sla=ok))
-            agg.append(dict(run_id="r1", system=system, cfg_hash=cfg, qid=qid, suite=suite,
-                            intent=intent, language=language, req_ts=ts, sla_ms=SLA, lat_ms=lat_ms,
-                            within_sla=ok, n_hits=2, n_hits_in_sla=2 if ok else 0, shards_total=2,
-                            shards_timed_out=0, probes=3, cpu_ms=1.5, hedged=False,
-                            why_mix_lex=1.0, why_mix_struct=0.5, why_mix_sem=0.0, error=None,
-                            attestation_sha256=att))
+                hits.append(
+                    dict(
+                        run_id="r1",
+                        system=system,
+                        qid=qid,
+                        rank=rank,
+                        repo=repo,
+                        path=path,
+                        start_line=s,
+                        end_line=e,
+                        score=10.0 - rank,
+                        why_lex=True,
+                        why_struct=rank == 1,
+                        why_sem=False,
+                        shard=rank,
+                        in_sla=ok,
+                    )
+                )
+            agg.append(
+                dict(
+                    run_id="r1",
+                    system=system,
+                    cfg_hash=cfg,
+                    qid=qid,
+                    suite=suite,
+                    intent=intent,
+                    language=language,
+                    req_ts=ts,
+                    sla_ms=SLA,
+                    lat_ms=lat_ms,
+                    within_sla=ok,
+                    n_hits=2,
+                    n_hits_in_sla=2 if ok else 0,
+                    shards_total=2,
+                    shards_timed_out=0,
+                    probes=3,
+                    cpu_ms=1.5,
+                    hedged=False,
+                    why_mix_lex=1.0,
+                    why_mix_struct=0.5,
+                    why_mix_sem=0.0,
+                    error=None,
+                    attestation_sha256=att,
+                )
+            )
             s1 = 1.0 if system == "base" else 0.0
-            per_query.append(dict(run_id="r1", system=system, qid=qid, suite=suite, intent=intent,
-                                  language=language, lat_ms=lat_ms, ndcg_10=0.8 if s1 else 0.6,
-                                  recall_50=1.0, sla_recall_50=1.0 if ok else 0.0,
-                                  mrr_10=1.0 if s1 else 0.5, success_1=s1, success_5=1.0,
-                                  success_10=1.0))
+            per_query.append(
+                dict(
+                    run_id="r1",
+                    system=system,
+                    qid=qid,
+                    suite=suite,
+                    intent=intent,
+                    language=language,
+                    lat_ms=lat_ms,
+                    ndcg_10=0.8 if s1 else 0.6,
+                    recall_50=1.0,
+                    sla_recall_50=1.0 if ok else 0.0,
+                    mrr_10=1.0 if s1 else 0.5,
+                    success_1=s1,
+                    success_5=1.0,
+                    success_10=1.0,
+                )
+            )
     pool: dict[tuple, dict[str, Any]] = {}
     for h in hits:
         if not h["in_sla"]:
             continue
         key = (h["qid"], h["repo"], h["path"], h["start_line"], h["end_line"])
-        row = pool.setdefault(key, dict(zip(("qid", "repo", "path", "start_line", "end_line"), key),
-                                        systems=[], best_rank=h["rank"]))
+        row = pool.setdefault(
+            key, dict(zip(("qid", "repo", "path", "start_line", "end_line"), key), systems=[], best_rank=h["rank"])
+        )
         row["systems"] = sorted(set(row["systems"]) | {h["system"]})
         row["best_rank"] = min(row["best_rank"], h["rank"])
-    qrels = [dict({k: p[k] for k in ("qid", "repo", "path", "start_line", "end_line")},
-                  rel=i % 4, source="sim") for i, p in enumerate(pool.values())]
+    qrels = [
+        dict({k: p[k] for k in ("qid", "repo", "path", "start_line", "end_line")}, rel=i % 4, source="sim")
+        for i, p in enumerate(pool.values())
+    ]
     scores = []
     for system in systems:
         for sl in ("all", "intent=nl", "language=python", "suite=core"):
-            scores.append(dict(system=system, slice=sl, metric="ndcg_10", mean=0.7, ci_low=0.6,
-                               ci_high=0.8, n=3))
-            scores.append(dict(system=system, slice=sl, metric="lat_p95", mean=180.0, ci_low=None,
-                               ci_high=None, n=3))
-    return dict(agg=agg, hits=hits, pool=list(pool.values()), qrels=qrels, per_query=per_query,
-                scores=scores)
+            scores.append(dict(system=system, slice=sl, metric="ndcg_10", mean=0.7, ci_low=0.6, ci_high=0.8, n=3))
+            scores.append(dict(system=system, slice=sl, metric="lat_p95", mean=180.0, ci_low=None, ci_high=None, n=3))
+    return dict(agg=agg, hits=hits, pool=list(pool.values()), qrels=qrels, per_query=per_query, scores=scores)
 
 
-def write_tables(root: Path, rows: dict[str, list[dict[str, Any]]],
-                 drop: dict[str, list[str]] | None = None) -> dict[str, Path]:
+def write_tables(
+    root: Path, rows: dict[str, list[dict[str, Any]]], drop: dict[str, list[str]] | None = None
+) -> dict[str, Path]:
     root.mkdir(parents=True, exist_ok=True)
     paths = {}
     for table, schema in CONTRACT_SCHEMAS.items():
@@ -138,29 +193,40 @@ def test_spec_loads_covers_every_table_and_binds_against_contracts(spec):
 
 
 def test_binding_catches_a_column_typo():
-    bad = spec_from_dict({"tables": {"agg": {"tests": [
-        {"expression": {"name": "typo", "sql": "lat_msec >= 0"}},
-        {"not_null": ["run_id", "sytem"]},
-    ]}}})
+    bad = spec_from_dict(
+        {
+            "tables": {
+                "agg": {
+                    "tests": [
+                        {"expression": {"name": "typo", "sql": "lat_msec >= 0"}},
+                        {"not_null": ["run_id", "sytem"]},
+                    ]
+                }
+            }
+        }
+    )
     problems = bind_against_contracts(bad)
     assert [p[1] for p in problems] == ["typo", "not_null"]
     assert "lat_msec" in problems[0][2] and "sytem" in problems[1][2]
 
 
-@pytest.mark.parametrize("entry, needle", [
-    ({"uniq": ["qid"]}, "unknown test kind 'uniq'"),
-    ({"unique": []}, "columns must not be empty"),
-    ({"unique": {"columns": ["qid"], "severity": "fatal"}}, "severity"),
-    ({"accepted_values": {"column": "rel"}}, "needs a non-empty `values`"),
-    ({"row_count": {"min": 5, "max": 1}}, "min 5 > max 1"),
-    ({"row_count": [1, 2]}, "list shorthand is only for not_null and unique"),
-    ({"expression": {"sql": "x > 0"}}, "name"),
-    ({"expression": {"name": "bad name", "sql": "x > 0"}}, "not a plain identifier"),
-    ({"relationships": {"columns": ["qid"], "to": "nowhere"}}, "unknown table 'nowhere'"),
-    ({"not_null": ["qid"], "unique": ["qid"]}, "exactly one key"),
-    ({"unique": {"columns": ["qid"], "colums": ["x"]}}, "colums"),
-    ({"expression": {"name": "m", "sql": "metric IN ${NO_SUCH_TUPLE}"}}, "NO_SUCH_TUPLE"),
-])
+@pytest.mark.parametrize(
+    "entry, needle",
+    [
+        ({"uniq": ["qid"]}, "unknown test kind 'uniq'"),
+        ({"unique": []}, "columns must not be empty"),
+        ({"unique": {"columns": ["qid"], "severity": "fatal"}}, "severity"),
+        ({"accepted_values": {"column": "rel"}}, "needs a non-empty `values`"),
+        ({"row_count": {"min": 5, "max": 1}}, "min 5 > max 1"),
+        ({"row_count": [1, 2]}, "list shorthand is only for not_null and unique"),
+        ({"expression": {"sql": "x > 0"}}, "name"),
+        ({"expression": {"name": "bad name", "sql": "x > 0"}}, "not a plain identifier"),
+        ({"relationships": {"columns": ["qid"], "to": "nowhere"}}, "unknown table 'nowhere'"),
+        ({"not_null": ["qid"], "unique": ["qid"]}, "exactly one key"),
+        ({"unique": {"columns": ["qid"], "colums": ["x"]}}, "colums"),
+        ({"expression": {"name": "m", "sql": "metric IN ${NO_SUCH_TUPLE}"}}, "NO_SUCH_TUPLE"),
+    ],
+)
 def test_malformed_entry_gives_clear_error_naming_table_and_test(tmp_path, entry, needle):
     p = tmp_path / "bad.yaml"
     import yaml
@@ -203,6 +269,7 @@ def test_all_tests_pass_on_valid_tables(tmp_path, spec):
 def _set(table: str, idx: int, **values) -> Callable[[dict], None]:
     def f(rows):
         rows[table][idx].update(values)
+
     return f
 
 
@@ -232,28 +299,61 @@ def _late_hit_in_sla(rows):
 
 BREAKS = {
     # name: (mutation, the one failing test, check on its sample)
-    "null": (_set("agg", 2, req_ts=None), "agg.not_null",
-             lambda s: s[0]["null_columns"] == "req_ts" and s[0]["qid"] == "q3"),
-    "duplicate_key": (_dup_agg, "agg.unique_key",
-                      lambda s: s == [{"run_id": "r1", "system": "base", "qid": "q2", "n_rows": 2}]),
-    "unaccepted_value": (_set("qrels", 0, rel=5), "qrels.accepted_values_rel",
-                         lambda s: s == [{"rel": 5, "n_rows": 1}]),
-    "orphan_hit": (_orphan_hit, "hits.relationships_to_agg",
-                   lambda s: s == [{"run_id": "r1", "system": "base", "qid": "q99", "n_rows": 1}]),
-    "uncovered_query": (_drop_per_query, "per_query.covers_agg",
-                        lambda s: s == [{"run_id": "r1", "system": "test", "qid": "q2", "n_rows": 1}]),
-    "row_count": (lambda rows: rows["qrels"].clear(), "qrels.row_count",
-                  lambda s: s[0]["row_count"] == 0 and s[0]["min_rows"] == 1),
-    "within_sla": (_set("agg", 0, within_sla=False), "agg.within_sla_matches_latency",
-                   lambda s: s[0]["qid"] == "q1" and s[0]["lat_ms"] == 40.0),
-    "ci_brackets": (_set("scores", 0, ci_low=0.75), "scores.ci_brackets_mean",
-                    lambda s: s[0]["ci_low"] == 0.75 and s[0]["mean"] == 0.7),
-    "slice_format": (_set("scores", 2, slice="tier=gold"), "scores.slice_format",
-                     lambda s: s[0]["slice"] == "tier=gold"),
-    "cfg_hash_changes": (_set("agg", 1, cfg_hash="00000000000000aa"), "agg.one_cfg_hash_per_system",
-                         lambda s: s[0]["system"] == "base" and s[0]["n_cfg_hashes"] == 2),
-    "late_hit_in_sla": (_late_hit_in_sla, "hits.not_in_sla_when_query_late",
-                        lambda s: s[0]["qid"] == "q2" and s[0]["lat_ms"] == 200.0),
+    "null": (
+        _set("agg", 2, req_ts=None),
+        "agg.not_null",
+        lambda s: s[0]["null_columns"] == "req_ts" and s[0]["qid"] == "q3",
+    ),
+    "duplicate_key": (
+        _dup_agg,
+        "agg.unique_key",
+        lambda s: s == [{"run_id": "r1", "system": "base", "qid": "q2", "n_rows": 2}],
+    ),
+    "unaccepted_value": (
+        _set("qrels", 0, rel=5),
+        "qrels.accepted_values_rel",
+        lambda s: s == [{"rel": 5, "n_rows": 1}],
+    ),
+    "orphan_hit": (
+        _orphan_hit,
+        "hits.relationships_to_agg",
+        lambda s: s == [{"run_id": "r1", "system": "base", "qid": "q99", "n_rows": 1}],
+    ),
+    "uncovered_query": (
+        _drop_per_query,
+        "per_query.covers_agg",
+        lambda s: s == [{"run_id": "r1", "system": "test", "qid": "q2", "n_rows": 1}],
+    ),
+    "row_count": (
+        lambda rows: rows["qrels"].clear(),
+        "qrels.row_count",
+        lambda s: s[0]["row_count"] == 0 and s[0]["min_rows"] == 1,
+    ),
+    "within_sla": (
+        _set("agg", 0, within_sla=False),
+        "agg.within_sla_matches_latency",
+        lambda s: s[0]["qid"] == "q1" and s[0]["lat_ms"] == 40.0,
+    ),
+    "ci_brackets": (
+        _set("scores", 0, ci_low=0.75),
+        "scores.ci_brackets_mean",
+        lambda s: s[0]["ci_low"] == 0.75 and s[0]["mean"] == 0.7,
+    ),
+    "slice_format": (
+        _set("scores", 2, slice="tier=gold"),
+        "scores.slice_format",
+        lambda s: s[0]["slice"] == "tier=gold",
+    ),
+    "cfg_hash_changes": (
+        _set("agg", 1, cfg_hash="00000000000000aa"),
+        "agg.one_cfg_hash_per_system",
+        lambda s: s[0]["system"] == "base" and s[0]["n_cfg_hashes"] == 2,
+    ),
+    "late_hit_in_sla": (
+        _late_hit_in_sla,
+        "hits.not_in_sla_when_query_late",
+        lambda s: s[0]["qid"] == "q2" and s[0]["lat_ms"] == 200.0,
+    ),
 }
 
 
@@ -276,8 +376,7 @@ def test_warn_test_fails_with_warn_severity(tmp_path, spec):
     assert failed(results) == {"hits.ranks_contiguous"}
     r = by_name(results, "hits.ranks_contiguous")
     assert r.severity == "warn" and not r.blocking
-    assert r.sample == [{"run_id": "r1", "system": "base", "qid": "q3", "n_hits": 2,
-                         "min_rank": 1, "max_rank": 3}]
+    assert r.sample == [{"run_id": "r1", "system": "base", "qid": "q3", "n_hits": 2, "min_rank": 1, "max_rank": 3}]
 
 
 def test_sample_is_capped_at_five_rows(tmp_path, spec):
@@ -296,8 +395,7 @@ def test_missing_file_fails_every_test_of_that_table_with_reason(tmp_path, spec)
     results = run_tests(paths, spec)
     pool_results = [r for r in results if r.table == "pool"]
     assert failed(results) == {f"pool.{r.name}" for r in pool_results}
-    assert all("Parquet file not found" in r.error and str(paths["pool"]) in r.error
-               for r in pool_results)
+    assert all("Parquet file not found" in r.error and str(paths["pool"]) in r.error for r in pool_results)
     # a table with no path at all is a failure too, not a skip
     del paths["qrels"]
     results = run_tests(paths, spec, tables=["qrels"])
@@ -311,14 +409,18 @@ def test_missing_file_fails_every_test_of_that_table_with_reason(tmp_path, spec)
 def test_missing_column_is_a_failed_test_with_reason(tmp_path, spec):
     paths = write_tables(tmp_path, valid_rows(), drop={"qrels": ["source"], "scores": ["ci_low"]})
     results = run_tests(paths, spec)
-    assert failed(results) == {"qrels.not_null", "scores.ci_bounds_paired",
-                               "scores.ci_brackets_mean", "scores.quality_in_unit_interval"}
+    assert failed(results) == {
+        "qrels.not_null",
+        "scores.ci_bounds_paired",
+        "scores.ci_brackets_mean",
+        "scores.quality_in_unit_interval",
+    }
     assert "lacks column(s) source" in by_name(results, "qrels.not_null").error
     assert "ci_low" in by_name(results, "scores.ci_brackets_mean").error
 
 
 def test_corrupt_file_and_quoted_path(tmp_path, spec):
-    weird = tmp_path / "it's a \"dir\""
+    weird = tmp_path / 'it\'s a "dir"'
     paths = write_tables(weird, valid_rows())
     assert failed(run_tests(paths, spec, tables=["agg", "hits"])) == set()
     paths["agg"].write_bytes(b"not parquet")
@@ -332,8 +434,7 @@ def test_subset_by_table_and_name_and_multi_file_tables(tmp_path, spec):
     b = write_tables(tmp_path / "b", rows)
     # the same rows in two files: read as one table, the keys are now duplicated
     results = run_tests({t: [a[t], b[t]] for t in a}, spec, tables=["agg"], names=["unique_key", "row_count"])
-    assert [(r.name, r.passed, r.failing_rows) for r in results] == [
-        ("unique_key", False, 6), ("row_count", True, 0)]
+    assert [(r.name, r.passed, r.failing_rows) for r in results] == [("unique_key", False, 6), ("row_count", True, 0)]
     with pytest.raises(SpecError, match="no tests declared"):
         run_tests(a, spec, tables=["nope"])
 
@@ -351,8 +452,9 @@ def _table_keys():
 def _stub_assets(root: Path, partitions_def, break_fn=None):
     """One multi-asset that writes the six tables (valid, or broken for partition 2024-01-14)."""
 
-    @dg.multi_asset(specs=[dg.AssetSpec(k) for k in _table_keys().values()],
-                    partitions_def=partitions_def, name="stub_tables")
+    @dg.multi_asset(
+        specs=[dg.AssetSpec(k) for k in _table_keys().values()], partitions_def=partitions_def, name="stub_tables"
+    )
     def stub_tables(context):
         pk = context.partition_key if context.has_partition_key else None
         rows = valid_rows()
@@ -401,10 +503,20 @@ def test_checks_run_per_partition_and_report_severity(tmp_path, spec):
 
     # a few of the declared tests (a Dagster run of all of them twice is slow for a unit test;
     # the unpartitioned test below runs them all)
-    keep = {"agg": {"unique_key"}, "hits": {"relationships_to_agg", "ranks_contiguous"},
-            "qrels": {"accepted_values_rel", "row_count"}, "scores": {"slice_format"}}
-    small = Spec({t: TableSpec(t, tuple(x for x in ts.tests if x.test_name in keep[t]))
-                  for t, ts in spec.tables.items() if t in keep}, spec.source)
+    keep = {
+        "agg": {"unique_key"},
+        "hits": {"relationships_to_agg", "ranks_contiguous"},
+        "qrels": {"accepted_values_rel", "row_count"},
+        "scores": {"slice_format"},
+    }
+    small = Spec(
+        {
+            t: TableSpec(t, tuple(x for x in ts.tests if x.test_name in keep[t]))
+            for t, ts in spec.tables.items()
+            if t in keep
+        },
+        spec.source,
+    )
     assert len(small) == 6
     assets = _stub_assets(tmp_path, weekly, breaks)
     checks = build_dbt_like_checks(_table_keys(), path_fn, small)
@@ -415,8 +527,7 @@ def test_checks_run_per_partition_and_report_severity(tmp_path, spec):
     assert ok.success and len(evals) == len(small) and all(e.passed for e in evals)
     assert requested and {pk for _, pk in requested} == {"2024-01-07"}
 
-    bad = dg.materialize([assets, *checks], partition_key="2024-01-14", instance=instance,
-                         raise_on_error=False)
+    bad = dg.materialize([assets, *checks], partition_key="2024-01-14", instance=instance, raise_on_error=False)
     assert not bad.success  # a blocking check failed with ERROR
     evals = {e.check_name: e for e in bad.get_asset_check_evaluations()}
     failed_checks = {n for n, e in evals.items() if not e.passed}
@@ -432,10 +543,12 @@ def test_checks_run_per_partition_and_report_severity(tmp_path, spec):
     # on its own and the results merged
     requested.clear()
     rng = dg.materialize(
-        [assets, *checks], instance=instance, raise_on_error=False,
+        [assets, *checks],
+        instance=instance,
+        raise_on_error=False,
         selection=dg.AssetSelection.checks(*(k for c in checks for k in c.check_keys)),
-        tags={"dagster/asset_partition_range_start": "2024-01-07",
-              "dagster/asset_partition_range_end": "2024-01-14"})
+        tags={"dagster/asset_partition_range_start": "2024-01-07", "dagster/asset_partition_range_end": "2024-01-14"},
+    )
     evals = {e.check_name: e for e in rng.get_asset_check_evaluations()}
     assert {n for n, e in evals.items() if not e.passed} == failed_checks
     assert {pk for _, pk in requested} == {"2024-01-07", "2024-01-14"}
@@ -457,13 +570,13 @@ def test_checks_run_unpartitioned_and_fail_on_missing_file(tmp_path, spec):
         return tmp_path / ("elsewhere" if table == "scores" else "unpartitioned") / f"{table}.parquet"
 
     checks = build_dbt_like_checks(_table_keys(), path_fn, spec)
-    res = dg.materialize([_stub_assets(tmp_path, None), *checks], raise_on_error=False,
-                         instance=dg.DagsterInstance.ephemeral())
+    res = dg.materialize(
+        [_stub_assets(tmp_path, None), *checks], raise_on_error=False, instance=dg.DagsterInstance.ephemeral()
+    )
     evals = res.get_asset_check_evaluations()
     assert seen == {None} and len(evals) == len(spec)
     bad = {e.check_name for e in evals if not e.passed}
-    assert bad == {n for n in (e.check_name for e in evals)
-                   if n.startswith("dbt_scores_") or n.startswith("dbt_pool_")}
+    assert bad == {n for n in (e.check_name for e in evals) if n.startswith("dbt_scores_") or n.startswith("dbt_pool_")}
     e = next(e for e in evals if e.check_name == "dbt_scores_row_count")
     assert "Parquet file not found" in e.metadata["error"].value
     e = next(e for e in evals if e.check_name == "dbt_pool_unique_key")

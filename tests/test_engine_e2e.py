@@ -1,5 +1,5 @@
 """End to end: the weekly chain on DATA_SOURCE=local (the reference engine over real HTTP) over
-a small corpus, run as `make demo` runs it (`python -m lens_core.cli run` in a fresh
+a small corpus, run as `make demo` runs it (`python -m lens_cli run` in a fresh
 interpreter), and the bundle it publishes. Slow (engine start + ~9 systems over HTTP +
 bootstrap): marked e2e.
 
@@ -47,7 +47,7 @@ def _engines_of(data_dir: Path) -> list[int]:
 
 
 def test_weekly_chain_on_local_engine_publishes_a_verified_bundle(tmp_path):
-    from lens_core.bundle import verify
+    from lens_core.publish.bundle import verify
     from lens_engine.corpus import build_corpus
 
     data = tmp_path / "data"
@@ -59,24 +59,47 @@ def test_weekly_chain_on_local_engine_publishes_a_verified_bundle(tmp_path):
     override = tmp_path / "lens-e2e.yaml"
     override.write_text("gates:\n  ece: {blocking: false}\n  file_credit: {blocking: false}\n")
     env = dict(os.environ)
-    env.update({
-        "LENS_DATA_DIR": str(data), "DAGSTER_HOME": str(home), "DATA_SOURCE": "local",
-        "LENS_CORPUS_MAX_FUNCTIONS": str(SMALL), "LENS_MAX_PER_SUITE": "nl=0,*=40",
-        "LENS_ENGINE_TOKEN": TOKEN, "AUTH_TOKEN": TOKEN, "LENS_CONFIG": str(override),
-        "PYTHONPATH": os.pathsep.join([str(REPO)] + [x for x in env.get("PYTHONPATH", "").split(os.pathsep) if x]),
-    })
+    env.update(
+        {
+            "LENS_DATA_DIR": str(data),
+            "DAGSTER_HOME": str(home),
+            "DATA_SOURCE": "local",
+            "LENS_CORPUS_MAX_FUNCTIONS": str(SMALL),
+            "LENS_MAX_PER_SUITE": "nl=0,*=40",
+            "LENS_ENGINE_TOKEN": TOKEN,
+            "AUTH_TOKEN": TOKEN,
+            "LENS_CONFIG": str(override),
+            "PYTHONPATH": os.pathsep.join([str(REPO)] + [x for x in env.get("PYTHONPATH", "").split(os.pathsep) if x]),
+        }
+    )
     cache = Path(env.get("LENS_CACHE_DIR") or data / "cache")
-    proc = subprocess.run([sys.executable, "-m", "lens_core.cli", "run", "--partition", PARTITION],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lens_cli", "run", "--partition", PARTITION],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert TOKEN not in out
     assert not _engines_of(data), "the engine outlived the run"
 
-    bundle = Path(next(line.split(":", 1)[1].strip() for line in proc.stdout.splitlines()
-                       if line.startswith("bundle:")))
-    for name in ("agg.parquet", "hits.parquet", "pool.parquet", "qrels.parquet", "per_query.parquet",
-                 "scores.parquet", "pool_counts_by_system.csv", "tables/hero_span_v22.csv", "attestation.json"):
+    bundle = Path(
+        next(line.split(":", 1)[1].strip() for line in proc.stdout.splitlines() if line.startswith("bundle:"))
+    )
+    for name in (
+        "agg.parquet",
+        "hits.parquet",
+        "pool.parquet",
+        "qrels.parquet",
+        "per_query.parquet",
+        "scores.parquet",
+        "pool_counts_by_system.csv",
+        "tables/hero_span_v22.csv",
+        "attestation.json",
+    ):
         assert (bundle / name).is_file(), name
     assert verify(bundle) == []
 
@@ -94,10 +117,16 @@ def test_weekly_chain_on_local_engine_publishes_a_verified_bundle(tmp_path):
     # where a 250-function corpus leaves nDCG@10 equal (HNSW is exact at this size, so the ann
     # variants rank alike; under load the router's cost estimate can fold variants together).
     hits = pl.read_parquet(bundle / "hits.parquet")
-    answers = (hits.sort("system", "qid", "rank")
-               .group_by("system", maintain_order=True)
-               .agg(pl.concat_str("qid", "rank", "path", pl.col("score").round(6), separator="|")
-                    .str.join("\n").hash().alias("answer")))
+    answers = (
+        hits.sort("system", "qid", "rank")
+        .group_by("system", maintain_order=True)
+        .agg(
+            pl.concat_str("qid", "rank", "path", pl.col("score").round(6), separator="|")
+            .str.join("\n")
+            .hash()
+            .alias("answer")
+        )
+    )
     assert answers["answer"].n_unique() > 2, answers
 
     agg = pl.read_parquet(bundle / "agg.parquet")

@@ -5,17 +5,18 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from lens_core import gates as G
+from lens_core.decide import gates as G
 
 
 def _scores(rows):
-    return pl.DataFrame([{"system": s, "slice": "all", "metric": m, "mean": v, "ci_low": v, "ci_high": v, "n": 100}
-                         for s, m, v in rows])
+    return pl.DataFrame(
+        [{"system": s, "slice": "all", "metric": m, "mean": v, "ci_low": v, "ci_high": v, "n": 100} for s, m, v in rows]
+    )
 
 
 def test_thresholds_come_from_config():
-    assert G.gate_config("pool")["threshold"] == 0.9
-    assert G.gate_config("ece")["threshold"] == 0.02
+    assert G.gate_config("pool").threshold == 0.9
+    assert G.gate_config("ece").threshold == 0.02
     with pytest.raises(KeyError, match="nope"):
         G.gate_config("nope")
 
@@ -63,9 +64,13 @@ def test_schema():
 
 
 def _report(rows):
-    return pl.DataFrame([{"system": "a", "intent": i, "language": "python", "ece": e, "status": st,
-                          "labels_needed": None} for i, e, st in rows],
-                        schema_overrides={"labels_needed": pl.Int64})
+    return pl.DataFrame(
+        [
+            {"system": "a", "intent": i, "language": "python", "ece": e, "status": st, "labels_needed": None}
+            for i, e, st in rows
+        ],
+        schema_overrides={"labels_needed": pl.Int64},
+    )
 
 
 def test_ece_pass_fail_insufficient():
@@ -85,9 +90,25 @@ def test_calibration_parity():
 
 
 def _cmp(mde, lo, hi):
-    return pl.DataFrame([{"control": "base", "test": "t", "slice": "all", "metric": "ndcg_10", "delta": 0.01,
-                          "ci_low": lo, "ci_high": hi, "p_value": 0.1, "p_holm": 0.1, "n": 500, "mde": mde,
-                          "status": "ok", "reason": None}])
+    return pl.DataFrame(
+        [
+            {
+                "control": "base",
+                "test": "t",
+                "slice": "all",
+                "metric": "ndcg_10",
+                "delta": 0.01,
+                "ci_low": lo,
+                "ci_high": hi,
+                "p_value": 0.1,
+                "p_holm": 0.1,
+                "n": 500,
+                "mde": mde,
+                "status": "ok",
+                "reason": None,
+            }
+        ]
+    )
 
 
 def test_power_and_ci_width():
@@ -97,8 +118,9 @@ def test_power_and_ci_width():
     assert not power.passed and not width.passed
 
 
-@pytest.mark.parametrize("fn", [G.pool_gate, G.file_credit_gate, G.tail_gate, G.flatline_gate, G.ece_gate,
-                                G.calibration_parity_gate])
+@pytest.mark.parametrize(
+    "fn", [G.pool_gate, G.file_credit_gate, G.tail_gate, G.flatline_gate, G.ece_gate, G.calibration_parity_gate]
+)
 def test_missing_or_empty_input_fails_with_reason(fn):
     for empty in (None, pl.DataFrame()):
         (g,) = fn(empty)
@@ -111,14 +133,15 @@ def test_missing_decision_input_fails():
 
 
 def test_parity_gate_sim_vs_http_ingestion():
-    from lens_assets.decisions import parity_gate
-    from lens_core.ingest import ingest
-    from lens_core.rawruns import write_raw_run
-    from lens_core.settings import load_config
-    from lens_core.simulator import Simulator
-    from lens_core.systems import baseline
     import tempfile
     from pathlib import Path
+
+    from lens_core.collect.rawruns import write_raw_run
+    from lens_core.common.settings import load_config
+    from lens_core.common.systems import baseline
+    from lens_core.decide.battery import parity_gate
+    from lens_core.ingest.ndjson import ingest
+    from lens_core.sim.simulator import Simulator
 
     cfg = load_config()
     sim = Simulator(cfg.sim.model_copy(update={"queries_per_suite": 5}), seed=cfg.run.seed)

@@ -9,14 +9,14 @@ import dagster as dg
 import polars as pl
 import pytest
 
-import lens_core.ingest as ingest_mod
-from lens_core.contracts import AGG_SCHEMA, HITS_SCHEMA
-from lens_core.ingest import ingest
-from lens_core.rawruns import encode_record, write_raw_run
-from lens_core.settings import load_config
-from lens_core.simulator import Simulator
-from lens_core.systems import baseline
-from lens_core.tables import SchemaError, write_parquet
+import lens_core.ingest.ndjson as ingest_mod
+from lens_core.collect.rawruns import encode_record, write_raw_run
+from lens_core.common.contracts import AGG_SCHEMA, HITS_SCHEMA
+from lens_core.common.settings import load_config
+from lens_core.common.systems import baseline
+from lens_core.common.tables import SchemaError, write_parquet
+from lens_core.ingest.ndjson import ingest
+from lens_core.sim.simulator import Simulator
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +50,43 @@ def test_ingest_good_file(tmp_path, records):
 
 def test_in_sla_follows_shard_done_time(tmp_path, records):
     rec = json.loads(json.dumps(records[0]))
-    rec["shards"] = [{"shard": 0, "probe_id": "a", "issued_ts": rec["req_ts"], "first_byte_ts": None,
-                      "done_ts": rec["req_ts"] + 10, "cancel_ts": None, "status": "ok"},
-                     {"shard": 1, "probe_id": "b", "issued_ts": rec["req_ts"], "first_byte_ts": None,
-                      "done_ts": rec["req_ts"] + 140, "cancel_ts": None, "status": "ok"},
-                     {"shard": 2, "probe_id": "c", "issued_ts": rec["req_ts"], "first_byte_ts": None,
-                      "done_ts": rec["req_ts"] + 400, "cancel_ts": None, "status": "timeout"}]
+    rec["shards"] = [
+        {
+            "shard": 0,
+            "probe_id": "a",
+            "issued_ts": rec["req_ts"],
+            "first_byte_ts": None,
+            "done_ts": rec["req_ts"] + 10,
+            "cancel_ts": None,
+            "status": "ok",
+        },
+        {
+            "shard": 1,
+            "probe_id": "b",
+            "issued_ts": rec["req_ts"],
+            "first_byte_ts": None,
+            "done_ts": rec["req_ts"] + 140,
+            "cancel_ts": None,
+            "status": "ok",
+        },
+        {
+            "shard": 2,
+            "probe_id": "c",
+            "issued_ts": rec["req_ts"],
+            "first_byte_ts": None,
+            "done_ts": rec["req_ts"] + 400,
+            "cancel_ts": None,
+            "status": "timeout",
+        },
+    ]
     rec["hits"] = rec["hits"][:2]
     rec["hits"][0]["shard"], rec["hits"][1]["shard"] = 0, 1
     rec["lat_ms"] = 145.0
     late = json.loads(json.dumps(rec))
     late["qid"], late["lat_ms"] = "late", 160.0
-    p = _write_lines(tmp_path / "x.ndjson", [json.dumps(rec), json.dumps(late), json.dumps({"type": "done", "records": 2})])
+    p = _write_lines(
+        tmp_path / "x.ndjson", [json.dumps(rec), json.dumps(late), json.dumps({"type": "done", "records": 2})]
+    )
     _, hits = ingest([p])
     h = pl.from_arrow(hits)
     # on time: both shards answered within the SLA; late query: nothing counts as returned
@@ -75,17 +100,20 @@ def test_in_sla_follows_shard_done_time(tmp_path, records):
     assert pl.from_arrow(hits)["in_sla"].to_list() == [True, False]
 
 
-@pytest.mark.parametrize("case, match", [
-    ("missing_field", r"x\.ndjson:2: field 'lat_ms': missing"),
-    ("wrong_type", r"x\.ndjson:3: field 'sla_ms': expected int or float, got str"),
-    ("not_json", r"x\.ndjson:2: not JSON"),
-    ("no_done", r"x\.ndjson:\d+: stream ended without a done line"),
-    ("hit_field", r"x\.ndjson:1: field 'hits\[0\]\.path': missing"),
-    ("bad_why", r"x\.ndjson:1: field 'hits\[\]\.why': unknown reason 'magic'"),
-    ("count", r"done line declares 99 records"),
-    ("blank_line", r"x\.ndjson:2: empty line"),
-    ("space_line", r"x\.ndjson:3: empty line"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("missing_field", r"x\.ndjson:2: field 'lat_ms': missing"),
+        ("wrong_type", r"x\.ndjson:3: field 'sla_ms': expected int or float, got str"),
+        ("not_json", r"x\.ndjson:2: not JSON"),
+        ("no_done", r"x\.ndjson:\d+: stream ended without a done line"),
+        ("hit_field", r"x\.ndjson:1: field 'hits\[0\]\.path': missing"),
+        ("bad_why", r"x\.ndjson:1: field 'hits\[\]\.why': unknown reason 'magic'"),
+        ("count", r"done line declares 99 records"),
+        ("blank_line", r"x\.ndjson:2: empty line"),
+        ("space_line", r"x\.ndjson:3: empty line"),
+    ],
+)
 def test_schema_drift_names_file_line_field(tmp_path, records, case, match):
     lines = _good_lines(records[:4])
     objs = [json.loads(x) for x in lines[:-1]]
@@ -134,26 +162,35 @@ def test_failed_ingestion_leaves_staged_tables_untouched(data_dir, records):
     from resources.io_manager import ParquetIOManager, staging_table_path
 
     good = write_raw_run(data_dir / "runs" / "good.ndjson", records)
-    manifest = pl.DataFrame({"system": ["s"], "path": ["runs/good.ndjson"], "sha256": [good["sha256"]], "records": [len(records)]})
+    manifest = pl.DataFrame(
+        {"system": ["s"], "path": ["runs/good.ndjson"], "sha256": [good["sha256"]], "records": [len(records)]}
+    )
 
     @dg.asset(name="raw_runs", partitions_def=agg_and_hits.partitions_def)
     def raw_runs_stub():
         return manifest
 
-    res = dg.materialize([raw_runs_stub, agg_and_hits], partition_key="2026-11-15",
-                         resources={"io_manager": ParquetIOManager()})
+    res = dg.materialize(
+        [raw_runs_stub, agg_and_hits], partition_key="2026-11-15", resources={"io_manager": ParquetIOManager()}
+    )
     assert res.success
     agg_path = Path(staging_table_path("agg", "2026-11-15").path)
     before = agg_path.read_bytes()
     lines = _good_lines(records)[:-1]  # truncated: no done line
     _write_lines(data_dir / "runs" / "good.ndjson", lines)
-    res = dg.materialize([raw_runs_stub, agg_and_hits], partition_key="2026-11-15",
-                         resources={"io_manager": ParquetIOManager()}, raise_on_error=False)
+    res = dg.materialize(
+        [raw_runs_stub, agg_and_hits],
+        partition_key="2026-11-15",
+        resources={"io_manager": ParquetIOManager()},
+        raise_on_error=False,
+    )
     assert not res.success
+
     def chain(err):
         while err is not None:
             yield err.message
             err = err.cause
+
     msg = "".join(m for e in res.all_events if e.is_step_failure for m in chain(e.event_specific_data.error))
     assert "good.ndjson" in msg and "done line" in msg
     assert agg_path.read_bytes() == before
@@ -195,7 +232,7 @@ def paths_taken(request, monkeypatch):
     taken.tier = request.param
     if request.param == "canon":
         if ingest_mod._canonscan is None:
-            pytest.skip("the C scanner lens_core._canonscan is not built (no C compiler at install)")
+            pytest.skip("the C scanner lens_core.ingest._canonscan is not built (no C compiler at install)")
         monkeypatch.setattr(ingest_mod, "_fast_scan", lambda path, fd: None)
         fast_cls = ingest_mod._CanonFile
     else:
@@ -210,6 +247,7 @@ def paths_taken(request, monkeypatch):
     def exact(path, *a, **k):
         taken.append(("exact", Path(path).name))
         return real_exact(path, *a, **k)
+
     monkeypatch.setattr(fast_cls, "tables", fast)
     monkeypatch.setattr(ingest_mod, "_parse_exact", exact)
     return taken
@@ -253,11 +291,13 @@ def test_other_layouts_take_the_exact_path(tmp_path, records, paths_taken):
 
 def _set(path: str, value):
     """A mutation setting a (dotted, [index]) field of a record."""
+
     def mutate(obj):
         keys = path.replace("[", ".").replace("]", "").split(".")
         for k in keys[:-1]:
             obj = obj[int(k)] if k.isdigit() else obj[k]
         obj[keys[-1]] = value
+
     return mutate
 
 
@@ -267,6 +307,7 @@ def _drop(path: str):
         for k in keys[:-1]:
             obj = obj[k]
         del obj[keys[-1]]
+
     return mutate
 
 
@@ -274,13 +315,21 @@ LAX_CASES = [
     ("sla_str", _set("sla_ms", "150"), r"x\.ndjson:2: field 'sla_ms': expected int or float, got str"),
     ("rank_float", _set("hits[0].rank", 1.5), r"x\.ndjson:2: field 'hits\[0\]\.rank': expected int, got float"),
     ("rank_bool", _set("hits[0].rank", True), r"x\.ndjson:2: field 'hits\[0\]\.rank': expected int, got bool"),
-    ("rank_integral_float", _set("hits[0].rank", 2.0), r"x\.ndjson:2: field 'hits\[0\]\.rank': expected int, got float"),
+    (
+        "rank_integral_float",
+        _set("hits[0].rank", 2.0),
+        r"x\.ndjson:2: field 'hits\[0\]\.rank': expected int, got float",
+    ),
     ("rank_str", _set("hits[0].rank", "1"), r"x\.ndjson:2: field 'hits\[0\]\.rank': expected int, got str"),
     ("path_number", _set("hits[1].path", 7), r"x\.ndjson:2: field 'hits\[1\]\.path': expected str, got int"),
     ("qid_number", _set("qid", 7), r"x\.ndjson:2: field 'qid': expected str, got int"),
     ("repo_null", _set("hits[0].repo", None), r"x\.ndjson:2: field 'hits\[0\]\.repo': expected str, got NoneType"),
     ("start_line_null", _set("hits[2].start_line", None), r"x\.ndjson:2: field 'hits\[2\]\.start_line': expected int"),
-    ("score_str", _set("hits[0].score", "9.5"), r"x\.ndjson:2: field 'hits\[0\]\.score': expected int or float, got str"),
+    (
+        "score_str",
+        _set("hits[0].score", "9.5"),
+        r"x\.ndjson:2: field 'hits\[0\]\.score': expected int or float, got str",
+    ),
     ("shard_str", _set("hits[0].shard", "3"), r"x\.ndjson:2: field 'hits\[0\]\.shard': expected int or null, got str"),
     ("why_number", _set("hits[0].why", [1]), r"x\.ndjson:2: field 'hits\[0\]\.why': unknown reason"),
     ("lat_ms_missing", _drop("lat_ms"), r"x\.ndjson:2: field 'lat_ms': missing"),
@@ -289,8 +338,11 @@ LAX_CASES = [
     ("cpu_ms_missing", _drop("cost.cpu_ms"), r"x\.ndjson:2: field 'cost\.cpu_ms': missing"),
     ("status_unknown", _set("shards[0].status", "weird"), r"x\.ndjson:2: field 'shards\[\]\.status': 'weird' not in"),
     ("status_number", _set("shards[0].status", 1), r"x\.ndjson:2: field 'shards\[0\]\.status': expected str, got int"),
-    ("issued_ts_bool", _set("shards[0].issued_ts", False),
-     r"x\.ndjson:2: field 'shards\[0\]\.issued_ts': expected int or float, got bool"),
+    (
+        "issued_ts_bool",
+        _set("shards[0].issued_ts", False),
+        r"x\.ndjson:2: field 'shards\[0\]\.issued_ts': expected int or float, got bool",
+    ),
 ]
 
 
@@ -306,15 +358,18 @@ def test_fast_path_refuses_what_duckdb_would_coerce(tmp_path, records, paths_tak
     assert paths_taken == [("fast", "x.ndjson"), ("exact", "x.ndjson")]
 
 
-@pytest.mark.parametrize("case, match", [
-    ("trailing_comma_list", r"x\.ndjson:2: not JSON"),
-    ("trailing_comma_object", r"x\.ndjson:2: not JSON"),
-    ("blank_line", r"x\.ndjson:2: empty line"),
-    ("blank_before_done", r"x\.ndjson:5: empty line"),
-    ("count", r"done line declares 99 records, file has 4"),
-    ("first_line", r"x\.ndjson:1: field 'hits\[0\]\.rank': expected int, got float"),
-    ("last_line", r"x\.ndjson:4: field 'qid': expected str, got int"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("trailing_comma_list", r"x\.ndjson:2: not JSON"),
+        ("trailing_comma_object", r"x\.ndjson:2: not JSON"),
+        ("blank_line", r"x\.ndjson:2: empty line"),
+        ("blank_before_done", r"x\.ndjson:5: empty line"),
+        ("count", r"done line declares 99 records, file has 4"),
+        ("first_line", r"x\.ndjson:1: field 'hits\[0\]\.rank': expected int, got float"),
+        ("last_line", r"x\.ndjson:4: field 'qid': expected str, got int"),
+    ],
+)
 def test_fast_path_refuses_bad_lines(tmp_path, records, paths_taken, case, match):
     lines = _canonical_lines(records[:4])
     if case == "trailing_comma_list":  # DuckDB's JSON parser accepts trailing commas
@@ -432,12 +487,14 @@ def test_fast_path_does_not_import_pandas(tmp_path, records):
 
     pytest.importorskip("pandas")  # without pandas installed this could not fail
     info = write_raw_run(tmp_path / "s.ndjson", _varied(records))
-    code = ("import sys; from lens_core.ingest import ingest; from lens_core.tables import write_parquet; "
-            "from lens_core.contracts import AGG_SCHEMA, HITS_SCHEMA; "
-            f"a, h = ingest([{str(info['path'])!r}]); "
-            f"write_parquet(a, {str(tmp_path / 'a.parquet')!r}, schema=AGG_SCHEMA); "
-            f"write_parquet(h, {str(tmp_path / 'h.parquet')!r}, schema=HITS_SCHEMA); "
-            "print('pandas' in sys.modules)")
+    code = (
+        "import sys; from lens_core.ingest.ndjson import ingest; from lens_core.common.tables import write_parquet; "
+        "from lens_core.common.contracts import AGG_SCHEMA, HITS_SCHEMA; "
+        f"a, h = ingest([{str(info['path'])!r}]); "
+        f"write_parquet(a, {str(tmp_path / 'a.parquet')!r}, schema=AGG_SCHEMA); "
+        f"write_parquet(h, {str(tmp_path / 'h.parquet')!r}, schema=HITS_SCHEMA); "
+        "print('pandas' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
 
@@ -490,8 +547,9 @@ def test_ingest_to_parquet_mixed_paths_give_ingests_rows(tmp_path, records, path
     assert _files(tmp_path / "out") == ["hits.parquet"]
 
 
-def test_ingest_to_parquet_falls_back_when_verification_fails_after_writing(tmp_path, records, monkeypatch,
-                                                                            paths_taken):
+def test_ingest_to_parquet_falls_back_when_verification_fails_after_writing(
+    tmp_path, records, monkeypatch, paths_taken
+):
     """The verification's verdict (the file's hash, and for DuckDB's tier the certifiers')
     arrives after the hits were handed to the writer: a refusal then aborts the temporary file
     and the exact path redoes the whole set."""
@@ -517,8 +575,10 @@ def test_ingest_to_parquet_falls_back_when_verification_fails_after_writing(tmp_
     assert _files(out) == ["hits.parquet"]
 
 
-@pytest.mark.parametrize("case, mutate, match", [c for c in LAX_CASES if c[0] in (
-    "sla_str", "rank_float", "path_number", "lat_ms_missing", "status_unknown")])
+@pytest.mark.parametrize(
+    "case, mutate, match",
+    [c for c in LAX_CASES if c[0] in ("sla_str", "rank_float", "path_number", "lat_ms_missing", "status_unknown")],
+)
 def test_ingest_to_parquet_refuses_like_ingest_and_writes_nothing(tmp_path, records, case, mutate, match):
     objs = [json.loads(encode_record(r)) for r in records[:4]]
     mutate(objs[1])

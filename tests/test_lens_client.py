@@ -10,15 +10,15 @@ import time
 import polars as pl
 import pytest
 
-from lens_core.contracts import HIT_FIELD_TYPES, SHARD_FIELD_TYPES
-from lens_core.rawruns import RECORD_KEYS, write_raw_run
-from resources.lens_client import (
+from lens_core.collect.client import (
     EMPTY_COST,
     LensClient,
     LensUnreachable,
     QueryResult,
     collect_run,
 )
+from lens_core.collect.rawruns import RECORD_KEYS, write_raw_run
+from lens_core.common.contracts import HIT_FIELD_TYPES, SHARD_FIELD_TYPES
 
 try:
     from tests.fake_lens import FakeLens
@@ -41,13 +41,15 @@ def _client(fake, **kw) -> LensClient:
 
 
 def _queries(texts: list[str]) -> pl.DataFrame:
-    return pl.DataFrame({
-        "qid": [f"q{i:03d}" for i in range(len(texts))],
-        "text": texts,
-        "suite": ["codesearch_nl"] * len(texts),
-        "intent": ["nl"] * len(texts),
-        "language": ["python"] * len(texts),
-    })
+    return pl.DataFrame(
+        {
+            "qid": [f"q{i:03d}" for i in range(len(texts))],
+            "text": texts,
+            "suite": ["codesearch_nl"] * len(texts),
+            "intent": ["nl"] * len(texts),
+            "language": ["python"] * len(texts),
+        }
+    )
 
 
 def _closed_port_url() -> str:
@@ -164,11 +166,14 @@ def test_truncated_stream_is_an_error(fake):
     assert res.error is None and len(res.hits) == 5
 
 
-@pytest.mark.parametrize("behaviour,error", [
-    ("badjson", "bad_line:2:not JSON"),
-    ("nofield:path", "bad_line:1:missing path"),
-    ("nofield:why", "bad_line:1:missing why"),
-])
+@pytest.mark.parametrize(
+    "behaviour,error",
+    [
+        ("badjson", "bad_line:2:not JSON"),
+        ("nofield:path", "bad_line:1:missing path"),
+        ("nofield:why", "bad_line:1:missing why"),
+    ],
+)
 def test_bad_lines_name_the_line_and_field_and_are_not_retried(fake, behaviour, error):
     fake.plan("q", behaviour)
     res = _client(fake).search("q1", "q", "sys")
@@ -179,10 +184,14 @@ def test_backoff_is_exponential_bounded_and_seeded():
     c = LensClient("http://127.0.0.1:9", backoff_ms=50, max_backoff_ms=300, seed=7)
     d = [c._backoff_s("q1", a) for a in (1, 2, 3, 4, 5)]
     assert 0.025 <= d[0] <= 0.075 and 0.05 <= d[1] <= 0.15 and d[4] <= 0.3
-    assert d == [LensClient("http://127.0.0.1:9", backoff_ms=50, max_backoff_ms=300, seed=7)
-                 ._backoff_s("q1", a) for a in (1, 2, 3, 4, 5)]
-    assert d != [LensClient("http://127.0.0.1:9", backoff_ms=50, max_backoff_ms=300, seed=8)
-                 ._backoff_s("q1", a) for a in (1, 2, 3, 4, 5)]
+    assert d == [
+        LensClient("http://127.0.0.1:9", backoff_ms=50, max_backoff_ms=300, seed=7)._backoff_s("q1", a)
+        for a in (1, 2, 3, 4, 5)
+    ]
+    assert d != [
+        LensClient("http://127.0.0.1:9", backoff_ms=50, max_backoff_ms=300, seed=8)._backoff_s("q1", a)
+        for a in (1, 2, 3, 4, 5)
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,7 +200,7 @@ def test_backoff_is_exponential_bounded_and_seeded():
 def test_hedge_second_probe_wins_and_the_loser_is_cancelled(fake, caplog):
     fake.plan("tail", "drip:60", "ok")  # the first probe is slow, the hedge is fast
     client = _client(fake, hedge=True, hedge_delay_ms=10)
-    with caplog.at_level(logging.INFO, logger="resources.lens_client"):
+    with caplog.at_level(logging.INFO, logger="lens_core.collect.client"):
         res = client.search("q1", "tail", "sys")
     assert res.error is None and res.hedged and res.hedge_winner == "hedge" and res.hedge_cancelled
     assert res.client_ms < 300 and len(res.hits) == 5  # the slow primary alone takes >= 360 ms
@@ -275,8 +284,7 @@ def test_unreachable_endpoint_fails_fast_with_one_exception(caplog):
 def test_unreachable_mid_run_trips_the_breaker_without_health_probe():
     client = LensClient(_closed_port_url(), retries=0, backoff_ms=1, concurrency=2)
     with pytest.raises(LensUnreachable, match="first 8 queries all failed"):
-        collect_run(client, _queries([f"q{i}" for i in range(100)]), "sys", "r",
-                    progress=False, check_health=False)
+        collect_run(client, _queries([f"q{i}" for i in range(100)]), "sys", "r", progress=False, check_health=False)
     assert client.stats["queries"] < 20
 
 
@@ -313,8 +321,9 @@ def test_collect_run_keeps_query_order_under_concurrency(fake):
     ts = iter(range(1000, 2000))
     side: list[dict] = []
     client = _client(fake, concurrency=4)
-    recs = collect_run(client, _queries(texts), "sys", "r", req_ts_fn=lambda: float(next(ts)),
-                       progress=True, sidecar=side)
+    recs = collect_run(
+        client, _queries(texts), "sys", "r", req_ts_fn=lambda: float(next(ts)), progress=True, sidecar=side
+    )
     assert 2 <= fake.max_inflight <= 4  # concurrent, and never more than `concurrency` at once
     assert [r["qid"] for r in recs] == [f"q{i:03d}" for i in range(12)] == [s["qid"] for s in side]
     assert all(tuple(r) == RECORD_KEYS for r in recs)

@@ -7,8 +7,8 @@ import time
 import polars as pl
 import pytest
 
-from resources.lens_client import LensClient
-from resources.loadtest import qps_at_sla
+from lens_core.collect.client import LensClient
+from lens_core.collect.loadtest import qps_at_sla
 
 try:
     from tests.fake_lens import FakeLens
@@ -24,9 +24,17 @@ def test_qps_at_sla_finds_the_saturation_point_and_stops_by_itself():
     # (60 requests offered at 1000 qps queue for ~1.2 s).
     with FakeLens(service_ms=20, capacity=1) as f:
         t0 = time.monotonic()
-        out = qps_at_sla(lambda: LensClient(f.url, retries=0, sla_ms=400), QUERIES, "lens_v22",
-                         sla_ms=400, rates=(1000, 10, 25), duration_s=0.5, max_requests=60,
-                         min_requests=5, max_total_s=10)
+        out = qps_at_sla(
+            lambda: LensClient(f.url, retries=0, sla_ms=400),
+            QUERIES,
+            "lens_v22",
+            sla_ms=400,
+            rates=(1000, 10, 25),
+            duration_s=0.5,
+            max_requests=60,
+            min_requests=5,
+            max_total_s=10,
+        )
         wall = time.monotonic() - t0
         sent = f.count()
     table = [(r["offered_qps"], r["sent"], r["p99_ms"], r["errors"]) for r in out["table"]]
@@ -45,8 +53,16 @@ def test_qps_at_sla_finds_the_saturation_point_and_stops_by_itself():
 def test_qps_at_sla_respects_the_time_cap():
     with FakeLens() as f:
         t0 = time.monotonic()
-        out = qps_at_sla(lambda: LensClient(f.url, retries=0), QUERIES, "s", rates=(5, 10, 20, 40),
-                         duration_s=10, max_requests=1000, min_requests=3, max_total_s=0.6)
+        out = qps_at_sla(
+            lambda: LensClient(f.url, retries=0),
+            QUERIES,
+            "s",
+            rates=(5, 10, 20, 40),
+            duration_s=10,
+            max_requests=1000,
+            min_requests=3,
+            max_total_s=0.6,
+        )
         assert time.monotonic() - t0 < 2.5
     assert out["stopped"].startswith("time cap") and len(out["table"]) < 4
     assert sum(r["sent"] for r in out["table"]) <= 0.6 * 40
@@ -54,8 +70,16 @@ def test_qps_at_sla_respects_the_time_cap():
 
 def test_errors_fail_a_rate():
     with FakeLens(default="http:503") as f:
-        out = qps_at_sla(lambda: LensClient(f.url, retries=0), QUERIES, "s", rates=(20, 40),
-                         duration_s=0.2, max_requests=5, min_requests=1, warmup=0)
+        out = qps_at_sla(
+            lambda: LensClient(f.url, retries=0),
+            QUERIES,
+            "s",
+            rates=(20, 40),
+            duration_s=0.2,
+            max_requests=5,
+            min_requests=1,
+            warmup=0,
+        )
     assert out["qps_at_sla"] == 0.0 and out["table"][0]["errors"] == 4
     assert not out["table"][0]["pass"] and len(out["table"]) == 1
 

@@ -6,36 +6,68 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lens_core.metrics import credit_hits, per_query_metrics, relevant_spans
+from lens_core.measures.metrics import credit_hits, per_query_metrics, relevant_spans
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
 
 
 def _agg_for(hits: pl.DataFrame, qids: list[str], system: str = "s") -> pl.DataFrame:
-    return pl.DataFrame({
-        "run_id": ["r"] * len(qids), "system": [system] * len(qids), "qid": qids,
-        "suite": ["x"] * len(qids), "intent": ["nl"] * len(qids), "language": ["python"] * len(qids),
-        "lat_ms": [10.0] * len(qids), "within_sla": [True] * len(qids),
-        "probes": [1] * len(qids), "cpu_ms": [1.0] * len(qids), "error": [None] * len(qids),
-    }, schema_overrides={"error": pl.String, "probes": pl.Int32})
+    return pl.DataFrame(
+        {
+            "run_id": ["r"] * len(qids),
+            "system": [system] * len(qids),
+            "qid": qids,
+            "suite": ["x"] * len(qids),
+            "intent": ["nl"] * len(qids),
+            "language": ["python"] * len(qids),
+            "lat_ms": [10.0] * len(qids),
+            "within_sla": [True] * len(qids),
+            "probes": [1] * len(qids),
+            "cpu_ms": [1.0] * len(qids),
+            "error": [None] * len(qids),
+        },
+        schema_overrides={"error": pl.String, "probes": pl.Int32},
+    )
 
 
 def _hits(rows: list[tuple]) -> pl.DataFrame:
     """rows: (qid, rank, path, start, end[, in_sla])"""
     return pl.DataFrame(
-        [(("r", "s", q, rk, "repo", p, s, e, (r[5] if len(r) > 5 else True)))
-         for r in rows for (q, rk, p, s, e) in [r[:5]]],
-        schema={"run_id": pl.String, "system": pl.String, "qid": pl.String, "rank": pl.Int32,
-                "repo": pl.String, "path": pl.String, "start_line": pl.Int32, "end_line": pl.Int32,
-                "in_sla": pl.Boolean}, orient="row")
+        [
+            (("r", "s", q, rk, "repo", p, s, e, (r[5] if len(r) > 5 else True)))
+            for r in rows
+            for (q, rk, p, s, e) in [r[:5]]
+        ],
+        schema={
+            "run_id": pl.String,
+            "system": pl.String,
+            "qid": pl.String,
+            "rank": pl.Int32,
+            "repo": pl.String,
+            "path": pl.String,
+            "start_line": pl.Int32,
+            "end_line": pl.Int32,
+            "in_sla": pl.Boolean,
+        },
+        orient="row",
+    )
 
 
 def _qrels(rows: list[tuple]) -> pl.DataFrame:
     """rows: (qid, path, start, end, rel)"""
     return pl.DataFrame(
         [(q, "repo", p, s, e, rel, "test") for (q, p, s, e, rel) in rows],
-        schema={"qid": pl.String, "repo": pl.String, "path": pl.String, "start_line": pl.Int32,
-                "end_line": pl.Int32, "rel": pl.Int32, "source": pl.String}, orient="row")
+        schema={
+            "qid": pl.String,
+            "repo": pl.String,
+            "path": pl.String,
+            "start_line": pl.Int32,
+            "end_line": pl.Int32,
+            "rel": pl.Int32,
+            "source": pl.String,
+        },
+        orient="row",
+    )
 
 
 def _random_case(seed: int, n_q: int = 60, n_docs: int = 400, depth: int = 80):
@@ -107,18 +139,20 @@ def _gains(hits, qrels, file_only=False):
 def test_span_credit_inside_and_iou():
     qrels = _qrels([("q", "a.py", 10, 29, 2)])  # 20 lines
     # inside (any size), IoU exactly 0.5, IoU below 0.5, other file
-    hits = _hits([
-        ("q", 1, "a.py", 12, 14),   # inside -> credit
-    ])
+    hits = _hits(
+        [
+            ("q", 1, "a.py", 12, 14),  # inside -> credit
+        ]
+    )
     assert _gains(hits, qrels) == {1: 2}
     hits = _hits([("q", 1, "a.py", 20, 39)])  # inter 10, union 30 -> 0.33
     assert _gains(hits, qrels) == {}
     hits = _hits([("q", 1, "a.py", 15, 34)])  # inter 15, union 25 -> 0.6
     assert _gains(hits, qrels) == {1: 2}
     qrels5 = _qrels([("q", "a.py", 1, 10, 1)])
-    hits = _hits([("q", 1, "a.py", 6, 15)])   # inter 5, union 15 -> 0.333
+    hits = _hits([("q", 1, "a.py", 6, 15)])  # inter 5, union 15 -> 0.333
     assert _gains(hits, qrels5) == {}
-    hits = _hits([("q", 1, "a.py", 1, 20)])   # inter 10, union 20 -> exactly 0.5 -> credit
+    hits = _hits([("q", 1, "a.py", 1, 20)])  # inter 10, union 20 -> exactly 0.5 -> credit
     assert _gains(hits, qrels5) == {1: 1}
     hits = _hits([("q", 1, "b.py", 10, 29)])
     assert _gains(hits, qrels) == {}
@@ -162,8 +196,9 @@ def test_sla_recall_counts_only_in_sla_hits():
 def test_missing_queries_count_as_failed_zero():
     qrels = _qrels([("q1", "a.py", 1, 10, 1), ("q2", "a.py", 1, 10, 1)])
     hits = _hits([("q1", 1, "a.py", 1, 10)])
-    queries = pl.DataFrame({"qid": ["q1", "q2"], "suite": ["x", "x"], "intent": ["nl", "nl"],
-                            "language": ["python", "python"]})
+    queries = pl.DataFrame(
+        {"qid": ["q1", "q2"], "suite": ["x", "x"], "intent": ["nl", "nl"], "language": ["python", "python"]}
+    )
     pq = per_query_metrics(_agg_for(hits, ["q1"]), hits, qrels, queries=queries)
     assert pq.height == 2
     row = pq.filter(pl.col("qid") == "q2").row(0, named=True)
@@ -181,7 +216,7 @@ def test_hit_order_and_file_key_collisions_do_not_change_metrics(monkeypatch):
     """The hit metrics code queries by run-length ids when hits come grouped by qid (else they
     are sorted first) and join files on a u64 key re-checked against the strings: shuffled
     hits, and a key that collides for every file, give exactly the same metrics."""
-    import lens_core.metrics as m
+    import lens_core.measures.metrics as m
 
     hits, qrels, _, _ = _random_case(7)
     qids = sorted(hits["qid"].unique().to_list())

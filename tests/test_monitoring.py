@@ -1,6 +1,5 @@
-"""lens_core.monitoring: the pure computations behind the SPEC §13 monitoring jobs."""
+"""lens_core.monitor.monitoring: the pure computations behind the SPEC §13 monitoring jobs."""
 
-import json
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
@@ -8,8 +7,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lens_core import monitoring as M
-from lens_core.hashing import atomic_write_json, sha256_file
+from lens_core.common import calendar
+from lens_core.common.hashing import atomic_write_json, sha256_file
+from lens_core.monitor import monitoring as M
 
 ET = ZoneInfo("US/Eastern")
 
@@ -19,28 +19,31 @@ def et(*a):
 
 
 # --------------------------------------------------------------------------------------------- time
-@pytest.mark.parametrize("tick, expected", [
-    (et(2026, 11, 22, 2, 0), "2026-11-22"),      # the Sunday run's own tick
-    (et(2026, 11, 22, 1, 59), "2026-11-15"),     # before 02:00: last week
-    (et(2026, 11, 24, 2, 30), "2026-11-22"),     # a Tuesday nightly
-    (et(2026, 11, 28, 23, 59), "2026-11-22"),    # Saturday night
-    (et(2027, 3, 14, 3, 0), "2027-03-14"),       # spring forward: 02:00 does not exist, tick at 03:00 EDT
-    (et(2027, 3, 14, 1, 59), "2027-03-07"),
-    (et(2026, 11, 1, 2, 0), "2026-11-01"),       # fall back Sunday
-    (et(2026, 11, 1, 1, 30), "2026-10-25"),      # 01:30 happens twice; both before 02:00
-])
+@pytest.mark.parametrize(
+    "tick, expected",
+    [
+        (et(2026, 11, 22, 2, 0), "2026-11-22"),  # the Sunday run's own tick
+        (et(2026, 11, 22, 1, 59), "2026-11-15"),  # before 02:00: last week
+        (et(2026, 11, 24, 2, 30), "2026-11-22"),  # a Tuesday nightly
+        (et(2026, 11, 28, 23, 59), "2026-11-22"),  # Saturday night
+        (et(2027, 3, 14, 3, 0), "2027-03-14"),  # spring forward: 02:00 does not exist, tick at 03:00 EDT
+        (et(2027, 3, 14, 1, 59), "2027-03-07"),
+        (et(2026, 11, 1, 2, 0), "2026-11-01"),  # fall back Sunday
+        (et(2026, 11, 1, 1, 30), "2026-10-25"),  # 01:30 happens twice; both before 02:00
+    ],
+)
 def test_weekly_partition_for(tick, expected):
-    assert M.weekly_partition_for(tick) == expected
-    assert M.weekly_partition_for(tick.astimezone(timezone.utc)) == expected
+    assert calendar.weekly_partition_for(tick) == expected
+    assert calendar.weekly_partition_for(tick.astimezone(timezone.utc)) == expected
 
 
 def test_weekly_start_spring_forward_is_0300_edt():
-    s = M.weekly_start("2027-03-14")
+    s = calendar.weekly_start("2027-03-14")
     assert s.utcoffset().total_seconds() == -4 * 3600 and (s.hour, s.minute) == (3, 0)
     with pytest.raises(ValueError, match="not a Sunday"):
-        M.weekly_start("2027-03-15")
+        calendar.weekly_start("2027-03-15")
     with pytest.raises(ValueError, match="no timezone"):
-        M.weekly_partition_for(datetime(2027, 3, 14, 3))
+        calendar.weekly_partition_for(datetime(2027, 3, 14, 3))
 
 
 # --------------------------------------------------------------------------------------------- micro-suites
@@ -56,7 +59,8 @@ def _queries(seed=0):
     for i in range(500):  # smaller than 800: all taken
         rows.append((f"c{i:05d}", "suite_c", "nl", str(rng.choice(langs))))
     return pl.DataFrame(rows, schema=["qid", "suite", "intent", "language"], orient="row").with_columns(
-        pl.format("text {}", pl.col("qid")).alias("text"))
+        pl.format("text {}", pl.col("qid")).alias("text")
+    )
 
 
 def test_micro_suites_stratified_and_sized():
@@ -101,10 +105,19 @@ def test_micro_suites_bad_input():
 
 # --------------------------------------------------------------------------------------------- pool audit
 def _pool(members):
-    return pl.DataFrame([(q, "r", f"p{m}", 1, 10, systems, 1) for q, m, systems in members],
-                        schema={"qid": pl.String, "repo": pl.String, "path": pl.String, "start_line": pl.Int32,
-                                "end_line": pl.Int32, "systems": pl.List(pl.String), "best_rank": pl.Int32},
-                        orient="row")
+    return pl.DataFrame(
+        [(q, "r", f"p{m}", 1, 10, systems, 1) for q, m, systems in members],
+        schema={
+            "qid": pl.String,
+            "repo": pl.String,
+            "path": pl.String,
+            "start_line": pl.Int32,
+            "end_line": pl.Int32,
+            "systems": pl.List(pl.String),
+            "best_rank": pl.Int32,
+        },
+        orient="row",
+    )
 
 
 def test_pool_diff_counts_and_jaccard():
@@ -130,8 +143,9 @@ def _scores(fc):
 
 
 def test_tripwires_file_credit_and_flatline():
-    pq = pl.DataFrame({"system": ["a"] * 3 + ["b"] * 3, "qid": list("xyz") * 2,
-                       "ndcg_10": [0.1, 0.5, 0.9, 0.4, 0.4, 0.4]})
+    pq = pl.DataFrame(
+        {"system": ["a"] * 3 + ["b"] * 3, "qid": list("xyz") * 2, "ndcg_10": [0.1, 0.5, 0.9, 0.4, 0.4, 0.4]}
+    )
     t = M.evaluate_tripwires(_scores({"a": 0.01, "b": 0.06}), pq)
     tripped = {(r["tripwire"], r["system"]) for r in t.filter(pl.col("tripped")).iter_rows(named=True)}
     assert tripped == {("file_credit", "b"), ("flatline", "b")}
@@ -147,11 +161,15 @@ def test_hero_vs_baseline_flags_a_regression():
     rows = []
     for sysname, shift in (("base", 0.0), ("pa_good", 0.0), ("pa_bad", -0.2), ("pb_up", 0.1)):
         v = np.clip(base + shift + rng.normal(0, 0.02, n), 0, 1)
-        rows += [{"system": sysname, "qid": f"q{i}", "ndcg_10": float(v[i]), "sla_recall_50": float(v[i])}
-                 for i in range(n)]
+        rows += [
+            {"system": sysname, "qid": f"q{i}", "ndcg_10": float(v[i]), "sla_recall_50": float(v[i])} for i in range(n)
+        ]
     pq = pl.DataFrame(rows)
-    scores = pq.group_by("system").agg(pl.col("ndcg_10").mean().alias("mean")).with_columns(
-        pl.lit("all").alias("slice"), pl.lit("ndcg_10").alias("metric"))
+    scores = (
+        pq.group_by("system")
+        .agg(pl.col("ndcg_10").mean().alias("mean"))
+        .with_columns(pl.lit("all").alias("slice"), pl.lit("ndcg_10").alias("metric"))
+    )
     packs = {"pa_good": "pack_a", "pa_bad": "pack_a", "pb_up": "pack_b", "base": "baseline"}
     heroes = M.pick_heroes(scores, packs, "base", hero_packs=["pack_a", "pack_b"])
     assert heroes == {"pack_a": "pa_good", "pack_b": "pb_up"}
@@ -169,10 +187,18 @@ def _labelled(seed, n=6000, systems=("s1", "s2")):
     for s in systems:
         score = rng.normal(0, 1, n)
         p = 1 / (1 + np.exp(-(score * 1.5 - 1)))
-        frames.append(pl.DataFrame({"system": s, "qid": [f"q{i // 10}" for i in range(n)],
-                                    "intent": rng.choice(["nl", "identifier"], n),
-                                    "language": rng.choice(["go", "python"], n), "score": score,
-                                    "label": (rng.random(n) < p).astype(float)}))
+        frames.append(
+            pl.DataFrame(
+                {
+                    "system": s,
+                    "qid": [f"q{i // 10}" for i in range(n)],
+                    "intent": rng.choice(["nl", "identifier"], n),
+                    "language": rng.choice(["go", "python"], n),
+                    "score": score,
+                    "label": (rng.random(n) < p).astype(float),
+                }
+            )
+        )
     return pl.concat(frames)
 
 
@@ -191,11 +217,22 @@ def test_drift_summary_metrics_and_clamp_rate():
 
 
 def test_labelled_hits_span_rule():
-    hits = pl.DataFrame({"run_id": ["r"] * 3, "system": ["s"] * 3, "qid": ["q"] * 3, "rank": [1, 2, 3],
-                         "repo": ["r"] * 3, "path": ["a.py", "a.py", "b.py"], "start_line": [10, 100, 10],
-                         "end_line": [12, 120, 12], "score": [3.0, 2.0, 1.0]})
-    qrels = pl.DataFrame({"qid": ["q"], "repo": ["r"], "path": ["a.py"], "start_line": [5], "end_line": [20],
-                          "rel": [2]})
+    hits = pl.DataFrame(
+        {
+            "run_id": ["r"] * 3,
+            "system": ["s"] * 3,
+            "qid": ["q"] * 3,
+            "rank": [1, 2, 3],
+            "repo": ["r"] * 3,
+            "path": ["a.py", "a.py", "b.py"],
+            "start_line": [10, 100, 10],
+            "end_line": [12, 120, 12],
+            "score": [3.0, 2.0, 1.0],
+        }
+    )
+    qrels = pl.DataFrame(
+        {"qid": ["q"], "repo": ["r"], "path": ["a.py"], "start_line": [5], "end_line": [20], "rel": [2]}
+    )
     queries = pl.DataFrame({"qid": ["q"], "intent": ["nl"], "language": ["go"]})
     lab = M.labelled_hits(hits, qrels, queries).sort("score", descending=True)
     assert lab["label"].to_list() == [1.0, 0.0, 0.0]
@@ -204,8 +241,12 @@ def test_labelled_hits_span_rule():
 
 
 def test_history_and_trend_plot(tmp_path):
-    hist = M.history_frame([{"partition": "2026-11-15", "systems": [{"system": "all", "ece": 0.01}]},
-                            {"partition": "2026-11-08", "systems": [{"system": "all", "ece": 0.02}]}])
+    hist = M.history_frame(
+        [
+            {"partition": "2026-11-15", "systems": [{"system": "all", "ece": 0.01}]},
+            {"partition": "2026-11-08", "systems": [{"system": "all", "ece": 0.02}]},
+        ]
+    )
     e = hist.filter(pl.col("metric") == "ece")
     assert e["partition"].to_list() == ["2026-11-08", "2026-11-15"] and e["value"].to_list() == [0.02, 0.01]
     png = M.plot_trend(hist, "ece", tmp_path / "t.png", threshold=0.02)
@@ -230,15 +271,15 @@ def test_reconcile_pages_once_retries_and_resolves():
     p = M.Problem("k1", "red")
     open_, log = M.reconcile([], [p], trig, res)
     assert open_ == {"k1"} and sent == ["k1"]
-    open_, _ = M.reconcile(open_, [p], trig, res)          # still red: no second page
+    open_, _ = M.reconcile(open_, [p], trig, res)  # still red: no second page
     assert sent == ["k1"]
-    up["ok"] = False                                          # webhook down while recovering
+    up["ok"] = False  # webhook down while recovering
     open_, log = M.reconcile(open_, [], trig, res)
     assert open_ == {"k1"} and log["failed"] == ["k1"]
     up["ok"] = True
     open_, log = M.reconcile(open_, [], trig, res)
     assert open_ == set() and resolved == ["k1"]
-    up["ok"] = False                                          # trigger while down: retried next tick
+    up["ok"] = False  # trigger while down: retried next tick
     open_, _ = M.reconcile(open_, [M.Problem("k2", "red")], trig, res)
     assert open_ == set()
     up["ok"] = True
@@ -247,11 +288,20 @@ def test_reconcile_pages_once_retries_and_resolves():
 
 
 def test_gate_problems_and_missed_run():
-    evals = [{"asset": "scores", "check": "pool", "group": "lens", "passed": False, "severity": "ERROR",
-              "partition": "2026-11-15", "owners": ["team:a"]},
-             {"asset": "scores", "check": "tail", "group": "lens", "passed": False, "severity": "WARN"},
-             {"asset": "x", "check": "c", "group": "lvm", "passed": False, "severity": "WARN"},
-             {"asset": "y", "check": "c", "group": "lvm", "passed": True, "severity": "ERROR"}]
+    evals = [
+        {
+            "asset": "scores",
+            "check": "pool",
+            "group": "lens",
+            "passed": False,
+            "severity": "ERROR",
+            "partition": "2026-11-15",
+            "owners": ["team:a"],
+        },
+        {"asset": "scores", "check": "tail", "group": "lens", "passed": False, "severity": "WARN"},
+        {"asset": "x", "check": "c", "group": "lvm", "passed": False, "severity": "WARN"},
+        {"asset": "y", "check": "c", "group": "lvm", "passed": True, "severity": "ERROR"},
+    ]
     probs = M.gate_problems(evals)
     assert [p.key for p in probs] == ["lens/gate_monitor/lens"]
     assert "scores.pool[2026-11-15]" in probs[0].summary and probs[0].owners == ("team:a",)
@@ -259,7 +309,7 @@ def test_gate_problems_and_missed_run():
     # Sunday 10:00 with last week's bundle only: this week's run is missed
     p = M.missed_weekly_run(et(2026, 11, 22, 10, 0), "2026-11-15")
     assert p is not None and p.details["expected"] == "2026-11-22"
-    assert M.missed_weekly_run(et(2026, 11, 22, 5, 0), "2026-11-15") is None   # still running
+    assert M.missed_weekly_run(et(2026, 11, 22, 5, 0), "2026-11-15") is None  # still running
     assert M.missed_weekly_run(et(2026, 11, 25, 5, 0), "2026-11-22") is None
     assert M.missed_weekly_run(et(2026, 11, 22, 5, 0), None) is not None
 
@@ -271,22 +321,40 @@ def _bundle(root, gates_ok=True, age_ms=0, tail=1.5):
     (b / "tables").mkdir(parents=True)
     scores = _scores({"a": 0.01})
     scores.write_parquet(b / "scores.parquet")
-    pl.DataFrame({"system": ["a"] * 3, "qid": list("xyz"), "ndcg_10": [0.1, 0.5, 0.9]}).write_parquet(b / "per_query.parquet")
-    pl.DataFrame({"system": ["a"], "ndcg_10": [0.5], "sla_recall_50": [0.6], "lat_p95": [40.0], "lat_p99": [60.0],
-                  "p99_p95": [tail], "file_credit": [0.01]}).write_csv(b / "tables" / "hero_span_v22.csv")
+    pl.DataFrame({"system": ["a"] * 3, "qid": list("xyz"), "ndcg_10": [0.1, 0.5, 0.9]}).write_parquet(
+        b / "per_query.parquet"
+    )
+    pl.DataFrame(
+        {
+            "system": ["a"],
+            "ndcg_10": [0.5],
+            "sla_recall_50": [0.6],
+            "lat_p95": [40.0],
+            "lat_p99": [60.0],
+            "p99_p95": [tail],
+            "file_credit": [0.01],
+        }
+    ).write_csv(b / "tables" / "hero_span_v22.csv")
     now_ms = int(et(2026, 11, 23, 10).timestamp() * 1000)
-    att = {"fingerprint": fp, "created_ms": now_ms - age_ms, "all_blocking_green": gates_ok,
-           "gates": [{"name": "pool", "blocking": True, "passed": gates_ok, "subject": "a"}],
-           "artifacts": {"scores.parquet": sha256_file(b / "scores.parquet"),
-                         "tables/hero_span_v22.csv": sha256_file(b / "tables" / "hero_span_v22.csv")}}
+    att = {
+        "fingerprint": fp,
+        "created_ms": now_ms - age_ms,
+        "all_blocking_green": gates_ok,
+        "gates": [{"name": "pool", "blocking": True, "passed": gates_ok, "subject": "a"}],
+        "artifacts": {
+            "scores.parquet": sha256_file(b / "scores.parquet"),
+            "tables/hero_span_v22.csv": sha256_file(b / "tables" / "hero_span_v22.csv"),
+        },
+    }
     atomic_write_json(b / "attestation.json", att)
-    atomic_write_json(root / "published.json", {"fingerprint": fp, "bundle": f"bundles/{fp}",
-                                                "published_ms": now_ms - age_ms})
+    atomic_write_json(
+        root / "published.json", {"fingerprint": fp, "bundle": f"bundles/{fp}", "published_ms": now_ms - age_ms}
+    )
     return b
 
 
 def test_emergency_checks(tmp_path):
-    assert M.emergency_checks(tmp_path)[0] == []                    # nothing published yet
+    assert M.emergency_checks(tmp_path)[0] == []  # nothing published yet
     b = _bundle(tmp_path)
     probs, sig = M.emergency_checks(tmp_path)
     assert probs == []

@@ -31,16 +31,25 @@ SECRET = "R0UT1NG-SECRET-abc123"
 # ---------------------------------------------------------------------------------------------
 def test_severity_mapping():
     assert [pd_severity(p) for p in ("P0", "p1", "P2", "P3", "P4")] == ["critical", "error", "warning", "info", "info"]
-    assert pd_severity("CRITICAL") == "critical" and pd_severity("WARN") == "warning" and pd_severity("ERROR") == "error"
+    assert (
+        pd_severity("CRITICAL") == "critical" and pd_severity("WARN") == "warning" and pd_severity("ERROR") == "error"
+    )
     with pytest.raises(ValueError, match="severity"):
         pd_severity("sev-unknown")
 
 
 def test_trigger_payload_is_events_v2():
     p = PagerResource(url="http://127.0.0.1:9/x", routing_key=SECRET)
-    ev = p.trigger_payload("lens:scores:pool_gate", "pool gate failed", "P0", component="scores",
-                           owners=["team:search-eval", "a@b.c"], details={"value": 0.8, "threshold": 0.9},
-                           group="lens", klass="pool_gate")
+    ev = p.trigger_payload(
+        "lens:scores:pool_gate",
+        "pool gate failed",
+        "P0",
+        component="scores",
+        owners=["team:search-eval", "a@b.c"],
+        details={"value": 0.8, "threshold": 0.9},
+        group="lens",
+        klass="pool_gate",
+    )
     assert set(ev) == {"routing_key", "event_action", "dedup_key", "payload"}
     assert ev["event_action"] == "trigger" and ev["routing_key"] == SECRET
     assert ev["dedup_key"] == "lens:scores:pool_gate"
@@ -118,13 +127,17 @@ def tiny_scores() -> int:
     return 1
 
 
-@dg.asset_check(asset=tiny_scores, blocking=True, description="judged@10 >= 0.9",
-                metadata={"owner": "team:ml-calibration"})
+@dg.asset_check(
+    asset=tiny_scores, blocking=True, description="judged@10 >= 0.9", metadata={"owner": "team:ml-calibration"}
+)
 def tiny_pool_gate() -> dg.AssetCheckResult:
     if GATE["raise"]:
         raise RuntimeError("gate input missing")
-    return dg.AssetCheckResult(passed=GATE["pass"], severity=dg.AssetCheckSeverity.ERROR,
-                               metadata={"value": 0.8 if not GATE["pass"] else 0.95, "threshold": 0.9})
+    return dg.AssetCheckResult(
+        passed=GATE["pass"],
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"value": 0.8 if not GATE["pass"] else 0.95, "threshold": 0.9},
+    )
 
 
 @dg.asset_check(asset=tiny_scores)
@@ -136,9 +149,12 @@ DEDUP = dedup_key_for(dg.AssetCheckKey(dg.AssetKey("tiny_scores"), "tiny_pool_ga
 
 
 def _defs(url: str) -> dg.Definitions:
-    return dg.Definitions(assets=[tiny_scores], asset_checks=[tiny_pool_gate, tiny_warn_gate],
-                          sensors=[page_on_failed_checks],
-                          resources={"pager": PagerResource(url=url, routing_key=SECRET, timeout_s=0.3)})
+    return dg.Definitions(
+        assets=[tiny_scores],
+        asset_checks=[tiny_pool_gate, tiny_warn_gate],
+        sensors=[page_on_failed_checks],
+        resources={"pager": PagerResource(url=url, routing_key=SECRET, timeout_s=0.3)},
+    )
 
 
 def _pager(defs: dg.Definitions) -> PagerResource:
@@ -152,8 +168,7 @@ def _run(instance, passed: bool, crash: bool = False) -> None:
 
 def _tick(instance, defs, cursor):
     # direct invocation takes the sensor's resources explicitly (the daemon binds the repo's)
-    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
-                                  resources={"pager": _pager(defs)})
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources={"pager": _pager(defs)})
     res = page_on_failed_checks(ctx)
     assert isinstance(res, dg.SkipReason)
     assert SECRET not in (ctx.cursor or "") and SECRET not in (res.skip_message or "")
@@ -180,8 +195,11 @@ def test_sensor_pages_once_per_failure_and_resolves(instance):
         ev = triggers[0]
         assert ev["dedup_key"] == DEDUP == "lens:tiny_scores:tiny_pool_gate"
         assert ev["payload"]["severity"] == "critical"  # blocking ERROR -> P0
-        assert ev["payload"]["custom_details"]["owners"] == ["team:search-eval", "oncall@example.com",
-                                                              "team:ml-calibration"]
+        assert ev["payload"]["custom_details"]["owners"] == [
+            "team:search-eval",
+            "oncall@example.com",
+            "team:ml-calibration",
+        ]
         assert ev["payload"]["custom_details"]["metadata"] == {"value": 0.8, "threshold": 0.9}
         assert ev["payload"]["component"] == "tiny_scores" and ev["payload"]["group"] == "lens"
         assert json.loads(cur)["incidents"][DEDUP]["state"] == OPEN
@@ -299,6 +317,7 @@ def test_sensor_definition_shape():
     assert page_on_failed_checks.minimum_interval_seconds == 60
     assert page_on_failed_checks.default_status == dg.DefaultSensorStatus.RUNNING
     from lens_assets import paging_sensor
+
     assert paging_sensor.sensors == [page_on_failed_checks]
     assert "pager" in paging_sensor.defs.resources
 
@@ -310,8 +329,9 @@ def test_daemon_path_evaluate_tick(instance):
         sensor = defs.get_repository_def().get_sensor_def("page_on_failed_checks")
 
         def tick(cursor):
-            with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
-                                         resources={"pager": _pager(defs)}) as ctx:
+            with dg.build_sensor_context(
+                instance=instance, cursor=cursor, definitions=defs, resources={"pager": _pager(defs)}
+            ) as ctx:
                 out = sensor.evaluate_tick(ctx)
             assert out.run_requests == [] and SECRET not in (out.cursor or "")
             return out.cursor

@@ -20,7 +20,7 @@ def pager_receiver():
 @pytest.mark.e2e
 def test_broken_gate_keeps_last_green_and_pages_once(data_dir, monkeypatch, pager_receiver):
     from lens_assets.run import run_weekly
-    from lens_core import settings
+    from lens_core.common import settings
     from resources.paging import PagerResource
 
     green = run_weekly("2026-11-08", queries_per_suite=30)

@@ -11,14 +11,14 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import polars as pl
 import pytest
-import yaml
 from dagster._utils.schedules import cron_string_iterator
 
 import lens_assets
 import schedules
-from lens_assets.assets import weekly_partitions
-from lens_core import monitoring as M
-from lens_core.hashing import atomic_write_json, sha256_file
+from lens_assets.common import weekly_partitions
+from lens_core.common import calendar
+from lens_core.common.hashing import atomic_write_json, sha256_file
+from lens_core.monitor import monitoring as M
 from schedules import jobs as J
 from schedules import monitors as MON
 from schedules.common import SERIAL_NIGHTLY, SERIAL_TAG, daily_partitions
@@ -118,7 +118,7 @@ def _check_request(row, tick, rr):
         lo, hi = _window(daily_partitions, day)
         assert lo <= tick.timestamp() < hi
         wk = rr.tags["lens/weekly_partition"]
-        lo, hi = _window(weekly_partitions, wk)          # the weekly partition running at the tick
+        lo, hi = _window(weekly_partitions, wk)  # the weekly partition running at the tick
         assert lo <= tick.timestamp() < hi
     elif row.kind in ("weekly", "sunday"):
         assert rr.partition_key == day and rr.run_key == f"{row.job}:{day}"
@@ -131,7 +131,7 @@ def _check_request(row, tick, rr):
 
 # ------------------------------------------------------------------------------------------- a normal week
 def test_normal_week(repo):
-    start, end = et(2026, 11, 16), et(2026, 11, 23)        # Mon .. Sun inclusive
+    start, end = et(2026, 11, 16), et(2026, 11, 23)  # Mon .. Sun inclusive
     expected = {"daily": 7, "weekly": 1, "sunday": 1}
     for row in J.SCHEDULE_TABLE:
         ts = ticks(row.cron, start, end)
@@ -151,7 +151,7 @@ def test_normal_week(repo):
         t = ticks(row.cron, start, end)[-1]
         rr = _evaluate(repo, row, t)
         _check_request(row, t, rr)
-        assert rr.run_key == J.run_request_for(row, t).run_key   # same tick, same key: idempotent
+        assert rr.run_key == J.run_request_for(row, t).run_key  # same tick, same key: idempotent
 
 
 @pytest.mark.parametrize("sunday", [et(2027, 3, 14), et(2026, 3, 8)])
@@ -159,24 +159,39 @@ def test_spring_forward_slots_land_at_0300_and_serialise(repo, sunday):
     day = sunday.date().isoformat()
     at = {}
     for row in J.SCHEDULE_TABLE:
-        ts = [t for t in ticks(row.cron, sunday - timedelta(days=1), sunday + timedelta(days=1))
-              if t.date() == sunday.date()]
+        ts = [
+            t
+            for t in ticks(row.cron, sunday - timedelta(days=1), sunday + timedelta(days=1))
+            if t.date() == sunday.date()
+        ]
         if row.kind == "lvm":
             assert ts == [] or row.cron == "0 7 * * *"
             continue
-        assert len(ts) == 1, (row.schedule, ts)                 # nothing skipped, nothing doubled
+        assert len(ts) == 1, (row.schedule, ts)  # nothing skipped, nothing doubled
         at[row.schedule] = ts[0]
         _check_request(row, ts[0], _evaluate(repo, row, ts[0]))
     three = {s for s, t in at.items() if (t.hour, t.minute) == (3, 0)}
     # Measured from Dagster's iterator: 02:00, 02:15, 02:30, 02:45 and the weekly 02:00 all fire at 03:00 EDT
-    assert three == {"weekly_lens_schedule", "hero_monitoring_schedule", "micro_suite_refresh_schedule",
-                     "parquet_regeneration_schedule", "ci_whiskers_schedule", "drift_pack_schedule"}
+    assert three == {
+        "weekly_lens_schedule",
+        "hero_monitoring_schedule",
+        "micro_suite_refresh_schedule",
+        "parquet_regeneration_schedule",
+        "ci_whiskers_schedule",
+        "drift_pack_schedule",
+    }
     assert all(at[s].utcoffset() == timedelta(hours=-4) for s in three)
     reqs = [J.run_request_for(J.ROWS[s], at[s]) for s in three]
     assert {r.tags[SERIAL_TAG] for r in reqs} == {SERIAL_NIGHTLY}
     order = [r.run_key.split(":")[0] for r in sorted(reqs, key=lambda r: -int(r.tags["dagster/priority"]))]
-    assert order == ["weekly_lens_job", "hero_monitoring_job", "micro_suite_refresh_job",
-                     "parquet_regeneration_job", "ci_whiskers_job", "drift_pack_job"]
+    assert order == [
+        "weekly_lens_job",
+        "hero_monitoring_job",
+        "micro_suite_refresh_job",
+        "parquet_regeneration_job",
+        "ci_whiskers_job",
+        "drift_pack_job",
+    ]
     assert {r.partition_key for r in reqs} == {day}
     assert {r.tags["lens/weekly_partition"] for r in reqs} == {day}
 
@@ -184,12 +199,15 @@ def test_spring_forward_slots_land_at_0300_and_serialise(repo, sunday):
 @pytest.mark.parametrize("sunday", [et(2026, 11, 1), et(2027, 11, 7)])
 def test_fall_back_slots_run_once(repo, sunday):
     for row in J.SCHEDULE_TABLE:
-        ts = [t for t in ticks(row.cron, sunday - timedelta(days=1), sunday + timedelta(days=1))
-              if t.date() == sunday.date()]
+        ts = [
+            t
+            for t in ticks(row.cron, sunday - timedelta(days=1), sunday + timedelta(days=1))
+            if t.date() == sunday.date()
+        ]
         if row.kind == "lvm" and row.cron == "0 6 * * 1":
             assert ts == []
             continue
-        assert len(ts) == 1, (row.schedule, ts)                 # 01:xx repeats, 02:00+ does not
+        assert len(ts) == 1, (row.schedule, ts)  # 01:xx repeats, 02:00+ does not
         assert ts[0].utcoffset() == timedelta(hours=-5)
         assert (ts[0].hour, ts[0].minute) == tuple(int(x) for x in row.cron.split()[1::-1])
         _check_request(row, ts[0], _evaluate(repo, row, ts[0]))
@@ -200,7 +218,7 @@ def test_fall_back_slots_run_once(repo, sunday):
 def test_weekly_partition_agrees_with_dagster_windows():
     t = et(2026, 1, 4, 2, 0)
     while t < et(2027, 12, 31):
-        pk = M.weekly_partition_for(t)
+        pk = calendar.weekly_partition_for(t)
         lo, hi = _window(weekly_partitions, pk)
         assert lo <= t.timestamp() < hi, (t, pk)
         t = datetime.fromtimestamp(t.timestamp() + 5 * 3600 + 17 * 60, ET)
@@ -248,9 +266,17 @@ def test_dagster_yaml_example_serialises_nightly(tmp_path, monkeypatch):
     from dagster._utils.tags import TagConcurrencyLimitsCounter
 
     tick = et(2027, 3, 14, 3, 0)
-    rows = [J.ROWS[s] for s in ("drift_pack_schedule", "ci_whiskers_schedule", "hero_monitoring_schedule",
-                                "weekly_lens_schedule", "parquet_regeneration_schedule",
-                                "micro_suite_refresh_schedule")]
+    rows = [
+        J.ROWS[s]
+        for s in (
+            "drift_pack_schedule",
+            "ci_whiskers_schedule",
+            "hero_monitoring_schedule",
+            "weekly_lens_schedule",
+            "parquet_regeneration_schedule",
+            "micro_suite_refresh_schedule",
+        )
+    ]
     queue = [SimpleNamespace(name=r.job, tags=J.run_request_for(r, tick).tags) for r in rows]
     launched = []
     while queue:
@@ -260,11 +286,17 @@ def test_dagster_yaml_example_serialises_nightly(tmp_path, monkeypatch):
             if not counter.is_blocked(run):
                 counter.update_counters_with_launched_item(run)
                 batch.append(run)
-        assert len(batch) == 1                      # serialised: one nightly run at a time
+        assert len(batch) == 1  # serialised: one nightly run at a time
         launched.append(batch[0].name)
-        queue.remove(batch[0])                      # it finishes; the next dequeue pass
-    assert launched == ["weekly_lens_job", "hero_monitoring_job", "micro_suite_refresh_job",
-                        "parquet_regeneration_job", "ci_whiskers_job", "drift_pack_job"]
+        queue.remove(batch[0])  # it finishes; the next dequeue pass
+    assert launched == [
+        "weekly_lens_job",
+        "hero_monitoring_job",
+        "micro_suite_refresh_job",
+        "parquet_regeneration_job",
+        "ci_whiskers_job",
+        "drift_pack_job",
+    ]
 
 
 def test_jobs_carry_serial_tags_and_lvm_selection(repo):
@@ -283,6 +315,7 @@ def test_jobs_carry_serial_tags_and_lvm_selection(repo):
 
 def test_root_definitions_include_schedules():
     import definitions
+
     r = definitions.defs.get_repository_def()
     assert "weekly_lens_schedule" in {s.name for s in r.schedule_defs}
 
@@ -294,7 +327,7 @@ def test_freshness_on_published_assets(repo):
         p = g.get(dg.AssetKey(k)).freshness_policy
         assert isinstance(p, dg.FreshnessPolicy) and p.deadline_cron == "0 9 * * 0" and p.timezone == "US/Eastern"
     assert g.get(dg.AssetKey("agg")).freshness_policy is None
-    mapped = apply_freshness(lens_assets.assets.lens_assets)
+    mapped = apply_freshness([*lens_assets.assets.lens_assets, lens_assets.release.release_bundle])
     pols = {s.key.to_user_string(): s.freshness_policy for a in mapped for s in a.specs}
     assert pols["release_bundle"] is not None and pols["pool"] is None
 
@@ -303,17 +336,20 @@ def test_freshness_on_published_assets(repo):
 STATE = {"pass": False}
 
 
-@dg.asset(group_name="stubgrp", owners=["team:stub"],
-          check_specs=[dg.AssetCheckSpec("must_pass", asset="stub_asset")])
+@dg.asset(group_name="stubgrp", owners=["team:stub"], check_specs=[dg.AssetCheckSpec("must_pass", asset="stub_asset")])
 def stub_asset():
-    return dg.MaterializeResult(check_results=[dg.AssetCheckResult(
-        check_name="must_pass", passed=STATE["pass"], severity=dg.AssetCheckSeverity.ERROR)])
+    return dg.MaterializeResult(
+        check_results=[
+            dg.AssetCheckResult(check_name="must_pass", passed=STATE["pass"], severity=dg.AssetCheckSeverity.ERROR)
+        ]
+    )
 
 
 def test_gate_monitor_pages_once_and_resolves(monkeypatch):
     defs = dg.Definitions(assets=[stub_asset], sensors=[MON.gate_monitor], resources={"pager": FakePager()})
     pager = FakePager()
     with dg.DagsterInstance.ephemeral() as inst:
+
         def tick(cursor):
             ctx = dg.build_sensor_context(instance=inst, cursor=cursor, definitions=defs, resources={"pager": pager})
             res = MON.gate_monitor.evaluate_tick(ctx)
@@ -321,17 +357,17 @@ def test_gate_monitor_pages_once_and_resolves(monkeypatch):
             return res.cursor
 
         c = tick(None)
-        assert pager.events == []                      # nothing evaluated yet: nothing to page
+        assert pager.events == []  # nothing evaluated yet: nothing to page
         STATE["pass"] = False
         dg.materialize([stub_asset], instance=inst, raise_on_error=False)
         c = tick(c)
         assert pager.events == [("trigger", "lens/gate_monitor/stubgrp", "critical")]
         c = tick(c)
-        assert len(pager.events) == 1                  # still red: no second page
+        assert len(pager.events) == 1  # still red: no second page
         STATE["pass"] = True
         dg.materialize([stub_asset], instance=inst)
         pager.up = False
-        c = tick(c)                                    # webhook down: stays open, retried
+        c = tick(c)  # webhook down: stays open, retried
         assert json.loads(c)["open"] == ["lens/gate_monitor/stubgrp"]
         pager.up = True
         c = tick(c)
@@ -344,16 +380,45 @@ def _bundle(root: Path, tail=1.5, age_days=0.0, now: datetime | None = None):
     fp = "v22_cafef00d_1"
     b = root / "bundles" / fp
     (b / "tables").mkdir(parents=True, exist_ok=True)
-    pl.DataFrame({"system": ["a"], "slice": ["all"], "metric": ["file_credit"], "mean": [0.01], "ci_low": [0.0],
-                  "ci_high": [0.02], "n": [3]}).write_parquet(b / "scores.parquet")
-    pl.DataFrame({"system": ["a"] * 3, "qid": list("xyz"), "ndcg_10": [0.1, 0.5, 0.9]}).write_parquet(b / "per_query.parquet")
-    pl.DataFrame({"system": ["a"], "ndcg_10": [0.5], "sla_recall_50": [0.6], "lat_p95": [40.0], "lat_p99": [60.0],
-                  "p99_p95": [tail], "file_credit": [0.01]}).write_csv(b / "tables" / "hero_span_v22.csv")
+    pl.DataFrame(
+        {
+            "system": ["a"],
+            "slice": ["all"],
+            "metric": ["file_credit"],
+            "mean": [0.01],
+            "ci_low": [0.0],
+            "ci_high": [0.02],
+            "n": [3],
+        }
+    ).write_parquet(b / "scores.parquet")
+    pl.DataFrame({"system": ["a"] * 3, "qid": list("xyz"), "ndcg_10": [0.1, 0.5, 0.9]}).write_parquet(
+        b / "per_query.parquet"
+    )
+    pl.DataFrame(
+        {
+            "system": ["a"],
+            "ndcg_10": [0.5],
+            "sla_recall_50": [0.6],
+            "lat_p95": [40.0],
+            "lat_p99": [60.0],
+            "p99_p95": [tail],
+            "file_credit": [0.01],
+        }
+    ).write_csv(b / "tables" / "hero_span_v22.csv")
     ms = int(((now or datetime.now(ET)) - timedelta(days=age_days)).timestamp() * 1000)
-    atomic_write_json(b / "attestation.json", {
-        "fingerprint": fp, "created_ms": ms, "all_blocking_green": True, "gates": [],
-        "artifacts": {"scores.parquet": sha256_file(b / "scores.parquet"),
-                      "tables/hero_span_v22.csv": sha256_file(b / "tables" / "hero_span_v22.csv")}})
+    atomic_write_json(
+        b / "attestation.json",
+        {
+            "fingerprint": fp,
+            "created_ms": ms,
+            "all_blocking_green": True,
+            "gates": [],
+            "artifacts": {
+                "scores.parquet": sha256_file(b / "scores.parquet"),
+                "tables/hero_span_v22.csv": sha256_file(b / "tables" / "hero_span_v22.csv"),
+            },
+        },
+    )
     atomic_write_json(root / "published.json", {"fingerprint": fp, "bundle": f"bundles/{fp}", "published_ms": ms})
     return b
 
@@ -370,17 +435,17 @@ def test_emergency_tripwire_sensor(data_dir):
     c, res = tick(None)
     assert pager.events == [] and "deep" in res.skip_message
     c, res = tick(c)
-    assert "cached" in res.skip_message                # nothing moved: no re-hash
+    assert "cached" in res.skip_message  # nothing moved: no re-hash
     csv = b / "tables" / "hero_span_v22.csv"
     good = csv.read_bytes()
-    csv.write_bytes(good.replace(b"0.5", b"0.9"))      # tampered published table
+    csv.write_bytes(good.replace(b"0.5", b"0.9"))  # tampered published table
     c, res = tick(c)
     key = "lens/emergency/v22_cafef00d_1/tampered/hero_table"
     assert pager.events == [("trigger", key, "critical")]
-    c, res = tick(c)                                   # cached deep problem keeps the incident open
+    c, res = tick(c)  # cached deep problem keeps the incident open
     assert len(pager.events) == 1 and "cached" in res.skip_message
     csv.write_bytes(good)
-    os.utime(csv, ns=(1, 1))                           # a different signature: deep re-check
+    os.utime(csv, ns=(1, 1))  # a different signature: deep re-check
     c, res = tick(c)
     assert pager.events[-1] == ("resolve", key)
 
@@ -415,23 +480,36 @@ def partition(tmp_path_factory):
         mp.delenv("DAGSTER_HOME", raising=False)
         mp.delenv("DATA_SOURCE", raising=False)
         d = lens_assets.defs
-        sel = (dg.AssetSelection.assets("hero_table", "per_query", "qrels", "pool", "raw_runs", "agg", "hits",
-                                        "scores", "query_suites").upstream().required_multi_asset_neighbors())
+        sel = (
+            dg.AssetSelection.assets(
+                "hero_table", "per_query", "qrels", "pool", "raw_runs", "agg", "hits", "scores", "query_suites"
+            )
+            .upstream()
+            .required_multi_asset_neighbors()
+        )
         resources = dict(d.resources)
         resources["lens_source"] = LensDataSource(queries_per_suite=20)
-        res = dg.materialize(list(d.assets), selection=sel, partition_key="2026-11-15", resources=resources,
-                             instance=dg.DagsterInstance.ephemeral())
+        res = dg.materialize(
+            list(d.assets),
+            selection=sel,
+            partition_key="2026-11-15",
+            resources=resources,
+            instance=dg.DagsterInstance.ephemeral(),
+        )
         assert res.success and (root / "staging" / "agg" / "2026-11-15.parquet").is_file()
         yield root
 
 
 def _materialize(assets, pk, tags=None):
-    res = dg.materialize(assets, partition_key=pk, instance=dg.DagsterInstance.ephemeral(), tags=tags,
-                         raise_on_error=False)
+    res = dg.materialize(
+        assets, partition_key=pk, instance=dg.DagsterInstance.ephemeral(), tags=tags, raise_on_error=False
+    )
     assert res.success, [e.event_specific_data.error.message for e in res.all_events if e.is_step_failure]
     checks = {c.check_name: c.passed for c in res.get_asset_check_evaluations()}
-    mats = {m.asset_key.to_user_string(): m.metadata for m in
-            [e.materialization for e in res.get_asset_materialization_events()]}
+    mats = {
+        m.asset_key.to_user_string(): m.metadata
+        for m in [e.materialization for e in res.get_asset_materialization_events()]
+    }
     return checks, mats
 
 
@@ -454,12 +532,12 @@ def test_daily_jobs_on_the_partition(partition, monkeypatch):
 
     monkeypatch.setenv("LENS_DATA_DIR", str(partition))
     checks, mats = _materialize([hero_monitor, micro_suites, ci_whiskers], "2026-11-17")
-    assert checks["micro_suite_size"] is False          # 20 per suite < 800: all taken, reported
+    assert checks["micro_suite_size"] is False  # 20 per suite < 800: all taken, reported
     mon = partition / "monitoring"
     s1 = json.loads((mon / "micro_suite_refresh" / "2026-11-17" / "summary.json").read_text())
     assert all(s["took_all"] and "all taken" in s["note"] for s in s1["suites"])
     sha1 = s1["sha256"]
-    _materialize([micro_suites], "2026-11-17")          # same date: same bytes
+    _materialize([micro_suites], "2026-11-17")  # same date: same bytes
     assert json.loads((mon / "micro_suite_refresh" / "2026-11-17" / "summary.json").read_text())["sha256"] == sha1
     png = mon / "ci_whiskers" / "2026-11-17" / "ci_whiskers.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
@@ -488,7 +566,9 @@ def test_sunday_jobs_on_the_partition(partition, monkeypatch):
     pool = pl.read_parquet(partition / "staging" / "pool" / "2026-11-15.parquet")
     pool.head(pool.height // 2).write_parquet(partition / "staging" / "pool" / "2026-11-08.parquet")
     _, mats = _materialize([pool_audit], "2026-11-15")
-    assert mats["pool_audit"]["removed"].value == 0 and mats["pool_audit"]["added"].value == pool.height - pool.height // 2
+    assert (
+        mats["pool_audit"]["removed"].value == 0 and mats["pool_audit"]["added"].value == pool.height - pool.height // 2
+    )
     assert 0.45 < mats["pool_audit"]["jaccard"].value < 0.55
     diff = pl.read_parquet(partition / "monitoring" / "pool_audit" / "2026-11-15" / "pool_diff.parquet")
     assert "all" in diff["system"].to_list() and diff.height > 1

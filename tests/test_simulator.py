@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import polars as pl
 
-from lens_core.rawruns import write_raw_run
-from lens_core.settings import load_config
-from lens_core.simulator import Simulator
-from lens_core.systems import all_systems
+from lens_core.collect.rawruns import write_raw_run
+from lens_core.common.settings import load_config
+from lens_core.common.systems import all_systems
+from lens_core.sim.simulator import Simulator
 
 
 def _spec(n=20):

@@ -13,8 +13,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lens_core.contracts import LVM_EVAL_SCHEMA
-from lens_core.site import SiteError, build_site, main, publish_site, register, render_site
+from lens_cli.main import main
+from lens_cli.site import register
+from lens_core.common.contracts import LVM_EVAL_SCHEMA
+from lens_core.publish.site import SiteError, build_site, publish_site, render_site
 from tests.browser import copy_bundle, shared_bundle
 
 PLANTED = "<script>alert(1)</script>"
@@ -80,8 +82,11 @@ def test_leaderboard_rows_for_every_system_and_slice(built):
     assert {(r["data-system"], r["data-slice"]) for r in rows} == {(s, x) for s in systems for x in slices}
     assert len(rows) == len(systems) * len(slices)
     # slice `all` ranked by nDCG@10, as the scores say
-    want = (scores.filter((pl.col("slice") == "all") & (pl.col("metric") == "ndcg_10"))
-            .sort(["mean", "system"], descending=[True, False])["system"].to_list())
+    want = (
+        scores.filter((pl.col("slice") == "all") & (pl.col("metric") == "ndcg_10"))
+        .sort(["mean", "system"], descending=[True, False])["system"]
+        .to_list()
+    )
     assert [r["data-system"] for r in rows if r["data-slice"] == "all"] == want
 
 
@@ -114,8 +119,9 @@ def test_gate_statuses_match_gates_csv(built):
     rows = with_class(doc, "gate-row", "tr")
     assert len(rows) == gates.height
     got = sorted((r["data-gate"], r["data-subject"], r["data-status"], r["data-blocking"]) for r in rows)
-    want = sorted((g["gate"], g["subject"] or "", g["status"], str(g["blocking"]).lower())
-                  for g in gates.iter_rows(named=True))
+    want = sorted(
+        (g["gate"], g["subject"] or "", g["status"], str(g["blocking"]).lower()) for g in gates.iter_rows(named=True)
+    )
     assert got == want
     summary = {r["data-gate"]: r["data-status"] for r in with_class(doc, "gate-summary-row", "tr")}
     assert set(summary) == set(gates["gate"].to_list())
@@ -148,8 +154,11 @@ def test_fingerprint_publication_state_and_attestation_link(built):
     assert link["href"] == "../attestation.json"
     assert ((b / "site") / link["href"]).resolve() == (b / "attestation.json").resolve()
     state = next(a for t, a in doc.tags if a.get("id") == "publication-state")
-    published = json.loads((b.parent.parent / "published.json").read_text())["fingerprint"] \
-        if (b.parent.parent / "published.json").is_file() else None
+    published = (
+        json.loads((b.parent.parent / "published.json").read_text())["fingerprint"]
+        if (b.parent.parent / "published.json").is_file()
+        else None
+    )
     assert state["data-state"] == ("ok" if published == fp else "bad" if not att["all_blocking_green"] else "warn")
 
 
@@ -192,8 +201,13 @@ def test_missing_artifacts_are_named_on_the_page(bundle):
     page = build_site(bundle).read_text()
     doc = parse(page)
     missing = {a["data-missing"] for a in with_class(doc, "missing")}
-    assert {"tables/gates.csv", "calibration/calibration.parquet", "calibration/parity.parquet",
-            "calibration/reliability_*.png", "comparisons.parquet"} <= missing
+    assert {
+        "tables/gates.csv",
+        "calibration/calibration.parquet",
+        "calibration/parity.parquet",
+        "calibration/reliability_*.png",
+        "comparisons.parquet",
+    } <= missing
     assert "missing: tables/gates.csv" in page
     assert "unreadable: comparisons.parquet" in page
     assert 'id="missing-summary"' in page
@@ -215,23 +229,29 @@ def test_optional_sections_say_when_absent(built):
 
 
 def _canary_tables():
-    from lens_core.canary import CanaryStream, run_ladder
+    from lens_core.decide.canary import CanaryStream, run_ladder
 
     def arms(n, seed, effect=0.0):
         rng = np.random.default_rng(seed)
         repo = [f"repo{r:03d}" for r in rng.integers(0, 100, n)]
         c = rng.uniform(0.3, 0.9, n)
         conf = rng.uniform(0.2, 0.6, n)
-        return pl.DataFrame({"qid": [f"q{seed}_{i}" for i in range(n)] * 2, "repo": repo * 2,
-                             "arm": ["control"] * n + ["test"] * n,
-                             "sla_recall_50": np.concatenate([c, c + effect + rng.normal(0, 0.05, n)]),
-                             "lat_ms": np.concatenate([np.full(n, 30.0), np.full(n, 30.5)]),
-                             "confidence": np.concatenate([conf, conf + rng.normal(0, 0.005, n)]),
-                             "calib_ms": np.concatenate([np.full(n, 0.1), np.full(n, 0.1)])})
+        return pl.DataFrame(
+            {
+                "qid": [f"q{seed}_{i}" for i in range(n)] * 2,
+                "repo": repo * 2,
+                "arm": ["control"] * n + ["test"] * n,
+                "sla_recall_50": np.concatenate([c, c + effect + rng.normal(0, 0.05, n)]),
+                "lat_ms": np.concatenate([np.full(n, 30.0), np.full(n, 30.5)]),
+                "confidence": np.concatenate([conf, conf + rng.normal(0, 0.005, n)]),
+                "calib_ms": np.concatenate([np.full(n, 0.1), np.full(n, 0.1)]),
+            }
+        )
 
     none = pl.DataFrame(schema={"qid": pl.String, "arm": pl.String, "confidence": pl.Float64, "label": pl.Int64})
-    res = run_ladder(CanaryStream(queries=arms(3000, 1, effect=-0.3), labels=none, aa_queries=arms(600, 99),
-                                  aa_labels=none))
+    res = run_ladder(
+        CanaryStream(queries=arms(3000, 1, effect=-0.3), labels=none, aa_queries=arms(600, 99), aa_labels=none)
+    )
     return res
 
 
@@ -240,14 +260,36 @@ def test_canary_pool_audit_and_lvm_render_when_present(bundle):
     assert res.windows.height > 0
     for name, df in (("steps", res.steps), ("windows", res.windows), ("decisions", res.decisions)):
         df.with_columns(pl.lit("lens_v22_tail").alias("test")).write_csv(bundle / f"tables/canary_{name}.csv")
-    audit = pl.DataFrame({"system": ["lens_v22", "all"], "previous": [10, 20], "current": [11, 21], "added": [2, 3],
-                          "removed": [1, 2], "kept": [9, 18], "jaccard": [0.75, 0.78]})
+    audit = pl.DataFrame(
+        {
+            "system": ["lens_v22", "all"],
+            "previous": [10, 20],
+            "current": [11, 21],
+            "added": [2, 3],
+            "removed": [1, 2],
+            "kept": [9, 18],
+            "jaccard": [0.75, 0.78],
+        }
+    )
     audit.write_csv(bundle / "tables/pool_audit.csv")
     lvm = bundle.parent.parent / "lvm"
     lvm.mkdir(exist_ok=True)
-    rows = [{"model": m, "lane": lane, "k": k, "hit": 0.1 * k / 10 + i * 0.01, "ci_low": 0.0, "ci_high": 0.5,
-             "n_queries": 100, "n_candidates": 900, "p95_ms": 0.8}
-            for i, m in enumerate(("memory_gru", "copy_last")) for lane in ("all", "lane<b>") for k in (1, 5, 10)]
+    rows = [
+        {
+            "model": m,
+            "lane": lane,
+            "k": k,
+            "hit": 0.1 * k / 10 + i * 0.01,
+            "ci_low": 0.0,
+            "ci_high": 0.5,
+            "n_queries": 100,
+            "n_candidates": 900,
+            "p95_ms": 0.8,
+        }
+        for i, m in enumerate(("memory_gru", "copy_last"))
+        for lane in ("all", "lane<b>")
+        for k in (1, 5, 10)
+    ]
     import pyarrow.parquet as pq
 
     pq.write_table(pl.DataFrame(rows).to_arrow().cast(LVM_EVAL_SCHEMA), lvm / "eval_scores.parquet")
@@ -262,7 +304,9 @@ def test_canary_pool_audit_and_lvm_render_when_present(bundle):
     assert 'class="pool-audit"' in page and "0.7500" in page
     assert [r["data-model"] for r in with_class(doc, "lvm-row", "tr")] == ["memory_gru", "copy_last"]
     assert "lane&lt;b&gt;" in page and "lane<b>" not in page
-    assert not {"tables/canary_steps.csv", "tables/pool_audit.csv"} & {a.get("data-absent") for a in with_class(doc, "absent")}
+    assert not {"tables/canary_steps.csv", "tables/pool_audit.csv"} & {
+        a.get("data-absent") for a in with_class(doc, "absent")
+    }
 
 
 def test_empty_or_absent_bundle_is_a_clear_error(tmp_path):
@@ -327,7 +371,7 @@ def test_render_is_deterministic_apart_from_build_time(bundle):
 
 
 def test_verify_still_holds_after_building_the_site(bundle):
-    from lens_core.bundle import verify
+    from lens_core.publish.bundle import verify
 
     build_site(bundle)
     assert verify(bundle) == []

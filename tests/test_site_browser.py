@@ -9,7 +9,7 @@ import base64
 import polars as pl
 import pytest
 
-from lens_core.site import build_site
+from lens_core.publish.site import build_site
 from tests.browser import artifacts_dir, copy_bundle, launch, require_browser, shared_bundle
 
 
@@ -95,7 +95,8 @@ def test_narrow_screen_has_no_page_level_horizontal_scroll(site, driver):
         over = driver.execute_script(
             "return [document.documentElement.scrollWidth, window.innerWidth, "
             "document.querySelector('table.leaderboard').closest('.tw').scrollWidth > "
-            "document.querySelector('table.leaderboard').closest('.tw').clientWidth]")
+            "document.querySelector('table.leaderboard').closest('.tw').clientWidth]"
+        )
         assert over[0] <= over[1] + 1, over  # wide tables scroll inside their own box
         assert over[2]
     finally:
@@ -106,9 +107,14 @@ def test_screenshot_artifact(site, driver):
     _, index = site
     _open(driver, index)
     height = min(int(driver.execute_script("return document.documentElement.scrollHeight")), 6000)
-    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
-        "format": "png", "captureBeyondViewport": True,
-        "clip": {"x": 0, "y": 0, "width": 1280, "height": height, "scale": 1}})
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": 1280, "height": height, "scale": 1},
+        },
+    )
     data = base64.b64decode(shot["data"])
     out = artifacts_dir() / "site.png"
     tmp = out.with_suffix(".png.tmp")

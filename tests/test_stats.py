@@ -7,15 +7,21 @@ import polars as pl
 import pytest
 from scipy import stats as st
 
-from lens_core import stats as S
-from lens_core.contracts import COMPARISONS_SCHEMA
+from lens_core.common.contracts import COMPARISONS_SCHEMA
+from lens_core.stats import compare as S
 
 INTENTS = np.array(["nl", "identifier", "structural"])
 SUITE_OF = {"nl": "codesearch_nl", "identifier": "identifier_exact", "structural": "structural"}
 
 
-def _per_query(n: int, effect: float = 0.0, seed: int = 0, metrics=("ndcg_10", "recall_50"),
-               noise: float = 0.15, systems=("ctrl", "test")) -> pl.DataFrame:
+def _per_query(
+    n: int,
+    effect: float = 0.0,
+    seed: int = 0,
+    metrics=("ndcg_10", "recall_50"),
+    noise: float = 0.15,
+    systems=("ctrl", "test"),
+) -> pl.DataFrame:
     """Paired per-query table: a query difficulty shared by both arms plus arm noise."""
     rng = np.random.default_rng(seed)
     intent = INTENTS[rng.integers(0, 3, n)]
@@ -23,8 +29,14 @@ def _per_query(n: int, effect: float = 0.0, seed: int = 0, metrics=("ndcg_10", "
     base = rng.random((len(metrics), n))
     frames = []
     for k, sysname in enumerate(systems):
-        d = {"run_id": "r1", "system": sysname, "qid": [f"q{i:05d}" for i in range(n)],
-             "suite": [SUITE_OF[i] for i in intent], "intent": intent, "language": lang}
+        d = {
+            "run_id": "r1",
+            "system": sysname,
+            "qid": [f"q{i:05d}" for i in range(n)],
+            "suite": [SUITE_OF[i] for i in intent],
+            "intent": intent,
+            "language": lang,
+        }
         for j, m in enumerate(metrics):
             d[m] = base[j] + rng.normal(0, noise, n) + (effect if k == 1 else 0.0)
         frames.append(pl.DataFrame(d))
@@ -52,8 +64,9 @@ def test_paired_bootstrap_ci_matches_scipy():
     x = rng.normal(0.5, 0.2, 80)
     y = x + rng.normal(0.03, 0.15, 80)
     d, lo, hi = S.paired_bootstrap_ci(x, y, b=5000, seed=3)
-    ref = st.bootstrap((x, y), _mean_diff, paired=True, vectorized=True, method="percentile",
-                       n_resamples=5000, random_state=11).confidence_interval
+    ref = st.bootstrap(
+        (x, y), _mean_diff, paired=True, vectorized=True, method="percentile", n_resamples=5000, random_state=11
+    ).confidence_interval
     se = np.std(y - x, ddof=1) / np.sqrt(x.size)
     assert d[0] == pytest.approx(np.mean(y - x), abs=1e-15)
     # Monte-Carlo error of a 2.5% percentile with B = 5000 is ~0.04 se per estimate.
@@ -70,15 +83,16 @@ def test_compare_ci_and_p_match_scipy_overall_and_in_a_slice():
         row = out.filter(pl.col("slice") == slice_name).row(0, named=True)
         assert row["n"] == x.size
         assert row["delta"] == pytest.approx(np.mean(y - x), abs=1e-12)
-        ci = st.bootstrap((x, y), _mean_diff, paired=True, vectorized=True, method="percentile",
-                          n_resamples=4000, random_state=5).confidence_interval
+        ci = st.bootstrap(
+            (x, y), _mean_diff, paired=True, vectorized=True, method="percentile", n_resamples=4000, random_state=5
+        ).confidence_interval
         se = np.std(y - x, ddof=1) / np.sqrt(x.size)
         assert abs(row["ci_low"] - ci.low) < 0.25 * se, slice_name
         assert abs(row["ci_high"] - ci.high) < 0.25 * se, slice_name
-        pt = st.permutation_test((x, y), _mean_diff, permutation_type="samples", vectorized=True,
-                                 n_resamples=6000, random_state=5).pvalue
-        assert abs(row["p_value"] - pt) < _p_tol(row["p_value"], pt, 6000, 6000), \
-            (slice_name, row["p_value"], pt)
+        pt = st.permutation_test(
+            (x, y), _mean_diff, permutation_type="samples", vectorized=True, n_resamples=6000, random_state=5
+        ).pvalue
+        assert abs(row["p_value"] - pt) < _p_tol(row["p_value"], pt, 6000, 6000), (slice_name, row["p_value"], pt)
 
 
 def test_sign_flip_pvalue_matches_scipy_permutation_test():
@@ -86,8 +100,14 @@ def test_sign_flip_pvalue_matches_scipy_permutation_test():
     rows = [rng.normal(mu, 1.0, 40) for mu in (0.0, 0.25, 0.45)]
     ours = S.sign_flip_pvalue(np.stack(rows), b=20000, seed=1)
     for d, p in zip(rows, ours):
-        ref = st.permutation_test((np.zeros_like(d), d), _mean_diff, permutation_type="samples",
-                                  vectorized=True, n_resamples=20000, random_state=3).pvalue
+        ref = st.permutation_test(
+            (np.zeros_like(d), d),
+            _mean_diff,
+            permutation_type="samples",
+            vectorized=True,
+            n_resamples=20000,
+            random_state=3,
+        ).pvalue
         assert abs(p - ref) < _p_tol(p, ref, 20000, 20000), (p, ref)
 
 
@@ -106,8 +126,13 @@ def test_sign_flip_counts_ties_of_discrete_metrics():
 def test_holm_equals_statsmodels_exactly():
     multipletests = pytest.importorskip("statsmodels.stats.multitest").multipletests
     rng = np.random.default_rng(3)
-    cases = [rng.random(50) ** 3, np.array([0.01, 0.01, 0.04, 0.04, 1.0, 0.0002]),
-             np.array([0.5]), rng.random(7) * 0.05, np.array([1.0, 1.0, 0.9])]
+    cases = [
+        rng.random(50) ** 3,
+        np.array([0.01, 0.01, 0.04, 0.04, 1.0, 0.0002]),
+        np.array([0.5]),
+        rng.random(7) * 0.05,
+        np.array([1.0, 1.0, 0.9]),
+    ]
     for p in cases:
         np.testing.assert_array_equal(S.holm(p), multipletests(p, method="holm")[1])
     out = S.holm(np.array([0.01, np.nan, 0.02]))
@@ -120,8 +145,9 @@ def test_compare_applies_holm_across_the_whole_decision():
     out = S.compare(pq, "ctrl", "test", ["ndcg_10", "recall_50"], b_ci=300, b_perm=2000, seed=1)
     tested = out.filter(pl.col("p_value").is_not_null())
     assert tested.height == out.height > 10
-    np.testing.assert_array_equal(tested["p_holm"].to_numpy(),
-                                  multipletests(tested["p_value"].to_numpy(), method="holm")[1])
+    np.testing.assert_array_equal(
+        tested["p_holm"].to_numpy(), multipletests(tested["p_value"].to_numpy(), method="holm")[1]
+    )
 
 
 def test_mde_formulas_and_power():
@@ -147,8 +173,9 @@ def test_aa_false_positive_rate_is_about_alpha_over_200_seeds():
     hits, covered = 0, 0
     for seed in range(200):
         pq = _per_query(60, effect=0.0, seed=1000 + seed, metrics=("ndcg_10",))
-        row = S.compare(pq, "ctrl", "test", ["ndcg_10"], slices=("all",), b_ci=400,
-                        b_perm=1000, seed=seed).row(0, named=True)
+        row = S.compare(pq, "ctrl", "test", ["ndcg_10"], slices=("all",), b_ci=400, b_perm=1000, seed=seed).row(
+            0, named=True
+        )
         hits += row["p_value"] < 0.05
         covered += row["ci_low"] <= 0.0 <= row["ci_high"]
     # Binomial(200, 0.05): mean 10, sd 3.1; [2, 20] is beyond ±3 sd.
@@ -158,8 +185,9 @@ def test_aa_false_positive_rate_is_about_alpha_over_200_seeds():
 
 def test_planted_effect_is_found_with_its_size():
     pq = _per_query(800, effect=0.03, seed=7, noise=0.08)  # se of the delta ~0.004
-    out = S.compare(pq, "ctrl", "test", ["ndcg_10", "recall_50"], b_ci=2000, b_perm=10000,
-                    seed=3, needed_effect={"ndcg_10": 0.02})
+    out = S.compare(
+        pq, "ctrl", "test", ["ndcg_10", "recall_50"], b_ci=2000, b_perm=10000, seed=3, needed_effect={"ndcg_10": 0.02}
+    )
     for m in ("ndcg_10", "recall_50"):
         row = out.filter((pl.col("slice") == "all") & (pl.col("metric") == m)).row(0, named=True)
         assert row["status"] == "ok"
@@ -177,14 +205,22 @@ def test_output_columns_slices_and_determinism():
     a = S.compare(pq, "ctrl", "test", ["ndcg_10"], b_ci=200, b_perm=500, seed=42)
     b = S.compare(pq, "ctrl", "test", ["ndcg_10"], b_ci=200, b_perm=500, seed=42)
     c = S.compare(pq, "ctrl", "test", ["ndcg_10"], b_ci=200, b_perm=500, seed=43)
-    assert a.columns[:len(COMPARISONS_SCHEMA)] == COMPARISONS_SCHEMA.names
-    assert a.columns[len(COMPARISONS_SCHEMA):][:6] == ["n", "sd_diff", "mde", "seed", "status", "reason"]
+    assert a.columns[: len(COMPARISONS_SCHEMA)] == COMPARISONS_SCHEMA.names
+    assert a.columns[len(COMPARISONS_SCHEMA) :][:6] == ["n", "sd_diff", "mde", "seed", "status", "reason"]
     assert a.equals(b) and not a.equals(c)
     assert set(a["seed"]) == {42}
     assert a["slice"].to_list() == [
-        "all", "intent=identifier", "intent=nl", "intent=structural",
-        "language=go", "language=python", "language=rust",
-        "suite=codesearch_nl", "suite=identifier_exact", "suite=structural"]
+        "all",
+        "intent=identifier",
+        "intent=nl",
+        "intent=structural",
+        "language=go",
+        "language=python",
+        "language=rust",
+        "suite=codesearch_nl",
+        "suite=identifier_exact",
+        "suite=structural",
+    ]
     # a slice's n is the count of its paired qids; the dimension's slices partition `all`
     assert a.filter(pl.col("slice").str.starts_with("language="))["n"].sum() == 150
     # the table writes to Parquet with the contract's types
@@ -193,11 +229,15 @@ def test_output_columns_slices_and_determinism():
 
 
 def test_compare_many_derives_and_records_one_seed_per_decision():
-    pq = pl.concat([_per_query(80, seed=9, metrics=("ndcg_10",), systems=("base", "v1")),
-                    _per_query(80, seed=9, metrics=("ndcg_10",), systems=("base", "v2"))
-                    .filter(pl.col("system") == "v2")])
-    out = S.compare_many(pq, [("base", "v1"), ("base", "v2")], ["ndcg_10"], base_seed=7,
-                         slices=("all",), b_ci=200, b_perm=500)
+    pq = pl.concat(
+        [
+            _per_query(80, seed=9, metrics=("ndcg_10",), systems=("base", "v1")),
+            _per_query(80, seed=9, metrics=("ndcg_10",), systems=("base", "v2")).filter(pl.col("system") == "v2"),
+        ]
+    )
+    out = S.compare_many(
+        pq, [("base", "v1"), ("base", "v2")], ["ndcg_10"], base_seed=7, slices=("all",), b_ci=200, b_perm=500
+    )
     seeds = dict(zip(out["test"], out["seed"]))
     assert seeds["v1"] == S.decision_seed(7, "base", "v1") != seeds["v2"] == S.decision_seed(7, "base", "v2")
     assert S.decision_seed(7, "base", "v1") != S.decision_seed(8, "base", "v1")
@@ -221,8 +261,7 @@ def test_chunking_bounds_memory_without_changing_the_answer(monkeypatch):
 # ---------------------------------------------------------------------------------------------
 def test_too_few_queries_in_a_slice_is_insufficient_not_nan():
     pq = _per_query(30, seed=11, metrics=("ndcg_10",))
-    out = S.compare(pq, "ctrl", "test", ["ndcg_10"], slices=("all", "language"),
-                    b_ci=200, b_perm=500, seed=0, min_n=12)
+    out = S.compare(pq, "ctrl", "test", ["ndcg_10"], slices=("all", "language"), b_ci=200, b_perm=500, seed=0, min_n=12)
     small = out.filter(pl.col("n") < 12)
     assert small.height > 0
     assert set(small["status"]) == {"insufficient_n"}
@@ -245,10 +284,8 @@ def test_no_overlapping_qids():
 def test_zero_variance_gives_exact_degenerate_results():
     pq = _per_query(40, seed=13, metrics=("ndcg_10", "success_1"))
     pq = pq.with_columns(success_1=pl.lit(0.0))  # constant in both arms
-    shifted = pq.with_columns(
-        ndcg_10=pl.when(pl.col("system") == "test").then(0.7).otherwise(0.6))  # constant shift
-    out = S.compare(shifted, "ctrl", "test", ["ndcg_10", "success_1"], slices=("all",),
-                    b_ci=300, b_perm=2000, seed=0)
+    shifted = pq.with_columns(ndcg_10=pl.when(pl.col("system") == "test").then(0.7).otherwise(0.6))  # constant shift
+    out = S.compare(shifted, "ctrl", "test", ["ndcg_10", "success_1"], slices=("all",), b_ci=300, b_perm=2000, seed=0)
     z = out.filter(pl.col("metric") == "success_1").row(0, named=True)
     assert z["status"] == "zero_variance" and z["delta"] == 0.0
     assert (z["ci_low"], z["ci_high"], z["p_value"]) == (0.0, 0.0, 1.0)
@@ -263,11 +300,14 @@ def test_nan_metrics_raise_by_default_and_are_counted_with_omit():
     pq = _per_query(50, seed=14, metrics=("ndcg_10", "recall_50"))
     bad = pq.with_columns(
         ndcg_10=pl.when((pl.col("system") == "test") & pl.col("qid").is_in(["q00001", "q00002"]))
-        .then(float("nan")).otherwise(pl.col("ndcg_10")))
+        .then(float("nan"))
+        .otherwise(pl.col("ndcg_10"))
+    )
     with pytest.raises(ValueError, match=r"system 'test', metric 'ndcg_10': 2 qid\(s\)"):
         S.compare(bad, "ctrl", "test", ["ndcg_10", "recall_50"], seed=0)
-    out = S.compare(bad, "ctrl", "test", ["ndcg_10", "recall_50"], slices=("all",), b_ci=200,
-                    b_perm=500, seed=0, nan_policy="omit")
+    out = S.compare(
+        bad, "ctrl", "test", ["ndcg_10", "recall_50"], slices=("all",), b_ci=200, b_perm=500, seed=0, nan_policy="omit"
+    )
     assert out["n"].to_list() == [48, 48]
     assert all("excluded 2 paired qid(s)" in r and "test.ndcg_10: 2" in r for r in out["reason"])
     assert out["delta"].is_nan().sum() == 0
@@ -281,8 +321,11 @@ def test_wiring_errors_name_the_problem():
         S.compare(pq, "ctrl", "test", ["mrr_10"])
     with pytest.raises(ValueError, match="appear more than once"):
         S.compare(pl.concat([pq, pq.filter(pl.col("system") == "test").head(2)]), "ctrl", "test", ["ndcg_10"])
-    flipped = pq.with_columns(intent=pl.when((pl.col("system") == "test") & (pl.col("qid") == "q00003"))
-                              .then(pl.lit("other")).otherwise(pl.col("intent")))
+    flipped = pq.with_columns(
+        intent=pl.when((pl.col("system") == "test") & (pl.col("qid") == "q00003"))
+        .then(pl.lit("other"))
+        .otherwise(pl.col("intent"))
+    )
     with pytest.raises(ValueError, match="different 'intent'.*q00003"):
         S.compare(flipped, "ctrl", "test", ["ndcg_10"])
     with pytest.raises(ValueError, match="unknown slice"):

@@ -38,13 +38,17 @@ LAUNCH_M = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { 
   ... on PythonError { message }
   ... on InvalidSubsetError { message }
   ... on RunConfigValidationInvalid { errors { message } } } }"""
-RUN_Q = """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } ... on PythonError { message } } }"""
+RUN_Q = (
+    """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } ... on PythonError { message } } }"""
+)
 
 
 def _gql(port: int, query: str, variables: dict | None = None, timeout: float = 30) -> dict:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql",
-                                 data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=timeout) as r:
         out = json.loads(r.read())
     assert not out.get("errors"), out["errors"]
@@ -67,15 +71,32 @@ def dagster_dev(tmp_path_factory):
     data.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "LENS_DATA_DIR": str(data), "DATA_SOURCE": "sim",
-           "LVM_MAX_SENTENCES": "300", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "DAGSTER_DISABLE_TELEMETRY": "1", "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "LENS_DATA_DIR": str(data),
+        "DATA_SOURCE": "sim",
+        "LVM_MAX_SENTENCES": "300",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "DAGSTER_DISABLE_TELEMETRY": "1",
+        "PYTHONPATH": str(REPO),
+    }
     env.pop("PAGER_URL", None)
     log = root / "dagster_dev.log"
     # The dagster CLI of the interpreter running the tests (whichever venv that is).
     dagster = Path(sys.executable).with_name("dagster")
-    cmd = [str(dagster if dagster.exists() else "dagster"), "dev", "-w", "workspace.yaml",
-           "-h", "127.0.0.1", "-p", str(port)]
+    cmd = [
+        str(dagster if dagster.exists() else "dagster"),
+        "dev",
+        "-w",
+        "workspace.yaml",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -96,8 +117,10 @@ def dagster_dev(tmp_path_factory):
                 pass
             time.sleep(1.0)
         else:
-            pytest.fail(f"dagster dev did not load {LOCATION} within {START_TIMEOUT_S}s "
-                        f"(last status {status}):\n{_log_tail(log)}")
+            pytest.fail(
+                f"dagster dev did not load {LOCATION} within {START_TIMEOUT_S}s "
+                f"(last status {status}):\n{_log_tail(log)}"
+            )
         yield {"port": port, "data": data, "log": log, "proc": proc}
     finally:
         _stop(proc)
@@ -148,8 +171,9 @@ def test_asset_graph_and_checks_render(dagster_dev, browser):
     port = dagster_dev["port"]
     nodes = _gql(port, ASSETS_Q)["assetNodes"]
     groups = {"/".join(n["assetKey"]["path"]): n["groupName"] for n in nodes}
-    checks = {"/".join(n["assetKey"]["path"]): [c["name"] for c in n["assetChecksOrError"].get("checks", [])]
-              for n in nodes}
+    checks = {
+        "/".join(n["assetKey"]["path"]): [c["name"] for c in n["assetChecksOrError"].get("checks", [])] for n in nodes
+    }
     for a in LENS_ASSETS:
         assert groups.get(a) == "lens", (a, groups.get(a))
     for a in LVM_ASSETS:
@@ -204,9 +228,17 @@ def _dismiss_modal(drv) -> None:
 
 def test_materialise_one_asset_through_graphql(dagster_dev):
     port = dagster_dev["port"]
-    params = {"selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "jobName": ASSET_JOB,
-                           "assetSelection": [{"path": ["lvm_corpus"]}]},
-              "mode": "default", "runConfigData": {}, "executionMetadata": {"tags": [{"key": "test", "value": "ui_smoke"}]}}
+    params = {
+        "selector": {
+            "repositoryLocationName": LOCATION,
+            "repositoryName": REPOSITORY,
+            "jobName": ASSET_JOB,
+            "assetSelection": [{"path": ["lvm_corpus"]}],
+        },
+        "mode": "default",
+        "runConfigData": {},
+        "executionMetadata": {"tags": [{"key": "test", "value": "ui_smoke"}]},
+    }
     res = _gql(port, LAUNCH_M, {"p": params})["launchRun"]
     assert res["__typename"] == "LaunchRunSuccess", res
     run_id = res["run"]["runId"]
@@ -237,8 +269,9 @@ def test_every_schedule_and_sensor_listed_with_next_ticks(dagster_dev):
     and every sensor."""
     from definitions import defs
 
-    data = _gql(dagster_dev["port"], SCHEDULES_Q, {"r": {"repositoryLocationName": LOCATION,
-                                                          "repositoryName": REPOSITORY}})
+    data = _gql(
+        dagster_dev["port"], SCHEDULES_Q, {"r": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}}
+    )
     schedules = {s["name"]: s for s in data["schedulesOrError"]["results"]}
     sensors = {s["name"] for s in data["sensorsOrError"]["results"]}
     assert set(schedules) == {s.name for s in defs.schedules}

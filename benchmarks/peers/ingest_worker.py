@@ -3,7 +3,7 @@ inside the process (after imports). Prints one JSON line {seconds, agg_rows, hit
 
     python ingest_worker.py ours|stdlib|pyarrow RAW.ndjson OUT_DIR
 
-- ours: lens_core.ingest.ingest_to_parquet, what the weekly chain's agg_and_hits asset and the
+- ours: lens_core.ingest.ndjson.ingest_to_parquet, what the weekly chain's agg_and_hits asset and the
   nightly Parquet regeneration run (validation + derived columns + schema guard, both tables
   written atomically as zstd Parquet with `tables.write_parquet`'s options).
 - stdlib: the notebook way: a `json.loads` loop over lines appending to column lists (no
@@ -11,6 +11,7 @@ inside the process (after imports). Prints one JSON line {seconds, agg_rows, hit
 - pyarrow: the floor: `pyarrow.json.read_json` with the contract's explicit schema, the hits
   list flattened with pyarrow compute, zstd Parquet.
 """
+
 import json
 import sys
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 
 def ours(src: Path, out: Path):
-    from lens_core.ingest import ingest_to_parquet
+    from lens_core.ingest.ndjson import ingest_to_parquet
 
     t0 = time.perf_counter()
     agg, hits = ingest_to_parquet([src], out / "agg.parquet", out / "hits.parquet")
@@ -30,17 +31,61 @@ def stdlib(src: Path, out: Path):
     import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
-    a = {k: [] for k in ("run_id", "system", "cfg_hash", "qid", "suite", "intent", "language", "req_ts",
-                         "sla_ms", "lat_ms", "n_hits", "probes", "cpu_ms", "error")}
-    h = {k: [] for k in ("run_id", "system", "qid", "rank", "repo", "path", "start_line", "end_line", "score",
-                         "why_lex", "why_struct", "why_sem", "shard")}
+    a = {
+        k: []
+        for k in (
+            "run_id",
+            "system",
+            "cfg_hash",
+            "qid",
+            "suite",
+            "intent",
+            "language",
+            "req_ts",
+            "sla_ms",
+            "lat_ms",
+            "n_hits",
+            "probes",
+            "cpu_ms",
+            "error",
+        )
+    }
+    h = {
+        k: []
+        for k in (
+            "run_id",
+            "system",
+            "qid",
+            "rank",
+            "repo",
+            "path",
+            "start_line",
+            "end_line",
+            "score",
+            "why_lex",
+            "why_struct",
+            "why_sem",
+            "shard",
+        )
+    }
     with open(src, "rb") as f:
         for line in f:
             obj = json.loads(line)
             if obj.get("type") == "done":
                 break
-            for k in ("run_id", "system", "cfg_hash", "qid", "suite", "intent", "language", "req_ts",
-                      "sla_ms", "lat_ms", "error"):
+            for k in (
+                "run_id",
+                "system",
+                "cfg_hash",
+                "qid",
+                "suite",
+                "intent",
+                "language",
+                "req_ts",
+                "sla_ms",
+                "lat_ms",
+                "error",
+            ):
                 a[k].append(obj[k])
             a["n_hits"].append(len(obj["hits"]))
             a["probes"].append(obj["cost"]["probes"])
@@ -69,18 +114,23 @@ def pyarrow_floor(src: Path, out: Path):
     import pyarrow.json as paj
     import pyarrow.parquet as pq
 
-    from lens_core.contracts import RAW_RECORD_SCHEMA
+    from lens_core.common.contracts import RAW_RECORD_SCHEMA
 
     t0 = time.perf_counter()
-    t = paj.read_json(src, read_options=paj.ReadOptions(block_size=1 << 24),
-                      parse_options=paj.ParseOptions(explicit_schema=RAW_RECORD_SCHEMA,
-                                                     unexpected_field_behavior="ignore"))
+    t = paj.read_json(
+        src,
+        read_options=paj.ReadOptions(block_size=1 << 24),
+        parse_options=paj.ParseOptions(explicit_schema=RAW_RECORD_SCHEMA, unexpected_field_behavior="ignore"),
+    )
     t = t.slice(0, t.num_rows - 1)  # the done trailer parses as an all-null row
     hits_list = t.column("hits").combine_chunks()
     parent = pc.list_parent_indices(hits_list)
     flat = pc.list_flatten(hits_list)
-    cols = {"run_id": t.column("run_id").take(parent), "system": t.column("system").take(parent),
-            "qid": t.column("qid").take(parent)}
+    cols = {
+        "run_id": t.column("run_id").take(parent),
+        "system": t.column("system").take(parent),
+        "qid": t.column("qid").take(parent),
+    }
     for name in ("rank", "repo", "path", "start_line", "end_line", "score", "shard"):
         cols[name] = flat.field(name)
     why = flat.field("why")
@@ -91,9 +141,12 @@ def pyarrow_floor(src: Path, out: Path):
         cols[f"why_{reason}"] = pa.array(hit_has)
     ht = pa.table(cols)
     cost = t.column("cost").combine_chunks()
-    at = t.drop_columns(["hits", "shards", "cost"]).append_column("probes", cost.field("probes")) \
-        .append_column("cpu_ms", cost.field("cpu_ms")) \
+    at = (
+        t.drop_columns(["hits", "shards", "cost"])
+        .append_column("probes", cost.field("probes"))
+        .append_column("cpu_ms", cost.field("cpu_ms"))
         .append_column("n_hits", pc.list_value_length(hits_list))
+    )
     pq.write_table(at, out / "agg.parquet", compression="zstd")
     pq.write_table(ht, out / "hits.parquet", compression="zstd")
     return time.perf_counter() - t0, at.num_rows, ht.num_rows
@@ -106,7 +159,7 @@ def phases(src: Path, out: Path):
 
     import pyarrow.parquet as pq
 
-    import lens_core.ingest as ing
+    import lens_core.ingest.ndjson as ing
 
     t0 = time.perf_counter()
     spans: list[dict] = []
@@ -119,8 +172,16 @@ def phases(src: Path, out: Path):
             try:
                 return fn(*a, **k)
             finally:
-                spans.append({"phase": name, "thread": threading.current_thread().name,
-                              "start": s - t0, "end": time.perf_counter() - t0, "cpu": clock() - c})
+                spans.append(
+                    {
+                        "phase": name,
+                        "thread": threading.current_thread().name,
+                        "start": s - t0,
+                        "end": time.perf_counter() - t0,
+                        "cpu": clock() - c,
+                    }
+                )
+
         return run
 
     labels = {ing._DuckScan: "DuckDB typed scan (its own threads)", ing._StreamHasher: "sha256 of the file"}
@@ -133,8 +194,17 @@ def phases(src: Path, out: Path):
     ing._fast_tables = timed("flatten DuckDB's hits", ing._fast_tables)
     ing._canon_tables = timed("C scanner's columns -> Arrow tables", ing._canon_tables)
     ing._derive = timed("derive agg + hits columns", ing._derive)
-    ing.pq = type("pq", (), {"ParquetWriter": type("W", (pq.ParquetWriter,), {
-        "write_table": timed("encode + write hits Parquet", pq.ParquetWriter.write_table)})})
+    ing.pq = type(
+        "pq",
+        (),
+        {
+            "ParquetWriter": type(
+                "W",
+                (pq.ParquetWriter,),
+                {"write_table": timed("encode + write hits Parquet", pq.ParquetWriter.write_table)},
+            )
+        },
+    )
     ing.write_parquet = timed("write agg Parquet", ing.write_parquet)
     ing.sha256_file = timed("sha256 of the hits Parquet", ing.sha256_file)
     t0 = time.perf_counter()

@@ -3,6 +3,7 @@ per run, the whole process. Prints the means as one JSON line.
 
     python ir_measures_score.py QRELS RUN [RUN ...]
 """
+
 import json
 import os
 import sys

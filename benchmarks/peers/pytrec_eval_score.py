@@ -3,6 +3,7 @@ files, evaluate ndcg_cut.10 and recall.50, print the means as one JSON line.
 
     python pytrec_eval_score.py QRELS RUN [RUN ...]
 """
+
 import json
 import os
 import sys

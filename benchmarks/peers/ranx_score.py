@@ -4,6 +4,7 @@ figure. Prints one JSON line with load_s, cold_s, warm_s and the means.
 
     python ranx_score.py QRELS RUN [RUN ...]
 """
+
 import json
 import os
 import sys

@@ -13,6 +13,7 @@ samples is missed; where the reset is not allowed it samples VmRSS instead (`rss
 which). A step's peak is the largest sample whose interval overlaps the step's start..end from
 the instance's step stats.
 """
+
 import json
 import sys
 import threading
@@ -73,7 +74,7 @@ def main() -> None:
     epoch0, t0 = time.time(), time.perf_counter()
     import dagster as dg
 
-    from lens_assets.run import _instance, run_weekly
+    from lens_assets.run import dagster_instance, run_weekly
 
     res = run_weekly(partition, queries_per_suite=qps, progress=False)
     errors = list(res.get("errors", []))
@@ -81,7 +82,7 @@ def main() -> None:
     if with_lvm:  # as `lens-eval run --with-lvm` (make demo) does
         from lvm_assets.run import run_lvm
 
-        with _instance() as instance:
+        with dagster_instance() as instance:
             lvm = run_lvm(instance, log=lambda *_: None)
         success = success and bool(lvm["success"])
         errors += [f"lvm: {e}" for e in lvm.get("errors", [])]
@@ -103,8 +104,19 @@ def main() -> None:
     # resetting VmHWM also resets what the kernel reports as this process's ru_maxrss at exit:
     # the whole run's peak is the largest sample (the samples cover the whole run)
     peak = max((kb for _, _, kb in sampler.samples), default=0) / 1024.0
-    print(json.dumps({"wall_s": wall, "success": success, "published": bool(res["published"]),
-                      "errors": errors, "rss_method": sampler.method, "peak_rss_mb": peak, "steps": steps}))
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "success": success,
+                "published": bool(res["published"]),
+                "errors": errors,
+                "rss_method": sampler.method,
+                "peak_rss_mb": peak,
+                "steps": steps,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

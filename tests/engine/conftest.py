@@ -54,6 +54,6 @@ def fresh_engine(engine):
 
 @pytest.fixture(scope="session")
 def base():
-    from lens_core.systems import all_systems
+    from lens_core.common.systems import all_systems
 
     return all_systems()[0]

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from lens_core.contracts import SHARD_FIELD_TYPES, SHARD_STATUSES, WHY_REASONS, WIRE_DONE_FIELDS, WIRE_HIT_FIELDS
+from lens_core.common.contracts import SHARD_FIELD_TYPES, SHARD_STATUSES, WHY_REASONS, WIRE_DONE_FIELDS, WIRE_HIT_FIELDS
 from lens_engine.engine import StragglerModel
 
 
@@ -70,10 +70,10 @@ def test_wire_format(engine, suites, base):
 
 
 def test_rebuilt_cache_identical(engine, tmp_path, suites, base):
+    import shutil
+
     from lens_engine.engine import Engine
     from lens_engine.index import build_index
-
-    import shutil
 
     # same vectors (embedding is the slow, separately cached step); sparse + HNSW rebuilt
     (tmp_path / "lens_engine").mkdir()
@@ -97,19 +97,24 @@ def _nl(suites, n=25):
 
 
 def _results(eng, texts, system):
-    return [[(h["path"], h["start_line"], h["score"], tuple(h["why"])) for h in _run(eng, t, system, k=10)[0]]
-            for t in texts]
+    return [
+        [(h["path"], h["start_line"], h["score"], tuple(h["why"])) for h in _run(eng, t, system, k=10)[0]]
+        for t in texts
+    ]
 
 
-@pytest.mark.parametrize("knob,a,b", [
-    ("phrase_boost", 1.0, 2.0),
-    ("window_tokens", 2, 64),
-    ("proximity_weight", 0.0, 3.0),
-    ("router_tau", 0.3, 0.95),
-    ("min_conf_gain", 0.0, 0.5),
-    ("spend_cap_ms", 1e-6, 1e6),
-    ("refine_topk", 2, 64),
-])
+@pytest.mark.parametrize(
+    "knob,a,b",
+    [
+        ("phrase_boost", 1.0, 2.0),
+        ("window_tokens", 2, 64),
+        ("proximity_weight", 0.0, 3.0),
+        ("router_tau", 0.3, 0.95),
+        ("min_conf_gain", 0.0, 0.5),
+        ("spend_cap_ms", 1e-6, 1e6),
+        ("refine_topk", 2, 64),
+    ],
+)
 def test_knob_changes_results(engine, suites, base, knob, a, b):
     texts = _nl(suites)
     ra = _results(engine, texts, base.model_copy(update={knob: a}))
@@ -151,9 +156,12 @@ def test_ta_stop_cancels_shards(fresh_engine, base, suites):
     eng = fresh_engine
     q = suites[0].filter(suites[0]["suite"] == "identifier")["text"][0]
     plan = eng.plan(q, 5, base)
-    empty = [s for s in range(eng.index.n_shards)
-             if eng.index.lex.upper_bound(s, plan.lex_ids, plan.lex_qw) == 0
-             and eng.index.struct.upper_bound(s, plan.st_ids, plan.st_qw) == 0]
+    empty = [
+        s
+        for s in range(eng.index.n_shards)
+        if eng.index.lex.upper_bound(s, plan.lex_ids, plan.lex_qw) == 0
+        and eng.index.struct.upper_bound(s, plan.st_ids, plan.st_qw) == 0
+    ]
     assert empty, "need a shard without the query's terms"
     _straggle_engine(eng, empty[0])
     _, d0 = _run(eng, q, base, k=5)

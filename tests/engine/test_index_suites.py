@@ -1,17 +1,18 @@
 from __future__ import annotations
 
-import numpy as np
-import pyarrow as pa
+from collections.abc import Sequence
 
-from lens_core.contracts import GROUND_TRUTH_SCHEMA, QUERIES_SCHEMA
+import numpy as np
 import scipy.sparse as sp
 
+from lens_core.common.contracts import GROUND_TRUTH_SCHEMA, QUERIES_SCHEMA
 from lens_engine.index import DenseShards, Positions, SparseArm, _bm25_matrix, _pca
 from lens_engine.suites import build_suites, first_sentence, split_of
 
 
-def proximity_features(streams: np.ndarray, offsets: np.ndarray, docs: np.ndarray,
-                       qseq: Sequence[int], window: int) -> tuple[np.ndarray, np.ndarray]:
+def proximity_features(
+    streams: np.ndarray, offsets: np.ndarray, docs: np.ndarray, qseq: Sequence[int], window: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Reference (test oracle): a plain scan of the candidates' token streams.
 
     Per candidate doc: (phrase fraction, window coverage), both in [0, 1], vectorised.
@@ -36,8 +37,11 @@ def proximity_features(streams: np.ndarray, offsets: np.ndarray, docs: np.ndarra
     toks = streams[np.repeat(starts, lens) + (np.arange(total) - base)].astype(np.int64)
     vsize = int(max(streams.max(initial=0), qset.max())) + 1
     # phrase: adjacent query pairs found adjacent in the doc
-    qpairs = np.unique(np.array([qseq[i] * vsize + qseq[i + 1] for i in range(len(qseq) - 1)
-                                 if qseq[i] != qseq[i + 1]], dtype=np.int64))
+    qpairs = np.unique(
+        np.array(
+            [qseq[i] * vsize + qseq[i + 1] for i in range(len(qseq) - 1) if qseq[i] != qseq[i + 1]], dtype=np.int64
+        )
+    )
     if qpairs.size and total > 1:
         keys = toks[:-1] * vsize + toks[1:]
         ok = (doc_idx[:-1] == doc_idx[1:]) & np.isin(keys, qpairs)
@@ -79,7 +83,7 @@ def test_bm25_sanity():
 
 def test_proximity_and_phrase_features():
     # vocab ids: 0 read, 1 file, 2 x
-    streams = np.array([0, 1, 2, 2,   1, 2, 2, 2, 2, 0,   2, 0, 2], dtype=np.int32)
+    streams = np.array([0, 1, 2, 2, 1, 2, 2, 2, 2, 0, 2, 0, 2], dtype=np.int32)
     offsets = np.array([0, 4, 10, 13])
     docs = np.array([0, 1, 2])
     phrase, cover = proximity_features(streams, offsets, docs, [0, 1], window=16)
@@ -142,8 +146,12 @@ def test_ef_search_and_refine_topk_change_dense_results():
     truth = [set(np.argsort(-(x @ q))[:5]) for q in qs]
 
     def recall(ef, rk):
-        return np.mean([len(truth[i] & set(d.search_shard(0, q, d.project(q), ef, rk, 5)[0].tolist())) / 5
-                        for i, q in enumerate(qs)])
+        return np.mean(
+            [
+                len(truth[i] & set(d.search_shard(0, q, d.project(q), ef, rk, 5)[0].tolist())) / 5
+                for i, q in enumerate(qs)
+            ]
+        )
 
     assert recall(5, 5) < recall(400, 5)  # ef_search
     assert recall(5, 5) < recall(5, 300)  # refine_topk (exact re-rank of more candidates)

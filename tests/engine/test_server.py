@@ -55,13 +55,16 @@ def test_search_streams_ndjson(server):
     assert code == 200 and json.loads(body.splitlines()[-1])["type"] == "done"
 
 
-@pytest.mark.parametrize("params,code,error", [
-    ({"system": "nope"}, 400, "unknown_system"),
-    ({"k": "x"}, 400, "bad_request"),
-    ({"q": ""}, 400, "bad_request"),
-    ({"deadline_ms": "0"}, 400, "bad_request"),
-    ({"fail": "500"}, 500, "injected_fault"),
-])
+@pytest.mark.parametrize(
+    "params,code,error",
+    [
+        ({"system": "nope"}, 400, "unknown_system"),
+        ({"k": "x"}, 400, "bad_request"),
+        ({"q": ""}, 400, "bad_request"),
+        ({"deadline_ms": "0"}, 400, "bad_request"),
+        ({"fail": "500"}, 500, "injected_fault"),
+    ],
+)
 def test_errors_are_json(server, params, code, error):
     with pytest.raises(urllib.error.HTTPError) as ei:
         _get(_search_url(server, **params))
@@ -97,9 +100,26 @@ def test_bearer_token(server, monkeypatch):
 
 def test_cli_serve_subprocess(cache_dir):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LENS_ENGINE_STRAGGLER_P": "0"}
-    p = subprocess.Popen([sys.executable, "-m", "lens_engine", "serve", "--port", "0", "--cache-dir",
-                          str(cache_dir), "--max-functions", "250", "--no-dense"],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lens_engine",
+            "serve",
+            "--port",
+            "0",
+            "--cache-dir",
+            str(cache_dir),
+            "--max-functions",
+            "250",
+            "--no-dense",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     try:
         line = p.stdout.readline().strip()
         assert line.startswith("LISTENING http://127.0.0.1:"), line

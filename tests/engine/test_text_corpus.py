@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import textwrap
+from pathlib import Path
 
 from lens_engine.corpus import build_corpus, manifest_digest
 from lens_engine.text import analyze, split_identifier
@@ -28,7 +27,10 @@ def _write(root, rel, text):
 
 
 def _demo(tmp_path):
-    _write(tmp_path, "pkg/mod.py", '''
+    _write(
+        tmp_path,
+        "pkg/mod.py",
+        '''
         import functools
 
 
@@ -49,7 +51,8 @@ def _demo(tmp_path):
             def stub(self):
                 """Not done."""
                 raise NotImplementedError
-    ''')
+    ''',
+    )
     _write(tmp_path, "pkg/test/test_mod.py", "def test_x():\n    return 1\n")
     _write(tmp_path, "tests/t.py", "def helper():\n    return 2\n")
     _write(tmp_path, "solo.py", "def alone(x):\n    return x\n")
@@ -100,8 +103,9 @@ def test_stdlib_subset_deterministic_whole_packages(small_corpus, cache_dir):
     cpp = [u for u in full.units if u.language == "cpp"]
     assert py and cpp and len(py) + len(cpp) == len(full.units)
     assert all(u.repo == "cpython" and u.path.startswith("Lib/") for u in py)
-    assert all(u.repo == "arrow" and u.path.startswith("cpp/src/arrow/") and u.package.startswith("arrow.")
-               for u in cpp)
+    assert all(
+        u.repo == "arrow" and u.path.startswith("cpp/src/arrow/") and u.package.startswith("arrow.") for u in cpp
+    )
     bad = {"test", "tests", "idle_test", "testing", "vendored", "site-packages", "__pycache__"}
     assert not any(bad & set(u.path.split("/")[:-1]) for u in full.units)
     # both languages in the capped corpus, each within its share of the cap

@@ -50,11 +50,19 @@ def fake_embedder():
 
 @pytest.fixture
 def small_cfg():
-    return load_config({
-        "sequences": {"context_len": 4, "min_eval_candidates": 0, "eval_fraction": 0.3,
-                      "val_fraction": 0.2},
-        "train": {"hidden": 32, "memory_slots": 4, "epochs": 12, "patience": 12,
-                  "batch_size": 64, "lr": 0.01, "negatives_per_query": 2,
-                  "soft_negatives": False},
-        "eval": {"bootstrap_b": 200, "latency_queries": 20},
-    })
+    return load_config(
+        {
+            "sequences": {"context_len": 4, "min_eval_candidates": 0, "eval_fraction": 0.3, "val_fraction": 0.2},
+            "train": {
+                "hidden": 32,
+                "memory_slots": 4,
+                "epochs": 12,
+                "patience": 12,
+                "batch_size": 64,
+                "lr": 0.01,
+                "negatives_per_query": 2,
+                "soft_negatives": False,
+            },
+            "eval": {"bootstrap_b": 200, "latency_queries": 20},
+        }
+    )

@@ -5,9 +5,8 @@ import json
 
 import dagster as dg
 import pyarrow.parquet as pq
-import pytest
 
-from lens_core.contracts import LVM_EVAL_SCHEMA
+from lens_core.common.contracts import LVM_EVAL_SCHEMA
 from lvm_core.models import VARIANTS
 
 SMALL = """
@@ -27,12 +26,18 @@ def test_definitions_load():
     job = defs.resolve_job_def("lvm_job")
     assert job.name == "lvm_job"
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert {"lvm_corpus", "lvm_concept_vectors", "lvm_sequences", "lvm_checkpoints",
-            "lvm_eval_scores", "lvm_champion"} <= keys
+    assert {
+        "lvm_corpus",
+        "lvm_concept_vectors",
+        "lvm_sequences",
+        "lvm_checkpoints",
+        "lvm_eval_scores",
+        "lvm_champion",
+    } <= keys
 
 
 def test_materialise_lvm_group(data_dir, tmp_path, monkeypatch, fake_embedder):
-    import lens_core.embeddings
+    import lens_core.common.embeddings
     from lvm_assets import LVM_ASSETS, LVM_CHECKS
 
     cfg = tmp_path / "lvm_small.yaml"
@@ -40,7 +45,7 @@ def test_materialise_lvm_group(data_dir, tmp_path, monkeypatch, fake_embedder):
     monkeypatch.setenv("LVM_CONFIG", str(cfg))
     monkeypatch.setenv("LVM_CORPUS_DIR", "pydoc")
     monkeypatch.setenv("LVM_DEVICE", "cpu")
-    monkeypatch.setattr(lens_core.embeddings, "embed_texts", fake_embedder)
+    monkeypatch.setattr(lens_core.common.embeddings, "embed_texts", fake_embedder)
     everything = [*LVM_ASSETS, *LVM_CHECKS]
     instance = dg.DagsterInstance.ephemeral()
 

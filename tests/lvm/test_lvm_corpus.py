@@ -103,8 +103,9 @@ def test_roff_stripping():
 
 
 def test_split_sentences_abbreviations_and_filters():
-    s = C.split_sentences("Use a tool, e.g. the linker, for this job. Then 3 + 4 = 7 ;;. "
-                          "Short. Another full sentence comes here.")
+    s = C.split_sentences(
+        "Use a tool, e.g. the linker, for this job. Then 3 + 4 = 7 ;;. Short. Another full sentence comes here."
+    )
     assert s == ["Use a tool, e.g. the linker, for this job.", "Another full sentence comes here."]
 
 
@@ -117,8 +118,7 @@ def test_load_folder_all_formats_and_lanes(tmp_path):
     _write(tmp_path / "data" / "blob.bin", "binary junk that is not documentation")
     c = C.load_folder(tmp_path)
     ids = {a.id: a for a in c.articles}
-    assert set(ids) == {"guide/intro.rst", "guide/more.md", "web/page.html", "man/man1/ls.1",
-                        "top.txt"}
+    assert set(ids) == {"guide/intro.rst", "guide/more.md", "web/page.html", "man/man1/ls.1", "top.txt"}
     assert ids["man/man1/ls.1"].lane == "man" and ids["man/man1/ls.1"].fmt == "roff"
     assert ids["top.txt"].lane == C.ROOT_LANE
     assert c.lanes == sorted({"guide", "man", "web", C.ROOT_LANE})
@@ -141,8 +141,7 @@ def test_lane_pooling_keeps_15_largest(tmp_path):
 
 def test_cap_is_whole_articles_in_hash_order(tmp_path):
     for i in range(10):
-        _write(tmp_path / "d" / f"a{i}.rst", " ".join(
-            f"Article {i} says sentence {j} out loud." for j in range(5)))
+        _write(tmp_path / "d" / f"a{i}.rst", " ".join(f"Article {i} says sentence {j} out loud." for j in range(5)))
     c = C.load_folder(tmp_path, max_sentences=12)
     assert c.capped and c.n_sentences <= 12 and all(len(a.sentences) == 5 for a in c.articles)
     again = C.load_folder(tmp_path, max_sentences=12)

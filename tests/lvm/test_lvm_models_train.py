@@ -7,8 +7,17 @@ import torch
 from lvm_core import models as M
 from lvm_core.sequences import make_sequences
 from lvm_core.train import (
-    CheckpointError, Predictor, SplitData, build_predictor, checkpoint_key, ensure_checkpoint,
-    fit_ridge, load_checkpoint, save_checkpoint, train_memory_gru, train_variant,
+    CheckpointError,
+    Predictor,
+    SplitData,
+    build_predictor,
+    checkpoint_key,
+    ensure_checkpoint,
+    fit_ridge,
+    load_checkpoint,
+    save_checkpoint,
+    train_memory_gru,
+    train_variant,
 )
 
 

@@ -3,27 +3,35 @@ import json
 import numpy as np
 import pytest
 
+from lens_cli.main import main as cli_main
 from lvm_core import registry as R
 from lvm_core.checks import check_drift, check_lanes, check_nan, check_p95
-from lvm_core.cli import main as cli_main
 from lvm_core.vectors import VectorError, write_vectors
 
 
 def _ev(tmp_path, name, hit, per_query=None, eval_set="E", ci=0.02):
     ck = tmp_path / f"{name}.pt"
     ck.write_bytes(name.encode())
-    from lens_core.hashing import sha256_file
+    from lens_core.common.hashing import sha256_file
 
-    return {"name": name, "variant": name.split("@")[0], "checkpoint": str(ck),
-            "sha256": sha256_file(ck), "eval_set": eval_set,
-            "metrics": {"hit1": hit / 2, "hit5": hit, "hit10": hit * 1.2},
-            "hit": hit, "ci_low": hit - ci, "ci_high": hit + ci, "per_query": per_query}
+    return {
+        "name": name,
+        "variant": name.split("@")[0],
+        "checkpoint": str(ck),
+        "sha256": sha256_file(ck),
+        "eval_set": eval_set,
+        "metrics": {"hit1": hit / 2, "hit5": hit, "hit10": hit * 1.2},
+        "hit": hit,
+        "ci_low": hit - ci,
+        "ci_high": hit + ci,
+        "per_query": per_query,
+    }
 
 
 def test_promotion_rules(tmp_path):
     rng = np.random.default_rng(0)
     base = (rng.random(2000) < 0.30).astype(float)
-    better = np.maximum(base, (rng.random(2000) < 0.10))   # strictly more hits, paired
+    better = np.maximum(base, (rng.random(2000) < 0.10))  # strictly more hits, paired
     champ = _ev(tmp_path, "copy_last@aaaa", base.mean(), base)
     cand = _ev(tmp_path, "memory_gru@bbbb", better.mean(), better)
     d0 = R.maybe_promote(cand, None)
@@ -33,7 +41,7 @@ def test_promotion_rules(tmp_path):
     same = R.maybe_promote(champ, champ)
     assert not same["promote"] and same["method"] == "same"
     noise = base.copy()
-    noise[:4] = 1 - noise[:4]   # a tiny, not significant difference
+    noise[:4] = 1 - noise[:4]  # a tiny, not significant difference
     d2 = R.maybe_promote(_ev(tmp_path, "ridge@cccc", noise.mean(), noise), champ, b=500)
     assert not d2["promote"] and d2["diff_ci_low"] <= 0 <= d2["diff_ci_high"]
     # Different eval sets: unpaired rule (candidate CI low vs champion hit).
@@ -82,8 +90,8 @@ def test_cli_status_and_rollback(tmp_path, capsys):
 
 def test_checks_thresholds():
     assert check_drift(0.30, None, 0.05).passed
-    assert check_drift(0.29, 0.30, 0.05).passed            # 3.3% drop
-    r = check_drift(0.28, 0.30, 0.05)                      # 6.7% drop
+    assert check_drift(0.29, 0.30, 0.05).passed  # 3.3% drop
+    r = check_drift(0.28, 0.30, 0.05)  # 6.7% drop
     assert not r.passed and r.value == pytest.approx(0.0667, abs=1e-3) and r.severity == "ERROR"
     lanes = {"a": (0.30, 100), "b": (0.31, 100), "c": (0.20, 100), "tiny": (0.0, 3)}
     lr = check_lanes(lanes, 0.15, 30)

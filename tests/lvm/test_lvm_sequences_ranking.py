@@ -74,8 +74,7 @@ def test_hit_at_k_hand_computed():
     # Bank of 4 unit vectors in 2-D at angles 0, 30, 60, 90 degrees.
     ang = np.deg2rad([0, 30, 60, 90])
     bank = np.stack([np.cos(ang), np.sin(ang)], 1).astype(np.float32)
-    preds = np.array([[1, 0], [np.cos(np.deg2rad(50)), np.sin(np.deg2rad(50))], [0, 1]],
-                     np.float32)
+    preds = np.array([[1, 0], [np.cos(np.deg2rad(50)), np.sin(np.deg2rad(50))], [0, 1]], np.float32)
     targets = np.array([0, 1, 0])
     # q0 -> target at 0 deg: best, rank 1. q1 (50 deg): 60 (10 away) beats 30 (20 away): rank 2.
     # q2 (90 deg): target 0 deg is the farthest: rank 4.

@@ -1,0 +1,111 @@
+"""The release bundle asset (SPEC §10): the week's tables copied into an attested bundle,
+published only when every blocking gate is green, and the bundle's site."""
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from lens_assets.common import GROUP, OWNERS_EVAL, calibration_dir, current_systems, run_id_for, weekly_partitions
+from lens_assets.metadata import markdown_table
+from lens_core.common.contracts import BUNDLE_COLUMNS, BUNDLE_FILES, BUNDLE_TABLES
+from lens_core.common.settings import data_dir
+from lens_core.common.tables import read_parquet
+from lens_core.decide.battery import frame_gates
+from lens_core.decide.gates import gate_table_markdown
+from lens_core.measures.scoring import hero_markdown
+from lens_core.publish.bundle import assemble
+from lens_core.publish.site import build_site, publish_site
+from resources.data_source import LensDataSource
+from resources.io_manager import staging_table_path
+
+
+def bundle_sources(partition_key: str, stage: Path) -> dict[str, Path]:
+    """Bundle key -> the file to copy: a staging table as is, or its CSV written into `stage`."""
+    files: dict[str, Path] = {}
+    for key, asset in BUNDLE_TABLES.items():
+        src = Path(staging_table_path(asset, partition_key).path)
+        if BUNDLE_FILES.get(key, key).endswith(".csv"):
+            df = read_parquet(src)
+            if key in BUNDLE_COLUMNS:
+                df = df.select(list(BUNDLE_COLUMNS[key]))
+            dst = stage / Path(BUNDLE_FILES.get(key, key)).name
+            df.write_csv(dst)
+            src = dst
+        files[key] = src
+    return files
+
+
+@dg.asset(
+    description="The release bundle of SPEC §10: tables copied into `bundles/FINGERPRINT/`, attestation.json "
+    "(sha256 of every artifact, cfg hashes, versions, data source, every gate, each pack's hero and "
+    "the config lock) and published.json, which moves only when every blocking gate is green.",
+    owners=OWNERS_EVAL,
+    kinds={"json"},
+    group_name=GROUP,
+    partitions_def=weekly_partitions,
+    deps=sorted(set(BUNDLE_TABLES.values()) - {"gate_summary", "heroes", "hero_table"})
+    + ["ground_truth", "calibration", "calibration_parity"],
+)
+def release_bundle(
+    context: dg.AssetExecutionContext,
+    lens_source: LensDataSource,
+    raw_runs: pl.DataFrame,
+    gate_summary: pl.DataFrame,
+    heroes: pl.DataFrame,
+    hero_table: pl.DataFrame,
+) -> dg.MaterializeResult:
+    pk = context.partition_key
+    root = data_dir()
+    stage = root / "staging" / f".bundle-{pk}"
+    stage.mkdir(parents=True, exist_ok=True)
+    files = bundle_sources(pk, stage)
+    systems = current_systems(context)
+    gates = frame_gates(gate_summary)
+    lock = {
+        r["pack"]: {
+            "hero": r["hero"],
+            "cfg_hash": r["cfg_hash"],
+            "calibration_version": r["calibration_version"],
+            "reason": r["reason"],
+        }
+        for r in heroes.iter_rows(named=True)
+    }
+    result = assemble(
+        root,
+        files,
+        raw_runs.select("path", "sha256").to_dicts(),
+        {s.name: s.cfg_hash for s in systems},
+        gates,
+        lens_source.describe(),
+        extra={
+            "run_id": run_id_for(pk),
+            "partition": pk,
+            "heroes": lock,
+            "systems": {s.name: {"pack": s.pack, **s.knobs()} for s in systems},
+        },
+        extra_dirs={"calibration": calibration_dir(pk)},
+    )
+    if not result.published:
+        context.log.warning(
+            f"bundle {result.fingerprint} NOT published: blocking gate(s) failed: "
+            f"{', '.join(result.failed_blocking)}; last green stays {result.previous_published}"
+        )
+    size = sum(p.stat().st_size for p in result.path.rglob("*") if p.is_file())
+    lvm_dir = root / "lvm"
+    site = build_site(result.path, lvm_dir=lvm_dir if lvm_dir.is_dir() else None)
+    served = publish_site(root, lvm_dir=lvm_dir if lvm_dir.is_dir() else None) if result.published else None
+    return dg.MaterializeResult(
+        metadata={
+            "fingerprint": result.fingerprint,
+            "bundle": dg.MetadataValue.path(str(result.path)),
+            "published": result.published,
+            "bundle_bytes": size,
+            "gates": dg.MetadataValue.md(gate_table_markdown(gates)),
+            "hero_table": dg.MetadataValue.md(hero_markdown(hero_table)),
+            "heroes": dg.MetadataValue.md(markdown_table(heroes)),
+            "failed_blocking": ", ".join(result.failed_blocking) or "none",
+            "site": dg.MetadataValue.path(str(site)),
+            "served_site": dg.MetadataValue.path(str(served)) if served else "not published",
+        }
+    )

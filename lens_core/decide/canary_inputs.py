@@ -1,0 +1,100 @@
+"""Build the canary's input stream (SPEC §9) from a weekly run's tables.
+
+Both arms answered every query of the suite (shadow pairs), so the ladder is replayed over
+the run: the stream is the suite in a fixed pseudo-random order (sha256 of the qid), windows
+are consecutive blocks of it, and a query is routed to the test arm at step pct when its
+repo bucket is below pct. The bucket key is the repo plus the file of the query's primary
+ground-truth span (`cpython/Lib/json/decoder.py`): in a monorepo such as the standard library
+the module is the routing unit (a package-level key leaves the test split with a few dozen
+buckets, none of which may fall under 5%).
+
+Per query and arm: SLA-Recall@50 and latency from the per-query table; `confidence` = mean
+calibrated confidence of the arm's hits (the arm's own calibrators); `calib_ms` = the measured
+wall time of applying the arm's calibrator to that query's hits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import numpy as np
+import polars as pl
+
+from lens_core.calibrate.calibration import CalibratorSet
+from lens_core.decide.canary import CanaryStream
+
+
+def bucket_keys(ground_truth: pl.DataFrame) -> pl.DataFrame:
+    """qid -> repo key of the primary (highest rel) ground-truth span."""
+    top = (
+        ground_truth.sort(["qid", "rel", "path"], descending=[False, True, False])
+        .group_by("qid", maintain_order=True)
+        .first()
+    )
+    return top.select("qid", (pl.col("repo") + "/" + pl.col("path")).alias("repo"))
+
+
+def _arm_rows(
+    per_query: pl.DataFrame, labelled: pl.DataFrame, cals: CalibratorSet, system: str, arm: str, keys: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    pq = per_query.filter(pl.col("system") == system).select("qid", "sla_recall_50", "lat_ms")
+    lab = labelled.filter(pl.col("system") == system).sort("qid")
+    conf = cals.apply_frame(lab, score_col="score")
+    lab = lab.with_columns(pl.Series("confidence", np.asarray(conf, dtype=np.float64)))
+    # Measured apply latency per query: the calibrator scoring that query's hits.
+    timings = []
+    for (qid,), part in lab.group_by(["qid"], maintain_order=True):
+        r = part.row(0, named=True)
+        cal = cals.for_cell(system, r["intent"], r["language"])
+        scores = part["score"].to_numpy()
+        t0 = time.perf_counter()
+        cal.apply(scores)
+        timings.append((qid, (time.perf_counter() - t0) * 1000.0))
+    tdf = pl.DataFrame(timings, schema={"qid": pl.String, "calib_ms": pl.Float64}, orient="row")
+    qconf = lab.group_by("qid").agg(pl.col("confidence").mean())
+    rows = (
+        pq.join(keys, on="qid", how="inner")
+        .join(qconf, on="qid", how="left")
+        .join(tdf, on="qid", how="left")
+        .with_columns(
+            pl.col("confidence").fill_null(0.0),
+            pl.col("calib_ms").fill_null(0.0),
+            pl.col("lat_ms").fill_null(float("nan")),
+            pl.lit(arm).alias("arm"),
+        )
+    )
+    labels = lab.select("qid", pl.lit(arm).alias("arm"), "confidence", pl.col("label").cast(pl.Int64))
+    return rows, labels
+
+
+def _order(df: pl.DataFrame) -> pl.DataFrame:
+    keyed = df.with_columns(
+        pl.col("qid")
+        .map_elements(lambda q: hashlib.sha256(q.encode()).hexdigest()[:12], return_dtype=pl.String)
+        .alias("_o")
+    )
+    return keyed.sort(["_o", "arm"]).drop("_o")
+
+
+def build_stream(
+    per_query: pl.DataFrame,
+    labelled: pl.DataFrame,
+    cals: CalibratorSet,
+    ground_truth: pl.DataFrame,
+    control: str,
+    test: str,
+    aa_test: str,
+) -> CanaryStream:
+    keys = bucket_keys(ground_truth)
+    cq, cl = _arm_rows(per_query, labelled, cals, control, "control", keys)
+    tq, tl = _arm_rows(per_query, labelled, cals, test, "test", keys)
+    aq, al = _arm_rows(per_query, labelled, cals, aa_test, "test", keys)
+    lat_ok = pl.col("lat_ms").is_finite()
+    # A query either arm failed to answer has no latency: it stays in the stream with NaN
+    # replaced by the SLA-breaking sentinel, so it counts against its arm rather than vanishing.
+    fill = pl.when(lat_ok).then(pl.col("lat_ms")).otherwise(1e9).alias("lat_ms")
+    cols = ["qid", "repo", "arm", "sla_recall_50", "lat_ms", "confidence", "calib_ms"]
+    ab = _order(pl.concat([cq, tq]).with_columns(fill).select(cols))
+    aa = _order(pl.concat([cq, aq]).with_columns(fill).select(cols))
+    return CanaryStream(queries=ab, labels=pl.concat([cl, tl]), aa_queries=aa, aa_labels=pl.concat([cl, al]))

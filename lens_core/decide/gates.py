@@ -1,0 +1,299 @@
+"""SPEC §7 gates as pure functions over the chain's tables.
+
+Each function returns GateResults (one per judged subject) with the value, the threshold from
+config, whether it blocks publication, and the reason. A gate whose input is missing or empty
+fails with the reason; it never passes silently.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from lens_core.common.contracts import SLICE_ALL
+from lens_core.common.settings import GateSpec, load_config
+
+
+@dataclass
+class GateResult:
+    name: str
+    value: float | None
+    threshold: float | None
+    blocking: bool
+    passed: bool
+    reason: str = ""
+    owner: str = ""
+    subject: str = ""  # the system or table the gate judged
+    status: str = ""  # pass | fail | insufficient (judged on too little data: reported, not failed)
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            self.status = "pass" if self.passed else "fail"
+
+    def attestation(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "value": self.value,
+            "threshold": self.threshold,
+            "blocking": self.blocking,
+            "passed": self.passed,
+            "status": self.status,
+            "reason": self.reason,
+            "subject": self.subject,
+        }
+
+
+def gate_config(name: str) -> GateSpec:
+    gates = load_config().gates
+    if name not in gates:
+        raise KeyError(f"gate {name!r} has no entry under `gates:` in the config")
+    return gates[name]
+
+
+def gate_result(
+    name: str, value: float | None, passed: bool, reason: str, subject: str = "", status: str = ""
+) -> GateResult:
+    g = gate_config(name)
+    if value is not None and not math.isfinite(value):
+        passed, reason, status = False, f"{reason} (value is not finite)", "fail"
+    return GateResult(
+        name=name,
+        value=None if value is None else float(value),
+        threshold=g.threshold,
+        blocking=g.blocking,
+        passed=bool(passed),
+        reason=reason,
+        owner=g.owner,
+        subject=subject,
+        status=status,
+    )
+
+
+def _missing(name: str, what: str, subject: str = "") -> GateResult:
+    return gate_result(name, None, False, f"input missing or empty: {what}", subject)
+
+
+def _metric(scores: pl.DataFrame, metric: str, slice_: str = SLICE_ALL) -> dict[str, float]:
+    s = scores.filter((pl.col("metric") == metric) & (pl.col("slice") == slice_))
+    return dict(zip(s["system"].to_list(), s["mean"].to_list()))
+
+
+def schema_gate(files_checked: int, rows: int) -> GateResult:
+    if files_checked == 0 or rows == 0:
+        return _missing("schema", "no raw-run rows were ingested")
+    return gate_result(
+        "schema", float(files_checked), True, f"{files_checked} raw-run files, {rows} records conform to the contract"
+    )
+
+
+def pool_gate(scores: pl.DataFrame | None) -> list[GateResult]:
+    thr = gate_config("pool").threshold
+    if scores is None or scores.height == 0:
+        return [_missing("pool", "scores")]
+    judged = _metric(scores, "judged_10")
+    if not judged:
+        return [_missing("pool", "judged_10 in scores")]
+    return [gate_result("pool", v, v >= thr, f"judged@10 = {v:.3f} (>= {thr})", s) for s, v in sorted(judged.items())]
+
+
+def flatline_gate(per_query: pl.DataFrame | None) -> list[GateResult]:
+    thr = gate_config("flatline").threshold
+    if per_query is None or per_query.height == 0:
+        return [_missing("flatline", "per_query")]
+    var = per_query.group_by("system").agg(pl.col("ndcg_10").var(ddof=0).alias("v")).sort("system")
+    return [
+        gate_result("flatline", v, (v or 0.0) > thr, f"Var(nDCG@10) = {v:.6f} (> {thr})", s) for s, v in var.iter_rows()
+    ]
+
+
+def file_credit_gate(scores: pl.DataFrame | None) -> list[GateResult]:
+    thr = gate_config("file_credit").threshold
+    if scores is None or scores.height == 0:
+        return [_missing("file_credit", "scores")]
+    fc = _metric(scores, "file_credit")
+    if not fc:
+        return [_missing("file_credit", "file_credit in scores")]
+    return [
+        gate_result("file_credit", v, v <= thr, f"file-only credit share = {v:.4f} (<= {thr})", s)
+        for s, v in sorted(fc.items())
+    ]
+
+
+def tail_gate(scores: pl.DataFrame | None) -> list[GateResult]:
+    thr = gate_config("tail").threshold
+    if scores is None or scores.height == 0:
+        return [_missing("tail", "scores")]
+    r = _metric(scores, "p99_p95")
+    if not r:
+        return [_missing("tail", "p99_p95 in scores")]
+    return [gate_result("tail", v, v <= thr, f"p99/p95 = {v:.3f} (<= {thr})", s) for s, v in sorted(r.items())]
+
+
+def _vs_baseline(
+    name: str, scores: pl.DataFrame | None, metric: str, baseline: str, relative: bool, higher_is_better: bool
+) -> list[GateResult]:
+    thr = gate_config(name).threshold
+    if scores is None or scores.height == 0:
+        return [_missing(name, "scores")]
+    vals = _metric(scores, metric)
+    if baseline not in vals:
+        return [_missing(name, f"{metric} of baseline {baseline}")]
+    base = vals[baseline]
+    out = []
+    for s, v in sorted(vals.items()):
+        if s == baseline:
+            continue
+        delta = (v - base) / base if relative and base else v - base
+        ok = delta >= thr if higher_is_better else delta <= thr
+        out.append(
+            gate_result(
+                name,
+                delta,
+                ok,
+                f"{metric} Δ vs {baseline} = {delta:+.4f} ({'>=' if higher_is_better else '<='} {thr})",
+                s,
+            )
+        )
+    return out
+
+
+def sla_recall_gate(scores: pl.DataFrame | None, baseline: str) -> list[GateResult]:
+    return _vs_baseline("sla_recall", scores, "sla_recall_50", baseline, relative=False, higher_is_better=True)
+
+
+def cost_gate(scores: pl.DataFrame | None, baseline: str) -> list[GateResult]:
+    return _vs_baseline("cost", scores, "cpu_ms", baseline, relative=True, higher_is_better=False)
+
+
+def ece_gate(report: pl.DataFrame | None) -> list[GateResult]:
+    """Per system: no cell with enough labels has ECE above the gate. Cells whose noise floor is
+    above the gate are `insufficient`: counted and named in the reason, neither pass nor fail.
+    A system with no sufficient cell at all reports status `insufficient`."""
+    thr = gate_config("ece").threshold
+    if report is None or report.height == 0:
+        return [_missing("ece", "calibration cell report")]
+    out = []
+    for (system,), part in sorted(report.group_by(["system"]), key=lambda kv: kv[0]):
+        judged = part.filter(pl.col("status").is_in(["pass", "fail"]))
+        insufficient = part.filter(pl.col("status") == "insufficient")
+        failing = judged.filter(pl.col("status") == "fail")
+        need = insufficient["labels_needed"].drop_nulls()
+        note = (
+            f"; {insufficient.height} cell(s) insufficient (noise floor > {thr}; "
+            f"~{int(need.median())} held-out labels needed)"
+            if insufficient.height and need.len()
+            else (f"; {insufficient.height} cell(s) insufficient" if insufficient.height else "")
+        )
+        if judged.height == 0:
+            out.append(
+                gate_result(
+                    "ece", None, True, f"no cell has enough labels to judge ECE{note}", system, status="insufficient"
+                )
+            )
+            continue
+        worst = float(judged["ece"].max())
+        cells = ", ".join(f"{r['intent']}/{r['language']}={r['ece']:.3f}" for r in failing.iter_rows(named=True))
+        out.append(
+            gate_result(
+                "ece",
+                worst,
+                failing.height == 0,
+                (
+                    f"ECE > {thr} in {cells}"
+                    if failing.height
+                    else f"max ECE {worst:.4f} over {judged.height} judged cell(s) (<= {thr})"
+                )
+                + note,
+                system,
+            )
+        )
+    return out
+
+
+def calibration_parity_gate(parity: pl.DataFrame | None) -> list[GateResult]:
+    thr = gate_config("calibration_parity").threshold
+    if parity is None or parity.height == 0:
+        return [_missing("calibration_parity", "calibrator parity table")]
+    worst = float(parity["max_abs_diff"].max())
+    worst_ece = float(parity["ece_diff"].max())
+    bad = parity.filter(~pl.col("passed"))
+    return [
+        gate_result(
+            "calibration_parity",
+            worst,
+            bad.height == 0 and worst <= thr,
+            f"{parity.height} calibrators: max|Δ| = {worst:.2e} (<= {thr}), max|ΔECE| = {worst_ece:.2e} (<= 1e-4)"
+            + (f"; failing: {', '.join(bad['calibrator'].to_list()[:5])}" if bad.height else ""),
+        )
+    ]
+
+
+def decision_gates(comparisons: pl.DataFrame | None, primary: dict[str, tuple[str, str, float]]) -> list[GateResult]:
+    """Power and CI-width gates of each decision's primary comparison.
+
+    `primary` maps a test system to (metric, slice, needed effect). Power: MDE <= needed
+    effect; CI width: the primary delta CI width <= threshold.
+    """
+    thr_w = gate_config("ci_width").threshold
+    if comparisons is None or comparisons.height == 0:
+        return [_missing("power", "comparisons"), _missing("ci_width", "comparisons")]
+    out = []
+    for test, (metric, slice_, needed) in sorted(primary.items()):
+        row = comparisons.filter((pl.col("test") == test) & (pl.col("metric") == metric) & (pl.col("slice") == slice_))
+        if row.height == 0:
+            out += [
+                _missing("power", f"{metric} on {slice_}", test),
+                _missing("ci_width", f"{metric} on {slice_}", test),
+            ]
+            continue
+        r = row.row(0, named=True)
+        mde = r.get("mde")
+        if mde is None:
+            out.append(
+                gate_result("power", None, False, f"MDE not computable: {r.get('reason') or r.get('status')}", test)
+            )
+        else:
+            out.append(
+                gate_result(
+                    "power",
+                    mde,
+                    mde <= needed,
+                    f"MDE {mde:.4f} on {metric} [{slice_}] with n={r['n']} (<= needed {needed})",
+                    test,
+                )
+            )
+        if r["ci_low"] is None or r["ci_high"] is None:
+            out.append(gate_result("ci_width", None, False, f"no CI: {r.get('reason') or r.get('status')}", test))
+        else:
+            w = r["ci_high"] - r["ci_low"]
+            out.append(
+                gate_result("ci_width", w, w <= thr_w, f"{metric} [{slice_}] Δ CI width {w:.4f} (<= {thr_w})", test)
+            )
+    return out
+
+
+def foundation_gates(
+    files_checked: int, rows: int, scores: pl.DataFrame, per_query: pl.DataFrame, baseline: str
+) -> list[GateResult]:
+    """The gates computable from the scored chain alone."""
+    return (
+        [schema_gate(files_checked, rows)]
+        + pool_gate(scores)
+        + flatline_gate(per_query)
+        + file_credit_gate(scores)
+        + tail_gate(scores)
+        + sla_recall_gate(scores, baseline)
+        + cost_gate(scores, baseline)
+    )
+
+
+def gate_table_markdown(gates: list[GateResult]) -> str:
+    lines = ["| gate | subject | value | threshold | blocking | status |", "| --- | --- | --- | --- | --- | --- |"]
+    for g in gates:
+        v = "–" if g.value is None else f"{g.value:.4g}"
+        status = g.status if g.passed else ("FAIL" if g.blocking else "warn")
+        lines.append(f"| {g.name} | {g.subject or '–'} | {v} | {g.threshold} | {g.blocking} | {status} |")
+    return "\n".join(lines)

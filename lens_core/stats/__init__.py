@@ -1,0 +1,1 @@
+"""lens_core.stats."""
