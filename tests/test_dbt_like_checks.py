@@ -325,8 +325,8 @@ BREAKS = {
         lambda s: s == [{"run_id": "r1", "system": "test", "qid": "q2", "n_rows": 1}],
     ),
     "row_count": (
-        lambda rows: rows["qrels"].clear(),
-        "qrels.row_count",
+        lambda rows: rows["pool"].clear(),
+        "pool.row_count",
         lambda s: s[0]["row_count"] == 0 and s[0]["min_rows"] == 1,
     ),
     "within_sla": (
@@ -506,7 +506,7 @@ def test_checks_run_per_partition_and_report_severity(tmp_path, spec):
     keep = {
         "agg": {"unique_key"},
         "hits": {"relationships_to_agg", "ranks_contiguous"},
-        "qrels": {"accepted_values_rel", "row_count"},
+        "qrels": {"accepted_values_rel", "row_count"},  # row_count: min 0, passes on an empty table
         "scores": {"slice_format"},
     }
     small = Spec(

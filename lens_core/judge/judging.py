@@ -1,10 +1,14 @@
-"""Pooling and judging (SPEC §3, §11).
+"""Pooling and judging (SPEC §3, §11; issue 16).
 
 Pool: the union over systems of each system's in-SLA top `pool_depth` hits.
-Judge: labels pool members from the ground truth — the source spans are relevant (their
-rel), every pool member that earns no span credit against them is judged non-relevant
-(rel 0), as CodeSearchNet did. A qrels table of human judgments can be merged in; it takes
-precedence span by span, and `source` says which label came from where.
+Judge: a pool member is judged only when a label for it exists. Labels come, in order of
+precedence span by span, from human qrels (`source` = `human:<who>`), from the ground truth
+(`ground_truth`), and from a declared labelling policy (`policy:<name>`):
+- `explicit`: no policy labels; what nobody labelled stays unjudged (scored non-relevant, as
+  trec_eval scores unjudged documents, and counted as unjudged by judged@k);
+- `codesearchnet`: every pool member of a query that has ground truth and earns no span
+  credit against it is non-relevant (rel 0), as CodeSearchNet judged: the reference engine's
+  suites, whose ground truth is the one source span of each query.
 """
 
 from __future__ import annotations
@@ -14,8 +18,12 @@ import polars as pl
 from lens_core.measures.metrics import SPAN_KEYS, match_pairs, relevant_spans
 
 SOURCE_GROUND_TRUTH = "ground_truth"
-SOURCE_JUDGE = "judge:ground_truth"
 SOURCE_HUMAN = "human"
+POLICIES = ("explicit", "codesearchnet")
+
+
+def policy_source(policy: str) -> str:
+    return f"policy:{policy}"
 
 
 def build_pool(hits: pl.DataFrame, depth: int = 50) -> pl.DataFrame:
@@ -28,29 +36,59 @@ def build_pool(hits: pl.DataFrame, depth: int = 50) -> pl.DataFrame:
     )
 
 
-def judge(pool: pl.DataFrame, ground_truth: pl.DataFrame, human: pl.DataFrame | None = None) -> pl.DataFrame:
-    """qrels rows (qid, repo, path, start_line, end_line, rel, source)."""
+def judge(
+    pool: pl.DataFrame, ground_truth: pl.DataFrame, human: pl.DataFrame | None = None, policy: str = "explicit"
+) -> pl.DataFrame:
+    """qrels rows (qid, repo, path, start_line, end_line, rel, source): the labels that exist
+    for this pool under `policy` (see the module docstring). `human` rows keep their `source`
+    (default `human`) and replace any other label of the same span."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown labelling policy {policy!r}: expected one of {', '.join(POLICIES)}")
     gt = ground_truth.select(SPAN_KEYS + ["rel"]).with_columns(pl.lit(SOURCE_GROUND_TRUTH).alias("source"))
-    spans = relevant_spans(gt)
-    members = pool.select(SPAN_KEYS).with_columns(
-        pl.lit("pool").alias("run_id"),
-        pl.lit("pool").alias("system"),
-        pl.int_range(0, pl.len()).alias("rank"),
-    )
-    credited = match_pairs(members, spans, file_only=False).select("rank").unique()
-    negatives = (
-        members.join(credited, on="rank", how="anti")
-        .join(gt.select(SPAN_KEYS), on=SPAN_KEYS, how="anti")
-        .select(SPAN_KEYS)
-        .with_columns(pl.lit(0).alias("rel"), pl.lit(SOURCE_JUDGE).alias("source"))
-    )
-    qrels = pl.concat([gt, negatives], how="vertical_relaxed")
-    if human is not None and human.height:
-        human = human.select(SPAN_KEYS + ["rel"]).with_columns(pl.lit(SOURCE_HUMAN).alias("source"))
-        qrels = pl.concat(
-            [qrels.join(human.select(SPAN_KEYS), on=SPAN_KEYS, how="anti"), human], how="vertical_relaxed"
+    parts = [gt]
+    if policy == "codesearchnet":
+        spans = relevant_spans(gt)
+        members = (
+            pool.join(gt.select("qid").unique(), on="qid", how="semi")
+            .select(SPAN_KEYS)
+            .with_columns(
+                pl.lit("pool").alias("run_id"),
+                pl.lit("pool").alias("system"),
+                pl.int_range(0, pl.len()).alias("rank"),
+            )
         )
-    return qrels.with_columns(pl.col("start_line", "end_line", "rel").cast(pl.Int32)).sort(SPAN_KEYS)
+        credited = match_pairs(members, spans, file_only=False).select("rank").unique()
+        parts.append(
+            members.join(credited, on="rank", how="anti")
+            .join(gt.select(SPAN_KEYS), on=SPAN_KEYS, how="anti")
+            .select(SPAN_KEYS)
+            .with_columns(pl.lit(0).alias("rel"), pl.lit(policy_source(policy)).alias("source"))
+        )
+    qrels = pl.concat(parts, how="vertical_relaxed").with_columns(
+        pl.col("start_line", "end_line", "rel").cast(pl.Int32)
+    )
+    if human is not None and human.height:
+        h = human if "source" in human.columns else human.with_columns(pl.lit(SOURCE_HUMAN).alias("source"))
+        h = h.select(SPAN_KEYS + ["rel", "source"]).with_columns(
+            pl.col("start_line", "end_line", "rel").cast(pl.Int32), pl.col("source").fill_null(SOURCE_HUMAN)
+        )
+        qrels = pl.concat([qrels.join(h.select(SPAN_KEYS), on=SPAN_KEYS, how="anti"), h], how="vertical_relaxed")
+    return qrels.sort(SPAN_KEYS)
+
+
+def judged_members(pool: pl.DataFrame, qrels: pl.DataFrame) -> pl.DataFrame:
+    """The pool with a `judged` flag: a member carries a label directly, or earns span credit
+    against a labelled relevant span (what judged@k counts as judged)."""
+    spans = relevant_spans(qrels)
+    members = pool.with_columns(
+        pl.lit("pool").alias("run_id"), pl.lit("pool").alias("system"), pl.int_range(0, pl.len()).alias("rank")
+    )
+    by_credit = match_pairs(members.drop("systems", strict=False), spans, file_only=False).select("rank").unique()
+    by_label = members.join(qrels.select(SPAN_KEYS).unique(), on=SPAN_KEYS, how="semi").select("rank")
+    judged = pl.concat([by_credit.cast({"rank": pl.Int64}), by_label.cast({"rank": pl.Int64})]).unique()
+    return members.with_columns(pl.col("rank").is_in(judged["rank"].implode()).alias("judged")).drop(
+        "run_id", "system", "rank"
+    )
 
 
 def pool_counts(pool: pl.DataFrame, qrels: pl.DataFrame) -> pl.DataFrame:
@@ -59,14 +97,7 @@ def pool_counts(pool: pl.DataFrame, qrels: pl.DataFrame) -> pl.DataFrame:
     judged_share: the share of the system's pool entries that carry a label (directly, or by
     earning span credit against a relevant span).
     """
-    spans = relevant_spans(qrels)
-    members = pool.with_columns(
-        pl.lit("pool").alias("run_id"), pl.lit("pool").alias("system"), pl.int_range(0, pl.len()).alias("rank")
-    )
-    by_credit = match_pairs(members.drop("systems"), spans, file_only=False).select("rank").unique()
-    by_label = members.join(qrels.select(SPAN_KEYS).unique(), on=SPAN_KEYS, how="semi").select("rank")
-    judged = pl.concat([by_credit.cast({"rank": pl.Int64}), by_label.cast({"rank": pl.Int64})]).unique()
-    flagged = members.with_columns(pl.col("rank").is_in(judged["rank"].implode()).alias("judged"))
+    flagged = judged_members(pool, qrels)
     per = (
         flagged.select("systems", "judged", pl.col("systems").list.len().alias("n_sys"))
         .explode("systems")
@@ -98,4 +129,17 @@ def label_hits(hits: pl.DataFrame, agg: pl.DataFrame, qrels: pl.DataFrame) -> pl
         h.join(rel.with_columns(pl.lit(1).alias("label")), on=["run_id", "system", "qid", "rank"], how="left")
         .join(meta, on=["run_id", "system", "qid"], how="left")
         .select("system", "qid", "intent", "language", "score", pl.col("label").fill_null(0).cast(pl.Int8))
+    )
+
+
+def unjudged_share(scores: pl.DataFrame) -> pl.DataFrame:
+    """Share of each system's top-10 hits that nobody labelled, per slice: 1 - judged@10
+    (scores rows of metric `judged_10`). Columns: system, then one column per slice."""
+    j = scores.filter(pl.col("metric") == "judged_10")
+    if j.height == 0:
+        return pl.DataFrame({"system": []}, schema={"system": pl.String})
+    return (
+        j.select("system", "slice", (1 - pl.col("mean")).round(4).alias("unjudged_10"))
+        .pivot(on="slice", index="system", values="unjudged_10")
+        .sort("system")
     )
