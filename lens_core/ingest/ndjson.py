@@ -32,6 +32,13 @@ Three paths, one contract, the same tables:
 On both fast paths the file's identity (inode, size, mtime) must be the same after the parse
 and after the hash as when it was opened, so the values belong to the hashed bytes.
 
+Every path then applies the validation contract (`lens_core.common.validate`, issue 18) to the
+parsed columns in `_derive` (`_check_contract`: non-empty ids, ranks >= 1 and unique per record,
+line spans, finite numbers), vectorised; a fast path that meets a violation steps aside like
+for anything else, so the exact path names it and every tier gives the same verdict. Before the
+exact path reads a file whole, `_check_text` checks it streaming (its done line from the tail;
+no control byte, no line over `_MAX_LINE`): an absurd file is refused with bounded memory.
+
 Nested hits are flattened with pyarrow compute and numpy, per-record columns with polars, no
 per-row Python. Any error stops ingestion before anything is written.
 
@@ -45,6 +52,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import threading
@@ -79,6 +87,18 @@ from lens_core.common.contracts import (
 )
 from lens_core.common.hashing import atomic_path, sha256_file, sha256_hex
 from lens_core.common.tables import ParquetFile, SchemaError, conform, parquet_options, write_parquet
+from lens_core.common.validate import (
+    count_newlines,
+    finite_rules,
+    first_violation,
+    id_rules,
+    maybe_blank,
+    prescan_lines,
+    rank_rules,
+    record_rules,
+    shard_rules,
+    span_rules,
+)
 
 try:  # the C scanner of canonical lines (setup.py builds it; optional: the other paths give the same tables)
     from lens_core.ingest import _canonscan
@@ -112,12 +132,29 @@ def _check_obj(
         ok = isinstance(v, want) and not (isinstance(v, bool) and bool not in want)
         if not ok:
             raise _fail(path, lineno, prefix + f, f"expected {_type_name(want)}, got {type(v).__name__} ({v!r:.40})")
+        if isinstance(v, float) and not math.isfinite(v):  # NaN, ±Infinity, or a number past a double (1e400)
+            raise _fail(path, lineno, prefix + f, f"{f} {v} is not a finite number")
+        if float not in want and isinstance(v, int) and not -(2**31) <= v < 2**31:  # the contract's integers are int32
+            raise _fail(path, lineno, prefix + f, f"{f} {v} does not fit in 32 bits")
 
 
-def validate_lines(path: Path, body: bytes) -> None:
+def _iter_lines(body: bytes | memoryview, step: int = 1 << 24) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of `body` split at newlines (as bytes.split would), one line at a
+    time: no copy of the whole body (which can be gigabytes)."""
+    mv = memoryview(body).cast("B")
+    arr = np.frombuffer(mv, dtype=np.uint8)
+    lineno, start = 1, 0
+    for i in range(0, len(arr), step):
+        for nl in np.flatnonzero(arr[i : i + step] == 0x0A):
+            yield lineno, bytes(mv[start : i + int(nl)])
+            lineno, start = lineno + 1, i + int(nl) + 1
+    yield lineno, bytes(mv[start:])
+
+
+def validate_lines(path: Path, body: bytes | memoryview) -> None:
     """Slow, exact validator: raises SchemaError naming file, line and field of the first
     problem. Used to explain a file the fast path rejected."""
-    for lineno, raw in enumerate(body.split(b"\n"), start=1):
+    for lineno, raw in _iter_lines(body):
         if not raw.strip():
             raise _fail(path, lineno, None, "empty line")
         try:  # strict: json.loads(bytes) would let an encoded surrogate through ("surrogatepass")
@@ -233,6 +270,25 @@ def _first_line(fd: int, limit: int = 1 << 24) -> bytes | None:
     return None if end is None else os.pread(fd, end, 0)
 
 
+def _locate_unreadable(body: memoryview, err: Exception) -> tuple[int, str]:
+    """The line pyarrow's JSON reader cannot read, when the line validator accepts every line
+    (pyarrow's own "in row N" counts from 0 within a block): bisection over line ranges, each
+    half parsed alone (about two parses of the body in all). (1-based line, pyarrow's reason)."""
+    arr = np.frombuffer(body, dtype=np.uint8)
+    starts = np.concatenate(([0], np.flatnonzero(arr == 0x0A) + 1))
+    lo, hi = 0, len(starts)  # the bad line is in [lo, hi)
+    why = re.sub(r"\s*in row \d+", "", str(err).splitlines()[0])
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        end = int(starts[mid]) if mid < len(starts) else len(body)
+        try:
+            _read_json(body[int(starts[lo]) : end])
+            lo = mid  # the first half reads: the bad line is in the second
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            hi, why = mid, re.sub(r"\s*in row \d+", "", str(e).splitlines()[0])
+    return lo + 1, why
+
+
 def _parse_exact(path: Path, data: bytes, body: memoryview, declared: int) -> pa.Table:
     """The exact path: pyarrow parses the body once against the contract's explicit schema;
     whatever it cannot accept is explained by `validate_lines` (file, line, field)."""
@@ -242,17 +298,18 @@ def _parse_exact(path: Path, data: bytes, body: memoryview, declared: int) -> pa
         try:
             table = _read_json(body)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-            validate_lines(path, bytes(body))
-            raise _fail(path, None, None, f"unreadable raw run ({e})") from None
+            validate_lines(path, body)
+            line, why = _locate_unreadable(body, e)
+            raise _fail(path, line, None, f"not readable against the contract ({why})") from None
         try:  # pyarrow's JSON reader keeps a string's bytes: invalid UTF-8 would get into Arrow strings
             table.validate(full=True)
         except pa.ArrowInvalid as e:
-            validate_lines(path, bytes(body))  # names the line (Python's strict UTF-8 decoder)
+            validate_lines(path, body)  # names the line (Python's strict UTF-8 decoder)
             raise _fail(path, None, None, f"invalid string ({e})") from None
         # pyarrow skips blank lines: one record per line means exactly rows - 1 newlines
         # in the body; otherwise the exact validator names the blank line.
         if _count_newlines(body) != table.num_rows - 1:
-            validate_lines(path, bytes(body))
+            validate_lines(path, body)
     if table.num_rows != declared:
         raise _fail(
             path, table.num_rows + 1, "records", f"done line declares {declared} records, file has {table.num_rows}"
@@ -267,12 +324,12 @@ def _parse_exact(path: Path, data: bytes, body: memoryview, declared: int) -> pa
             and table.column(f).null_count
             and data.count(b'"' + f.encode() + b'":', 0, len(body)) != table.num_rows
         ):
-            validate_lines(path, bytes(body))
+            validate_lines(path, body)
     # Missing fields parse as null with an explicit schema: locate the first one exactly.
     for f in RAW_REQUIRED:
         col = table.column(f)
         if col.null_count:
-            validate_lines(path, bytes(body))
+            validate_lines(path, body)
             raise _fail(path, _first_index(pl.from_arrow(col.is_null())) + 1, f, "missing or null")
     return table
 
@@ -580,8 +637,8 @@ def _stream_lines(
         last = buf.rfind(b"\n", 0, have)
         if last < 0:
             if have == len(buf):  # a line longer than the buffer: a larger buffer
-                if len(buf) >= _MAX_LINE:
-                    return None  # not accepted: the exact path reads it
+                if len(buf) >= _MAX_LINE or buf.find(b"\x00", 0, have) >= 0:
+                    return None  # not accepted (too long, or NUL bytes: not JSON): the exact path names it
                 mv.release()
                 buf.extend(bytes(len(buf)))
                 mv = memoryview(buf)
@@ -698,7 +755,7 @@ def _flatten_hits(path: Path, hits_col: pa.ChunkedArray, body: memoryview) -> tu
         fields = dict(zip([f.name for f in HIT_STRUCT], flat.flatten()))
         for f in _HIT_REQUIRED:
             if fields[f].null_count:
-                validate_lines(path, bytes(body))
+                validate_lines(path, body)
                 bad = int(parent[pc.is_null(fields[f]).to_numpy(zero_copy_only=False)][0])
                 raise _fail(path, bad + 1, f"hits[].{f}", "missing or null")
         why = fields["why"]
@@ -792,7 +849,7 @@ def _derive(
     shards = df.select(row, "req_ts", "shards").explode("shards").drop_nulls("shards").unnest("shards")
     for f in _SHARD_REQUIRED:
         if shards[f].null_count():
-            validate_lines(path, bytes(body))
+            validate_lines(path, body)
             bad = shards.filter(pl.col(f).is_null())["_row"][0]
             raise _fail(path, int(bad) + 1, f"shards[].{f}", "missing or null")
     bad = shards.filter(~pl.col("status").is_in(list(SHARD_STATUSES)))
@@ -804,6 +861,8 @@ def _derive(
     for f in COST_FIELD_TYPES:
         if cost[f].null_count():
             raise _fail(path, _first_index(cost[f].is_null()) + 1, f"cost.{f}", "missing or null")
+    in_rank_order = _in_rank_order(_np(hits.column("rank")), starts)
+    _check_contract(path, df, shards, hits, starts, in_rank_order)
 
     shard_stats = shards.group_by("_row").agg(
         pl.col("shard").n_unique().alias("shards_total"),
@@ -861,15 +920,61 @@ def _derive(
     cols["in_sla"] = _arrow(in_sla)
     out = pa.table({f.name: cols[f.name] for f in HITS_SCHEMA})
     # hits listed out of rank order within a record: sort them (rare; the writers list by rank)
-    rank = _np(hits.column("rank"))
-    if len(rank) > 1:
-        ordered = rank[1:] > rank[:-1]
-        first = starts[1:-1][starts[1:-1] < len(rank)]  # index of each record's first hit
-        ordered[first[first > 0] - 1] = True
-        if not ordered.all():
-            parent = np.repeat(np.arange(n, dtype=np.int64), counts)
-            out = out.take(_arrow(np.lexsort((rank, parent))))
+    if not in_rank_order:
+        parent = np.repeat(np.arange(n, dtype=np.int64), counts)
+        out = out.take(_arrow(np.lexsort((_np(hits.column("rank")), parent))))
     return agg.select([f.name for f in AGG_SCHEMA]), out
+
+
+def _in_rank_order(rank: np.ndarray, starts: np.ndarray) -> bool:
+    """Whether every record's hits are listed in strictly increasing rank order (so no rank
+    repeats within a record). `starts`: each record's first hit index, then the number of hits."""
+    if len(rank) < 2:
+        return True
+    ordered = rank[1:] > rank[:-1]
+    first = starts[1:-1][starts[1:-1] < len(rank)]  # index of each record's first hit
+    ordered[first[first > 0] - 1] = True
+    return bool(ordered.all())
+
+
+def _check_contract(
+    path: Path, df: pl.DataFrame, shards: pl.DataFrame, hits: pa.Table, starts: np.ndarray, in_rank_order: bool
+) -> None:
+    """The validation contract (`lens_core.common.validate`) on one file's parsed records, shards
+    and flat hits: the first row that breaks a rule stops ingestion, named by file, line and
+    field. Vectorised: polars over the numeric columns (zero-copy), the Arrow screen of the
+    id rules over the hits' strings (converted only when a value may be empty)."""
+    recs = df.select(
+        "run_id",
+        "system",
+        "qid",
+        "req_ts",
+        "sla_ms",
+        "lat_ms",
+        pl.col("cost").struct.field("cpu_ms").alias("cost.cpu_ms"),
+    )
+    v = first_violation(recs, record_rules())
+    if v is not None:
+        raise _fail(path, v.row + 1, v.column, v.message)
+    v = first_violation(shards, shard_rules())
+    if v is not None:
+        raise _fail(path, int(shards["_row"][v.row]) + 1, f"shards[].{v.column}", v.message)
+    num = pl.from_arrow(hits.select(["rank", "start_line", "end_line", "score"]))
+    if not in_rank_order:  # the record of each hit, for the uniqueness of ranks within a record
+        num = num.with_columns(pl.Series("_rec", np.repeat(np.arange(len(starts) - 1), np.diff(starts))))
+    found = [
+        first_violation(
+            num, [*rank_rules(["_rec"], "record", known_unique=in_rank_order), *span_rules(), *finite_rules(["score"])]
+        )
+    ]
+    for c in ("repo", "path"):
+        if maybe_blank(hits.column(c)):
+            found.append(first_violation(pl.from_arrow(hits.select([c])), id_rules([c])))
+    found = [x for x in found if x is not None]
+    if found:
+        v = min(found, key=lambda x: x.row)
+        rec = int(np.searchsorted(starts, v.row, side="right")) - 1
+        raise _fail(path, rec + 1, f"hits[{v.row - int(starts[rec])}].{v.column}", v.message)
 
 
 class _FastFile:
@@ -1135,6 +1240,35 @@ def _canon_file(path: Path, fd: int, st: os.stat_result) -> _CanonFile | None:
     return _CanonFile(path, fd, st)
 
 
+_DONE_MAX = 1 << 20  # bytes a done line may hold (it is about 30)
+
+
+def _check_text(path: Path, fd: int, size: int) -> None:
+    """What the exact path checks before it reads a file whole, streaming (bounded memory):
+    the last line is a done line with an integer record count (the verdicts of
+    `_split_trailer`, which then holds), no line holds a control byte that JSON cannot hold
+    (a NUL-filled or binary file) and none is longer than `_MAX_LINE`."""
+    end = size  # past the last byte that is not a trailing newline
+    while end:
+        take = min(end, _CHUNK)
+        kept = len(os.pread(fd, take, end - take).rstrip(b"\n"))
+        end -= take - kept
+        if kept:
+            break
+    if not end:
+        raise _fail(path, 1, None, "empty file: stream ended without a done line")
+    take = min(end, _DONE_MAX + 1)
+    tail = os.pread(fd, take, end - take)
+    cut = tail.rfind(b"\n")
+    is_done, declared = (False, None) if cut < 0 and take < end else _done_line(tail[cut + 1 :])
+    if not is_done:
+        line = count_newlines(fd, end) + 1
+        raise _fail(path, line, None, "stream ended without a done line (truncated run file)")
+    if declared is None:
+        raise _fail(path, count_newlines(fd, end) + 1, "records", "done line lacks an integer record count")
+    prescan_lines(path, fd, max_line=_MAX_LINE, utf8=False, kind="JSON")
+
+
 def _same_file(path: Path, st: os.stat_result) -> bool:
     """Whether `path` still names the file `st` describes, unchanged (inode, size, mtime)."""
     now = os.stat(path)
@@ -1191,6 +1325,7 @@ def _ingest_file(path: Path, write_hits: Callable[[pa.Table], None] | None = Non
                             raise _Unverified(str(path))
                 finally:
                     fast.close()
+            _check_text(path, f.fileno(), st.st_size)  # absurd input is refused before it is read whole
             data = f.read()
     except OSError as e:
         raise _fail(path, None, None, f"cannot read ({e.strerror})") from None

@@ -19,6 +19,8 @@ the top 10, Success@k = any credited hit in the top k. A query with no relevant 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import polars as pl
 
@@ -323,6 +325,8 @@ def hit_metrics(
     qrels: pl.DataFrame,
     spans: pl.DataFrame | None = None,
     systems: list[tuple[str, str]] | None = None,
+    check: Callable[[pl.DataFrame, str, str], None] | None = None,
+    check_columns: tuple[str, ...] = (),
 ) -> pl.DataFrame:
     """Hit-derived per-ranking columns (RUN_KEYS + HIT_METRIC_COLS) for every ranking with
     at least one hit of rank <= MAX_RANK.
@@ -331,6 +335,10 @@ def hit_metrics(
     hits are read with the filter pushed down and dropped before the next, so memory stays
     at about one system's top-50 hits. `systems`: the (run_id, system) pairs of `hits` when
     the caller knows them (e.g. from Parquet statistics), saving a pass over those columns.
+    `check(system_hits, run_id, system)`: called with each system's hits as they are read
+    (rank <= MAX_RANK, the columns the metrics use plus `check_columns`), before any is used:
+    `lens-eval score` validates its input there, without a second pass over the file. It
+    raises to refuse the input.
     """
     spans = relevant_spans(qrels) if spans is None else spans
     judged_only = _judged_only(qrels, spans)
@@ -338,9 +346,12 @@ def hit_metrics(
     for run_id, system in _system_keys(hits) if systems is None else systems:
         hs = hits.filter(
             (pl.col("run_id") == run_id) & (pl.col("system") == system) & (pl.col("rank") <= MAX_RANK)
-        ).select(_HIT_COLS)
+        ).select(_HIT_COLS + [c for c in check_columns if c not in _HIT_COLS])
         if isinstance(hs, pl.LazyFrame):
             hs = hs.collect()
+        if check is not None:
+            check(hs, run_id, system)
+            hs = hs.select(_HIT_COLS)
         m = _ranking_metrics(hs, spans, judged_only)
         del hs
         parts.append(m.select(pl.lit(run_id).alias("run_id"), pl.lit(system).alias("system"), pl.all()))
