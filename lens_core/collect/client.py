@@ -9,11 +9,22 @@ What it does:
   `Authorization: Bearer <token>` when a token is configured, and reads the NDJSON stream line
   by line as bytes arrive (first-byte time and the deadline are real). A query past its
   deadline is recorded `late`, not dropped; the client keeps reading up to a hard cap
-  (default `max(10 x deadline, 1 s)`) and only then gives up with `deadline_exceeded`.
+  (default `max(10 x deadline, 1 s)`: 1.5 s at the default SLA) and only then gives up with
+  `deadline_exceeded`. The cap is a deadline on the whole request, held by a watchdog thread
+  that shuts the socket down when it passes: it holds on every body shape (NDJSON stream, OSS
+  JSON body, error body) and however slowly the status line, headers or body drip.
 * Bounded retries with exponential backoff and seeded jitter on connection errors/resets,
   5xx and truncated streams; never on 4xx (`http_4xx:<status>:<server error>`), bad lines
-  (`bad_line:<n>:<field>`) or `deadline_exceeded`. After the last retry the query is returned
-  with its error: `search()` never raises for a query-level failure.
+  (`bad_line:<n>:<field>`), invalid values (`bad_value:<n>:<field> ...`, see `wire`) or
+  `deadline_exceeded`. After the last retry the query is returned with its error: `search()`
+  never raises for a query-level failure.
+* Per-query isolation (SPEC §4): an answer with an invalid value (NaN score, infinite
+  timestamp, rank 2^40 or <= 0, duplicate ranks, start_line > end_line, empty repo/path,
+  negative latency, non-UTF-8) is a failed query with its reason; `collect_run` records it
+  (scored 0, counted, never dropped) and goes on with every other query and system.
+* Auth fails fast: a token that is not visible ASCII is refused by the constructor (the
+  message never holds it); a 401/403 on `/health` raises `LensAuthRefused` at once, and so
+  does a run whose first queries all get 401/403.
 * Optional hedging: a second probe after `min(6 ms, 0.1 x p50 of recent latencies)` when the
   first has not finished; the first complete answer wins and the other probe is cancelled
   (its socket is shut down, which the server sees as a disconnect).
@@ -33,7 +44,9 @@ Why this is one module: the Lens client is one state machine per query (deadline
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import http.client
+import itertools
 import json
 import logging
 import math
@@ -50,13 +63,15 @@ from typing import Any, Callable, Iterable
 from urllib.parse import urlencode, urlsplit
 
 from lens_core.collect.rawruns import RECORD_KEYS
-from lens_core.common.contracts import (
-    COST_FIELD_TYPES,
-    SHARD_FIELD_TYPES,
-    SHARD_STATUSES,
-    WHY_REASONS,
-    WIRE_DONE_FIELDS,
-    WIRE_HIT_FIELDS,
+from lens_core.collect.wire import (
+    BadAnswer,
+    check_done,
+    check_hit,
+    check_oss_result,
+    check_unique_ranks,
+    decode_line,
+    record_problem,
+    type_name,
 )
 from lens_core.common.settings import load_config, sla_ms
 
@@ -76,6 +91,10 @@ class LensError(RuntimeError):
 
 class LensUnreachable(LensError):
     """The endpoint cannot be reached (or refuses us) at all: fail the run with one message."""
+
+
+class LensAuthRefused(LensUnreachable):
+    """The endpoint answered 401/403: the credentials are wrong; no retry, one message."""
 
 
 @dataclasses.dataclass
@@ -117,18 +136,30 @@ class _Outcome:
 
 
 class _Probe:
-    """One in-flight request whose connection another thread may cancel."""
+    """One in-flight request whose connection another thread may cancel (the hedge's loser)
+    or expire (the watchdog at the hard cap)."""
 
     def __init__(self, name: str):
         self.name = name
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self.cancelled = False
+        self.expired = False
 
     def attach(self, sock: socket.socket | None) -> bool:
         with self._lock:
             self._sock = sock
-            return not self.cancelled
+            return not (self.cancelled or self.expired)
+
+    def _shut(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            try:
+                # the plain socket's shutdown, also under TLS: SSLSocket.shutdown() would tear
+                # down the TLS object under the reading thread
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def cancel(self) -> None:
         """Shut the socket down: wakes a reader blocked in recv and tells the server we left.
@@ -136,94 +167,81 @@ class _Probe:
         while it is in use is racy)."""
         with self._lock:
             self.cancelled = True
-            sock = self._sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self._shut()
+
+    def expire(self) -> None:
+        """The hard cap passed: shut the socket down whatever the reader is waiting for."""
+        with self._lock:
+            self.expired = True
+            self._shut()
 
 
-class _BadLine(Exception):
-    pass
+class _Watchdog:
+    """One daemon thread that expires probes at their deadline.
+
+    A per-recv socket timeout does not bound a read: a body that drips one byte per second
+    resets it on every byte (the status line, the headers, a chunk-size line, an OSS JSON
+    body or a 5xx error body). The watchdog holds a deadline on the WHOLE request: at the
+    deadline it shuts the socket down, the blocked read returns at once and the attempt is
+    recorded `deadline_exceeded`."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._heap: list[tuple[float, int, _Probe]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, deadline: float, probe: _Probe) -> int:
+        with self._cv:
+            seq = next(self._seq)
+            heapq.heappush(self._heap, (deadline, seq, probe))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, daemon=True, name="lens-watchdog")
+                self._thread.start()
+            self._cv.notify()
+            return seq
+
+    def disarm(self, seq: int) -> None:
+        with self._cv:
+            self._heap = [e for e in self._heap if e[1] != seq]
+            heapq.heapify(self._heap)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._heap:
+                    self._cv.wait()
+                deadline, _seq, probe = self._heap[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._cv.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+            probe.expire()
 
 
-def _type_name(v: Any) -> str:
-    return "null" if v is None else type(v).__name__
+_WATCHDOG = _Watchdog()
 
 
-def _is_type(v: Any, types: type | tuple[type, ...]) -> bool:
-    if isinstance(v, bool):  # JSON true/false are not numbers here
-        return bool in (types if isinstance(types, tuple) else (types,))
-    return isinstance(v, types)
-
-
-def _check_hit(obj: dict[str, Any], n: int) -> dict[str, Any]:
-    for field, types in WIRE_HIT_FIELDS.items():
-        if field not in obj:
-            raise _BadLine(f"bad_line:{n}:missing {field}")
-        if not _is_type(obj[field], types):
-            raise _BadLine(f"bad_line:{n}:{field} is {_type_name(obj[field])}")
-    why = obj["why"]
-    if not why or any(w not in WHY_REASONS for w in why):
-        raise _BadLine(f"bad_line:{n}:why must be a non-empty subset of {list(WHY_REASONS)}")
-    if obj["end_line"] < obj["start_line"]:
-        raise _BadLine(f"bad_line:{n}:end_line < start_line")
-    shard = obj.get("shard")
-    if shard is not None and not _is_type(shard, int):
-        raise _BadLine(f"bad_line:{n}:shard is {_type_name(shard)}")
-    return {
-        "rank": obj["rank"],
-        "repo": obj["repo"],
-        "path": obj["path"],
-        "start_line": obj["start_line"],
-        "end_line": obj["end_line"],
-        "score": float(obj["score"]),
-        "why": list(why),
-        "shard": shard,
-    }
-
-
-def _check_done(obj: dict[str, Any], n: int) -> dict[str, Any]:
-    for field, types in WIRE_DONE_FIELDS.items():
-        if field not in obj:
-            raise _BadLine(f"bad_line:{n}:missing {field}")
-        if not _is_type(obj[field], types):
-            raise _BadLine(f"bad_line:{n}:{field} is {_type_name(obj[field])}")
-    if not math.isfinite(float(obj["lat_ms"])) or obj["lat_ms"] < 0:
-        raise _BadLine(f"bad_line:{n}:lat_ms is {obj['lat_ms']}")
-    shards = []
-    for i, s in enumerate(obj["shards"]):
-        if not isinstance(s, dict):
-            raise _BadLine(f"bad_line:{n}:shards[{i}] is {_type_name(s)}")
-        for field, types in SHARD_FIELD_TYPES.items():
-            if field not in s:
-                raise _BadLine(f"bad_line:{n}:shards[{i}].{field} missing")
-            if not _is_type(s[field], types):
-                raise _BadLine(f"bad_line:{n}:shards[{i}].{field} is {_type_name(s[field])}")
-        if s["status"] not in SHARD_STATUSES:
-            raise _BadLine(f"bad_line:{n}:shards[{i}].status {s['status']!r}")
-        shards.append(
-            {
-                "shard": s["shard"],
-                "probe_id": s["probe_id"],
-                "issued_ts": float(s["issued_ts"]),
-                **{k: (None if s[k] is None else float(s[k])) for k in ("first_byte_ts", "done_ts", "cancel_ts")},
-                "status": s["status"],
-            }
-        )
-    cost = obj["cost"]
-    for field, types in COST_FIELD_TYPES.items():
-        if field not in cost:
-            raise _BadLine(f"bad_line:{n}:cost.{field} missing")
-        if not _is_type(cost[field], types):
-            raise _BadLine(f"bad_line:{n}:cost.{field} is {_type_name(cost[field])}")
-    return {
-        "lat_ms": float(obj["lat_ms"]),
-        "cfg_hash": obj["cfg_hash"],
-        "shards": shards,
-        "cost": {"probes": int(cost["probes"]), "cpu_ms": float(cost["cpu_ms"])},
-    }
+def check_token(token: str, name: str = "AUTH_TOKEN") -> None:
+    """A bearer token is visible ASCII (RFC 6750 b64token and then some): a control
+    character, a space or a trailing newline is refused here, before anything is sent, with a
+    message that names the position and never the token (http.client would otherwise raise
+    with the whole header value in its message)."""
+    for i, ch in enumerate(token):
+        if not ("\x21" <= ch <= "\x7e"):
+            what = (
+                f"a control character (U+{ord(ch):04X})"
+                if ord(ch) < 0x20 or ord(ch) == 0x7F
+                else "a space"
+                if ch.isspace()
+                else "a non-ASCII character"
+            )
+            hint = " (a trailing newline?)" if i == len(token) - 1 and ch in "\r\n" else ""
+            raise ValueError(
+                f"{name} contains {what} at position {i + 1} of {len(token)}{hint}: a bearer token "
+                "must be visible ASCII; the token is not shown"
+            )
 
 
 def _percentile(values: Iterable[float], q: float) -> float:
@@ -257,6 +275,7 @@ class LensClient:
         max_backoff_ms: float = 2000.0,
         repo: str | None = None,
         seed: int = 0,
+        health_cap_s: float = 5.0,
     ):
         parts = urlsplit(endpoint.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -272,6 +291,8 @@ class LensClient:
         # user:password@ and query strings are dropped from the printable form
         self.endpoint = f"{self._scheme}://{host}:{self._port}{self._base_path}"
         self._token = token if token is not None else (os.environ.get("AUTH_TOKEN") or None)
+        if self._token:
+            check_token(self._token, "AUTH_TOKEN" if token is None else "the bearer token")
         self._secrets = [s for s in (self._token, parts.password) if s]
         self.sla_ms = float(sla_ms)
         self.k = int(k)
@@ -286,6 +307,7 @@ class LensClient:
         self.hedge_max_delay_ms = float(hedge_max_delay_ms)
         self.repo = repo or self._host
         self.seed = int(seed)
+        self.health_cap_s = float(health_cap_s)
         self._recent: deque[float] = deque(maxlen=256)
         self._lock = threading.Lock()
         self.stats: dict[str, int] = {
@@ -367,10 +389,11 @@ class LensClient:
             return "conn_timeout"
         return f"conn_error:{type(exc).__name__}"
 
-    def _read_body(self, resp: http.client.HTTPResponse, limit: int) -> bytes:
+    @staticmethod
+    def _read_body(resp: http.client.HTTPResponse, limit: int) -> bytes:
         body = resp.read(limit + 1)
         if len(body) > limit:
-            raise _BadLine(f"bad_body:larger than {limit} bytes")
+            raise BadAnswer(f"bad_body:larger than {limit} bytes")
         return body
 
     def _error_text(self, body: bytes) -> str:
@@ -378,28 +401,42 @@ class LensClient:
             obj = json.loads(body)
             text = obj.get("error") if isinstance(obj, dict) else None
             text = str(text) if text is not None else body.decode("utf-8", "replace")
-        except ValueError:
+        except (ValueError, RecursionError):
             text = body.decode("utf-8", "replace")
         text = " ".join(self._redact(text).split())
         return text[:MAX_ERROR_TEXT]
 
     def _attempt(self, path: str, hard_deadline: float, probe: _Probe) -> _Outcome:
-        """One HTTP request for one query; never raises."""
+        """One HTTP request for one query; never raises. The watchdog holds the hard cap on
+        the whole request (connect, status line, headers, any body shape, error bodies)."""
+        remaining = hard_deadline - time.monotonic()
+        if remaining <= 0:
+            return _Outcome("fatal", "deadline_exceeded")
+        self._bump(requests=1)
+        armed = _WATCHDOG.arm(hard_deadline, probe)
+        try:
+            out = self._attempt_io(path, hard_deadline, probe)
+        finally:
+            _WATCHDOG.disarm(armed)
+        if probe.expired and out.kind != "ok":
+            # whatever the cut read looked like (a reset, a short body, a truncated stream,
+            # half a JSON document), it was the hard cap that cut it
+            return _Outcome("fatal", "deadline_exceeded", status=out.status)
+        return out
+
+    def _attempt_io(self, path: str, hard_deadline: float, probe: _Probe) -> _Outcome:
         conn = None
         resp: http.client.HTTPResponse | None = None
         sock: socket.socket | None = None
         status = None
-        self._bump(requests=1)
         try:
             remaining = hard_deadline - time.monotonic()
-            if remaining <= 0:
-                return _Outcome("fatal", "deadline_exceeded")
-            conn = self._connect(min(self.timeout_connect_s, remaining))
+            conn = self._connect(min(self.timeout_connect_s, max(0.001, remaining)))
             # keep our own reference: http.client drops conn.sock after getresponse() when the
             # server says `Connection: close`, while the response still reads from it
             sock = conn.sock
             if not probe.attach(sock):
-                return _Outcome("cancelled", "cancelled")
+                return _Outcome("cancelled" if probe.cancelled else "fatal", "cancelled")
             sock.settimeout(max(0.001, hard_deadline - time.monotonic()))
             conn.request("GET", path, headers=self._headers("application/x-ndjson, application/json"))
             resp = conn.getresponse()
@@ -420,7 +457,7 @@ class LensClient:
                     out = _Outcome("fatal", f"http_{status}:{text}")
             out.status = status
             return out
-        except _BadLine as exc:
+        except BadAnswer as exc:
             return _Outcome("fatal", self._redact(str(exc)), status=status)
         except (socket.timeout, TimeoutError) as exc:
             if probe.cancelled:
@@ -433,6 +470,10 @@ class LensClient:
             if probe.cancelled:
                 return _Outcome("cancelled", "cancelled", status=status)
             return _Outcome("retry", self._redact(self._conn_error(exc)), status=status)
+        except Exception as exc:  # noqa: BLE001 - one query's failure never ends the run
+            # e.g. http.client's ValueError on a header value: its message may hold the
+            # header, so only the type is kept (and the text redacted besides)
+            return _Outcome("fatal", self._redact(f"client_error:{type(exc).__name__}"), status=status)
         finally:
             probe.attach(None)
             # close the response too: with `Connection: close` it alone holds the socket, and
@@ -448,7 +489,8 @@ class LensClient:
     def _lines(resp: http.client.HTTPResponse, sock: socket.socket, hard_deadline: float):
         """Yield raw lines (with their b"\n"; the last one without when the stream stops
         mid-line) as bytes arrive. `read1` returns whatever is available, so a line is
-        handed on as soon as it is complete; the socket timeout is the time left."""
+        handed on as soon as it is complete; the socket timeout is the time left (the
+        watchdog bounds what one `read1` may spend on a dripping chunk header)."""
         buf = b""
         while True:
             nl = buf.find(b"\n")
@@ -472,28 +514,37 @@ class LensClient:
 
     def _read_ndjson(self, resp: http.client.HTTPResponse, sock: socket.socket, hard_deadline: float) -> _Outcome:
         hits: list[dict[str, Any]] = []
+        hit_lines: list[int] = []
         n = 0
         for raw in self._lines(resp, sock, hard_deadline):
             n += 1
             if len(raw) > MAX_LINE_BYTES:
-                raise _BadLine(f"bad_line:{n}:longer than {MAX_LINE_BYTES} bytes")
-            line = raw.strip()
-            if not line:
+                raise BadAnswer(f"bad_line:{n}:longer than {MAX_LINE_BYTES} bytes")
+            if not raw.strip():
                 continue
+            complete = raw.endswith(b"\n")
             try:
-                obj = json.loads(line)
-            except ValueError:
-                if not raw.endswith(b"\n"):  # the stream stopped mid-line
+                obj = json.loads(decode_line(raw, n))
+            except BadAnswer:
+                if not complete:  # the stream stopped mid-line (maybe mid-character)
                     return _Outcome("retry", "truncated_stream")
-                raise _BadLine(f"bad_line:{n}:not JSON") from None
+                raise
+            except RecursionError:
+                raise BadAnswer(f"bad_line:{n}:not JSON (nested too deep)") from None
+            except ValueError:
+                if not complete:
+                    return _Outcome("retry", "truncated_stream")
+                raise BadAnswer(f"bad_line:{n}:not JSON") from None
             if not isinstance(obj, dict):
-                raise _BadLine(f"bad_line:{n}:not an object")
+                raise BadAnswer(f"bad_line:{n}:not an object")
             kind = obj.get("type")
             if kind == "hit":
                 if len(hits) < self.k:
-                    hits.append(_check_hit(obj, n))
+                    hits.append(check_hit(obj, n))
+                    hit_lines.append(n)
             elif kind == "done":
-                done = _check_done(obj, n)
+                done = check_done(obj, n)
+                check_unique_ranks(hits, hit_lines)
                 hits.sort(key=lambda h: h["rank"])
                 return _Outcome(
                     "ok",
@@ -505,45 +556,22 @@ class LensClient:
                     lat_ms=done["lat_ms"],
                 )
             else:
-                raise _BadLine(f"bad_line:{n}:type {_type_name(kind) if kind is None else repr(kind)[:40]}")
+                raise BadAnswer(f"bad_line:{n}:type {type_name(kind) if kind is None else repr(kind)[:40]}")
         return _Outcome("retry", "truncated_stream")
 
     def _read_oss(self, resp: http.client.HTTPResponse) -> _Outcome:
         """The open-source Lens JSON response: results[].file_path, line_number, score."""
         body = self._read_body(resp, MAX_BODY_BYTES)
         try:
-            obj = json.loads(body)
+            obj = json.loads(decode_line(body, 1))
+        except RecursionError:
+            raise BadAnswer("bad_line:1:not JSON (nested too deep)") from None
         except ValueError:
-            raise _BadLine("bad_line:1:not JSON") from None
+            raise BadAnswer("bad_line:1:not JSON") from None
         results = obj.get("results") if isinstance(obj, dict) else None
         if not isinstance(results, list):
-            raise _BadLine("bad_line:1:missing results")
-        hits = []
-        for i, r in enumerate(results[: self.k]):
-            if not isinstance(r, dict):
-                raise _BadLine(f"bad_result:{i}:not an object")
-            for field, types in (("file_path", str), ("line_number", int)):
-                if field not in r:
-                    raise _BadLine(f"bad_result:{i}:missing {field}")
-                if not _is_type(r[field], types):
-                    raise _BadLine(f"bad_result:{i}:{field} is {_type_name(r[field])}")
-            score = r.get("score", 0.0)
-            if not _is_type(score, (int, float)):
-                raise _BadLine(f"bad_result:{i}:score is {_type_name(score)}")
-            repo = r.get("repo") or r.get("repository") or self.repo
-            line = r["line_number"]
-            hits.append(
-                {
-                    "rank": i + 1,
-                    "repo": str(repo),
-                    "path": r["file_path"],
-                    "start_line": line,
-                    "end_line": line,
-                    "score": float(score),
-                    "why": [],
-                    "shard": None,
-                }
-            )
+            raise BadAnswer("bad_line:1:missing results")
+        hits = [check_oss_result(r, i, self.repo) for i, r in enumerate(results[: self.k])]
         return _Outcome("ok", None, hits=hits, shards=[], cost=dict(EMPTY_COST), cfg_hash=None, lat_ms=None)
 
     # -- hedging ------------------------------------------------------------------------------
@@ -682,13 +710,19 @@ class LensClient:
         )
 
     def health(self, attempts: int | None = None) -> dict[str, Any]:
-        """`GET /health`; raises `LensUnreachable` (one clear message) when it cannot be had."""
+        """`GET /health`; raises `LensUnreachable` (one clear message) when it cannot be had,
+        `LensAuthRefused` at once (no retry) when the endpoint answers 401 or 403. Each attempt
+        is bounded as a whole (`health_cap_s`), however slowly the answer drips."""
         tries = (self.retries + 1) if attempts is None else max(1, attempts)
         reason = "no attempt made"
         for i in range(1, tries + 1):
             conn = None
+            probe = _Probe("health")
+            armed = _WATCHDOG.arm(time.monotonic() + self.health_cap_s, probe)
             try:
                 conn = self._connect(self.timeout_connect_s)
+                if not probe.attach(conn.sock):
+                    raise socket.timeout("health probe past its cap")
                 conn.sock.settimeout(max(self.timeout_connect_s, 2.0))
                 conn.request("GET", f"{self._base_path}/health", headers=self._headers("application/json"))
                 resp = conn.getresponse()
@@ -696,18 +730,34 @@ class LensClient:
                 if 200 <= resp.status < 300:
                     try:
                         obj = json.loads(body) if body.strip() else {}
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         obj = {"body": self._redact(body.decode("utf-8", "replace"))[:MAX_ERROR_TEXT]}
                     return obj if isinstance(obj, dict) else {"body": obj}
                 if resp.status in (404, 405):
                     # reachable, just no health route (e.g. the open-source Lens server)
                     return {"status": "unknown", "http_status": resp.status}
+                if resp.status in (401, 403):
+                    raise LensAuthRefused(
+                        self._redact(
+                            f"{self.endpoint} refused the credentials: /health returned HTTP {resp.status} "
+                            f"({self._error_text(body)}); check AUTH_TOKEN"
+                        )
+                    )
                 reason = f"/health returned HTTP {resp.status}: {self._error_text(body)}"
                 if 400 <= resp.status < 500:
-                    break  # auth or routing problem: retrying will not help
-            except (OSError, http.client.HTTPException, _BadLine) as exc:
-                reason = f"{self._conn_error(exc)} ({self._redact(str(exc))[:MAX_ERROR_TEXT]})"
+                    break  # a routing problem: retrying will not help
+            except LensAuthRefused:
+                raise
+            except (OSError, http.client.HTTPException, BadAnswer) as exc:
+                if probe.expired:
+                    reason = f"/health did not answer within {self.health_cap_s:g} s"
+                else:
+                    reason = f"{self._conn_error(exc)} ({self._redact(str(exc))[:MAX_ERROR_TEXT]})"
+            except Exception as exc:  # noqa: BLE001 - e.g. http.client's ValueError naming a header value
+                reason = f"client_error:{type(exc).__name__}"
             finally:
+                _WATCHDOG.disarm(armed)
+                probe.attach(None)
                 if conn is not None:
                     conn.close()
             if i < tries:
@@ -804,7 +854,7 @@ def collect_run(
     results: list[tuple[QueryResult, float] | None] = [None] * n
     stop = threading.Event()
 
-    breaker = {"finished": 0, "conn_fail": 0, "tripped": None}
+    breaker: dict[str, Any] = {"finished": 0, "conn_fail": 0, "auth_fail": 0, "tripped": None}
     breaker_lock = threading.Lock()
     first_n = min(unreachable_after, n)
 
@@ -813,22 +863,42 @@ def collect_run(
             return i, None, 0.0
         qid, text = rows[i][0], rows[i][1]
         ts = req_ts_fn() if req_ts_fn is not None else None
-        res = client.search(qid, text, system)
+        t_q = time.monotonic()
+        try:
+            res = client.search(qid, text, system)
+        except Exception as exc:  # noqa: BLE001 - one query's failure never ends the run
+            ms = (time.monotonic() - t_q) * 1000.0
+            res = QueryResult(
+                qid,
+                [],
+                [],
+                dict(EMPTY_COST),
+                None,
+                ms,
+                ms,
+                client._redact(f"client_error:{type(exc).__name__}"),
+                1,
+                True,
+            )
+            res.req_ts = time.time() * 1000.0 - ms
         # circuit breaker, decided in the workers so no more queries start once it trips
         with breaker_lock:
             breaker["finished"] += 1
             breaker["conn_fail"] += bool(res.error and res.error.startswith("conn_"))
-            if (
-                first_n > 0
-                and breaker["finished"] == first_n
-                and breaker["conn_fail"] == first_n
-                and breaker["tripped"] is None
-            ):
-                breaker["tripped"] = (
-                    f"cannot reach {client.endpoint}: the first {first_n} queries "
-                    f"all failed with connection errors (last: {res.error})"
-                )
-                stop.set()
+            breaker["auth_fail"] += bool(res.error and res.error.startswith(("http_4xx:401:", "http_4xx:403:")))
+            if first_n > 0 and breaker["finished"] == first_n and breaker["tripped"] is None:
+                if breaker["conn_fail"] == first_n:
+                    breaker["tripped"] = LensUnreachable(
+                        f"cannot reach {client.endpoint}: the first {first_n} queries "
+                        f"all failed with connection errors (last: {res.error})"
+                    )
+                elif breaker["auth_fail"] == first_n:
+                    breaker["tripped"] = LensAuthRefused(
+                        f"{client.endpoint} refused the credentials: the first {first_n} queries all "
+                        f"failed with HTTP 401/403 (last: {res.error}); check AUTH_TOKEN"
+                    )
+                if breaker["tripped"] is not None:
+                    stop.set()
         return i, res, float(ts if ts is not None else res.req_ts)
 
     bar = None
@@ -846,7 +916,8 @@ def collect_run(
         for fut in as_completed(futures):
             i, res, ts = fut.result()
             if breaker["tripped"] is not None:
-                raise LensUnreachable(client._redact(breaker["tripped"]))
+                tripped = breaker["tripped"]
+                raise type(tripped)(client._redact(str(tripped)))
             if res is None:
                 continue
             results[i] = (res, ts)
@@ -876,7 +947,16 @@ def collect_run(
     for row, item in zip(rows, results):
         assert item is not None
         res, ts = item
-        records.append(_record(run_id, system, row, res, client.sla_ms, ts, cfg_hash))
+        rec = _record(run_id, system, row, res, client.sla_ms, ts, cfg_hash)
+        problem = record_problem(rec)
+        if problem is not None:  # the last line of defence: this query fails, the file is written
+            log.warning("qid=%s: answer not recordable (%s); recorded as a failed query", res.qid, problem)
+            errors += res.error is None
+            res = dataclasses.replace(
+                res, hits=[], shards=[], cost=dict(EMPTY_COST), lat_ms=res.client_ms, error=client._redact(problem)
+            )
+            rec = _record(run_id, system, row, res, client.sla_ms, ts if math.isfinite(ts) else res.req_ts, cfg_hash)
+        records.append(rec)
         if sidecar is not None:
             sidecar.append(
                 {

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from lens_core.common.contracts import RAW_TRAILER_TYPE
 from lens_core.common.hashing import atomic_path, sha256_file
+from lens_core.common.systems import check_safe_name
 
 RECORD_KEYS: tuple[str, ...] = (
     "run_id",
@@ -35,11 +36,12 @@ RECORD_KEYS: tuple[str, ...] = (
 
 
 def run_dir(root: Path, env: str, run_id: str) -> Path:
-    return Path(root) / "runs" / env / run_id
+    """`root/runs/<env>/<run_id>`; both names must be path-safe (never a way out of root)."""
+    return Path(root) / "runs" / check_safe_name(env, "run env") / check_safe_name(run_id, "run id")
 
 
 def raw_run_path(root: Path, env: str, run_id: str, system: str) -> Path:
-    return run_dir(root, env, run_id) / f"{system}.ndjson"
+    return run_dir(root, env, run_id) / f"{check_safe_name(system, 'system name')}.ndjson"
 
 
 def encode_record(record: dict[str, Any]) -> str:

@@ -8,9 +8,10 @@ the same configuration, e.g. an A/A pair, share a cfg_hash).
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lens_core.common.hashing import canonical_json, sha256_hex
 from lens_core.common.settings import LensConfig, load_config
@@ -29,6 +30,22 @@ KNOBS: tuple[str, ...] = (
     "ta_stop",
     "lts_stop",
 )
+
+
+# A name that becomes a path component (a system's raw-run file, the run's env folder): letters,
+# digits and `_ . + -`, not starting with `.` or `-`, at most 128 characters. No separator, no
+# `..`, nothing a shell or a URL would read differently.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
+
+
+def check_safe_name(value: Any, what: str) -> str:
+    """`value` if it is a path-safe identifier (`SAFE_NAME`); else one ValueError naming it."""
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value) or ".." in value:
+        raise ValueError(
+            f"{what} {str(value)[:80]!r} is not a path-safe identifier: use letters, digits and "
+            "`_ . + -` (no `/`, no `..`, not starting with `.` or `-`, at most 128 characters)"
+        )
+    return value
 
 
 class SystemConfig(BaseModel):
@@ -50,6 +67,11 @@ class SystemConfig(BaseModel):
     hedge_delay_ms: float = 6.0
     ta_stop: bool = False
     lts_stop: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _path_safe(cls, v: str) -> str:
+        return check_safe_name(v, "system name")
 
     def knobs(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in KNOBS}
