@@ -11,26 +11,18 @@ import pytest
 
 from lens_core.common.hashing import fingerprint
 from lens_core.decide.gates import GateResult
-from lens_core.publish.bundle import assemble, read_published, verify
+from lens_core.publish.bundle import assemble, attested_facts, read_published, verify
+from tests.conftest import own_dirs
 
 
 @pytest.fixture(scope="module")
 def green_bundle(tmp_path_factory):
     """One real bundle from the simulator chain, reused (copied) by the tests."""
-    import os
-
     d = tmp_path_factory.mktemp("bundle_data")
-    old = os.environ.get("LENS_DATA_DIR")
-    os.environ["LENS_DATA_DIR"] = str(d)
-    try:
+    with own_dirs(d, tmp_path_factory.mktemp("bundle_dagster_home")):
         from lens_assets.run import run_weekly
 
         res = run_weekly("2026-11-08", queries_per_suite=30)
-    finally:
-        if old is None:
-            os.environ.pop("LENS_DATA_DIR")
-        else:
-            os.environ["LENS_DATA_DIR"] = old
     assert res["success"]
     return d, Path(res["bundle"])
 
@@ -90,9 +82,7 @@ def test_verify_rescoring_catches_consistent_forgery(green_bundle, tmp_path):
     hero.with_columns(pl.col("ndcg_10") + 0.02).write_csv(b / "tables/hero_span_v22.csv")
     att = json.loads((b / "attestation.json").read_text())
     att["artifacts"]["tables/hero_span_v22.csv"] = sha256_file(b / "tables/hero_span_v22.csv")
-    facts = {"cfg_hashes": att["cfg_hashes"], "raw_runs": att["raw_runs"], "data_source": att["data_source"]}
-    facts.update({k: att[k] for k in att["extra_keys"]})
-    csha = content_hash(att["artifacts"], facts)
+    csha = content_hash(att["artifacts"], attested_facts(att))
     att["content_sha256"] = csha
     new_fp = f"v22_{csha[:8]}_{att['created_ms']}"
     att["fingerprint"] = new_fp

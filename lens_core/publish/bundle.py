@@ -1,9 +1,23 @@
 """Bundles, attestation, publication and verification (SPEC §10).
 
 A bundle is assembled in a temporary directory beside `bundles/` and renamed into place in
-one step, so a reader sees either no bundle or a complete one. `published.json` moves (atomic
-rename, under a lock) only when every blocking gate passed; otherwise the last green bundle
-stays published and the caller pages the owner.
+one step, so a reader sees either no bundle or a complete one; the temporaries of a killed
+assembly (`bundles/.tmp-p<pid>_…`) are removed by the next one. Publication (only when every
+blocking gate passed, and never backwards to an older partition unless allowed) writes the
+pointer into a fresh site directory and swaps the `site` symlink to it in one rename;
+`published.json` is a symlink to `site/published.json`, so the pointer and the served site
+move together (issue 18). Otherwise the last green bundle stays published and the caller
+pages the owner.
+
+The attestation's content hash covers every field of the attestation (all but the hash itself,
+the fingerprint derived from it and `artifacts`, hashed as pairs); `verify` re-hashes every
+artifact inside the bundle, re-derives what can be re-derived (all_blocking_green, gates
+against tables/gates.csv, per_query, scores, the hero table, comparison deltas) and checks the
+attested raw runs under the data dir.
+
+Why this is one module: assembling, publishing and verifying share one definition of what a
+bundle attests (`attested_facts`, the artifact set, the pointer), and verify must re-derive
+exactly what assemble wrote; split apart, the two halves could drift without a test noticing.
 """
 
 from __future__ import annotations
@@ -11,16 +25,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
-import uuid
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import polars as pl
 
@@ -31,12 +46,27 @@ from lens_core.common.contracts import (
     PER_QUERY_SCHEMA,
     PUBLISHED_POINTER,
 )
-from lens_core.common.hashing import atomic_write_json, content_hash, fingerprint, sha256_file
+from lens_core.common.hashing import (
+    atomic_write_json,
+    content_hash,
+    fingerprint,
+    pid_tag,
+    sha256_file,
+    swap_symlink,
+    sweep_orphans,
+)
 from lens_core.decide.gates import GateResult
 from lens_core.measures.metrics import per_query_metrics
+from lens_core.measures.scoring import MEAN_METRICS, slices
 
 KEY_PACKAGES = ("dagster", "polars", "pyarrow", "duckdb", "numpy", "scipy", "scikit-learn", "torch")
 VERIFY_TOLERANCE = 0.001  # ±0.1 pp
+ATTESTATION_SCHEME = 2  # 2: every field under the content hash (issue 18)
+# Fields of the attestation outside `attested_facts`: the hash, what is derived from it, and the
+# artifacts (hashed as (name, sha256) pairs by `content_hash`).
+_NOT_FACTS = ("content_sha256", "fingerprint", "artifacts")
+SITE_DIR = "site"
+ALLOW_OLDER_ENV = "LENS_ALLOW_OLDER"
 
 
 @dataclass
@@ -47,6 +77,8 @@ class BundleResult:
     attestation: dict[str, Any]
     previous_published: str | None = None
     failed_blocking: list[str] = field(default_factory=list)
+    # set when every blocking gate passed but the partition is older than the published one
+    refused_older: str | None = None
 
 
 def code_version(repo_dir: Path | None = None) -> str:
@@ -80,9 +112,9 @@ def package_versions() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _publish_lock(data_dir: Path):
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / ".publish.lock", "w") as fh:
+def _flock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -90,11 +122,33 @@ def _publish_lock(data_dir: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def publish_lock(data_dir: Path):
+    return _flock(Path(data_dir) / ".publish.lock")
+
+
+def partition_lock(data_dir: Path, partition: str):
+    """Serialise the runs of one partition (issue 18): a file lock `locks/run-<partition>.lock`
+    under the data dir, held for the whole run; a second run of the same week waits for it."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(partition))
+    return _flock(Path(data_dir) / "locks" / f"run-{safe}.lock")
+
+
 def read_published(data_dir: Path) -> dict[str, Any] | None:
     p = Path(data_dir) / PUBLISHED_POINTER
     if not p.is_file():
         return None
     return json.loads(p.read_text())
+
+
+def attested_facts(att: dict[str, Any]) -> dict[str, Any]:
+    """Every field of an attestation that its content hash covers besides the artifacts."""
+    return {k: v for k, v in att.items() if k not in _NOT_FACTS}
+
+
+def allow_older_default() -> bool:
+    """`lens-eval run --allow-older` (or LENS_ALLOW_OLDER=1): publish a partition older than the
+    published one."""
+    return os.environ.get(ALLOW_OLDER_ENV, "0").strip().lower() in {"1", "true", "yes"}
 
 
 def assemble(
@@ -107,16 +161,22 @@ def assemble(
     extra: dict[str, Any] | None = None,
     extra_dirs: dict[str, Path] | None = None,
     now_ms: int | None = None,
+    render_site: Callable[[Path, Path], None] | None = None,
+    allow_older: bool | None = None,
 ) -> BundleResult:
-    """Copy the tables into a new bundle, attest it, and publish it if every blocking gate passed.
+    """Copy the tables into a new bundle, attest it, and publish it if every blocking gate passed
+    (and its partition, `extra["partition"]`, is not older than the published one, unless
+    `allow_older`).
 
     `files` maps BUNDLE_FILES keys (or extra relative names ending in a known suffix) to
-    source paths; `raw_runs` lists {path (relative to data_dir), sha256}.
+    source paths; `raw_runs` lists {path (relative to data_dir), sha256}. `render_site(bundle,
+    out_dir)` renders the served site into the new site directory that publication swaps in.
     """
     data_dir = Path(data_dir)
     bundles = data_dir / "bundles"
     bundles.mkdir(parents=True, exist_ok=True)
-    tmp = bundles / f".tmp-{uuid.uuid4().hex}"
+    sweep_orphans(bundles, ".tmp-")  # what a killed assembly left
+    tmp = bundles / f".tmp-{pid_tag()}{os.urandom(8).hex()}"
     tmp.mkdir()
     try:
         artifacts: dict[str, str] = {}
@@ -130,27 +190,18 @@ def assemble(
             else:
                 shutil.copyfile(src, dst)
         for rel_dir, src_dir in (extra_dirs or {}).items():
-            shutil.copytree(src_dir, tmp / rel_dir)
+            if Path(src_dir).is_dir():
+                shutil.copytree(src_dir, tmp / rel_dir)
         for p in sorted(tmp.rglob("*")):
             if p.is_file():
                 artifacts[p.relative_to(tmp).as_posix()] = sha256_file(p)
         raw = {r["path"]: r["sha256"] for r in raw_runs}
-        facts = {
-            "cfg_hashes": dict(sorted(cfg_hashes.items())),
-            "raw_runs": dict(sorted(raw.items())),
-            "data_source": data_source,
-            **(extra or {}),
-        }
-        csha = content_hash(artifacts, facts)
         epoch_ms = int(now_ms if now_ms is not None else time.time() * 1000)
-        fp = fingerprint(csha, epoch_ms, FINGERPRINT_PREFIX)
         failed = [g.name + (f"[{g.subject}]" if g.subject else "") for g in gates if g.blocking and not g.passed]
-        att = {
-            "fingerprint": fp,
-            "content_sha256": csha,
+        att: dict[str, Any] = {
+            "attestation_scheme": ATTESTATION_SCHEME,
             "created_ms": epoch_ms,
-            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_ms / 1000)),
-            "artifacts": dict(sorted(artifacts.items())),
+            "created_utc": _utc(epoch_ms),
             "raw_runs": dict(sorted(raw.items())),
             "cfg_hashes": dict(sorted(cfg_hashes.items())),
             "code_version": code_version(),
@@ -161,25 +212,37 @@ def assemble(
             "extra_keys": sorted(extra or {}),
             **(extra or {}),
         }
+        csha = content_hash(artifacts, attested_facts(att))
+        fp = fingerprint(csha, epoch_ms, FINGERPRINT_PREFIX)
+        att = {"fingerprint": fp, "content_sha256": csha, "artifacts": dict(sorted(artifacts.items())), **att}
         atomic_write_json(tmp / BUNDLE_FILES["attestation"], att)
         final = bundles / fp
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    with _publish_lock(data_dir):
+    partition = (extra or {}).get("partition")
+    allow_older = allow_older_default() if allow_older is None else allow_older
+    refused_older = None
+    with publish_lock(data_dir):
         prev = read_published(data_dir)
         published = not failed
-        if published:
-            atomic_write_json(
-                data_dir / PUBLISHED_POINTER,
-                {
-                    "fingerprint": fp,
-                    "bundle": f"bundles/{fp}",
-                    "published_ms": epoch_ms,
-                    "previous": prev["fingerprint"] if prev else None,
-                },
+        prev_partition = (prev or {}).get("partition")
+        if published and partition and prev_partition and str(partition) < str(prev_partition) and not allow_older:
+            published = False
+            refused_older = (
+                f"partition {partition} is older than the published {prev_partition} "
+                f"({prev['fingerprint']}): not published without --allow-older"
             )
+        if published:
+            pointer = {
+                "fingerprint": fp,
+                "bundle": f"bundles/{fp}",
+                "published_ms": epoch_ms,
+                "partition": partition,
+                "previous": prev["fingerprint"] if prev else None,
+            }
+            publish_pointer(data_dir, pointer, final, render_site)
     return BundleResult(
         fingerprint=fp,
         path=final,
@@ -187,15 +250,75 @@ def assemble(
         attestation=att,
         previous_published=prev["fingerprint"] if prev else None,
         failed_blocking=failed,
+        refused_older=refused_older,
     )
 
 
+def publish_pointer(
+    data_dir: Path,
+    pointer: dict[str, Any],
+    bundle: Path | None = None,
+    render_site: Callable[[Path, Path], None] | None = None,
+) -> Path:
+    """Write `pointer` into a fresh site directory (rendered by `render_site(bundle, dir)` when
+    given), swap the `site` symlink to it in one rename, and make `published.json` the symlink
+    `site/published.json`: the pointer and the served site move together. Call under the
+    publish lock. Returns the new site directory."""
+    data_dir = Path(data_dir)
+    site = data_dir / SITE_DIR
+    served = {os.readlink(site)} if site.is_symlink() else set()
+    sweep_orphans(data_dir, ".site-", keep=served)  # stages of a killed publication, never the served one
+    stage = data_dir / f".site-{pid_tag()}{pointer['fingerprint']}-{os.urandom(4).hex()}"
+    stage.mkdir()
+    try:
+        if render_site is not None and bundle is not None:
+            render_site(bundle, stage)
+        atomic_write_json(stage / PUBLISHED_POINTER, pointer)
+        old = swap_symlink(data_dir / SITE_DIR, stage.name)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    ptr = data_dir / PUBLISHED_POINTER
+    if not (ptr.is_symlink() and os.readlink(ptr) == f"{SITE_DIR}/{PUBLISHED_POINTER}"):
+        link = data_dir / f".{PUBLISHED_POINTER}.{pid_tag()}link"
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        os.symlink(f"{SITE_DIR}/{PUBLISHED_POINTER}", link)
+        os.replace(link, ptr)  # once: from a regular file (older layout) to the symlink
+    if old is not None and old != stage.resolve() and old.parent == data_dir.resolve():
+        shutil.rmtree(old, ignore_errors=True)
+    return stage
+
+
+def _utc(epoch_ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_ms / 1000))
+
+
+def _inside(root: Path, rel: Any, what: str) -> tuple[Path | None, str | None]:
+    """`root/rel` when `rel` is a relative path that stays inside `root`; else a problem."""
+    if not isinstance(rel, str) or not rel:
+        return None, f"{what} {rel!r}: not a path"
+    pp = Path(rel)
+    if pp.is_absolute() or ".." in pp.parts:
+        return None, f"{what} {rel}: outside the {'bundle' if what == 'artifact' else 'data dir'} (refused)"
+    full = root / pp
+    try:
+        full.resolve().relative_to(root.resolve())
+    except ValueError:
+        return None, f"{what} {rel}: resolves outside the {'bundle' if what == 'artifact' else 'data dir'} (refused)"
+    return full, None
+
+
+def _is_sha(v: Any) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None
+
+
 def verify(bundle_dir: Path, data_dir: Path | None = None, tolerance: float = VERIFY_TOLERANCE) -> list[str]:
-    """Re-hash every artifact and re-score the hero table from the bundle's own tables.
+    """Re-hash every artifact, check every attested field, and re-derive the tables.
 
-    Returns the list of problems (empty when the bundle holds).
+    Returns the list of problems (empty when the bundle holds); never raises on a malformed
+    attestation (each malformation is one problem).
     """
-
     bundle_dir = Path(bundle_dir)
     problems: list[str] = []
     att_path = bundle_dir / BUNDLE_FILES["attestation"]
@@ -203,46 +326,126 @@ def verify(bundle_dir: Path, data_dir: Path | None = None, tolerance: float = VE
         return [f"{att_path}: missing attestation"]
     try:
         att = json.loads(att_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return [f"{att_path}: not valid JSON ({e})"]
-    artifacts: dict[str, str] = att.get("artifacts", {})
+    if not isinstance(att, dict):
+        return [f"{att_path}: not a JSON object"]
+    artifacts = att.get("artifacts")
+    if not isinstance(artifacts, dict):
+        return [f"attestation: artifacts is a {type(artifacts).__name__}, not a mapping of path -> sha256"]
+    if att.get("attestation_scheme") != ATTESTATION_SCHEME:
+        problems.append(
+            f"attestation: scheme {att.get('attestation_scheme')!r} != {ATTESTATION_SCHEME} "
+            "(fields outside the content hash; re-assemble the bundle)"
+        )
     # site/ is rendered from the attested files after attestation (it shows the fingerprint),
     # so it cannot itself be attested; everything else on disk must be.
     on_disk = {
         p.relative_to(bundle_dir).as_posix()
         for p in bundle_dir.rglob("*")
-        if p.is_file() and p.name != BUNDLE_FILES["attestation"] and p.relative_to(bundle_dir).parts[0] != "site"
+        if (p.is_file() or p.is_symlink())
+        and p.name != BUNDLE_FILES["attestation"]
+        and p.relative_to(bundle_dir).parts[0] != SITE_DIR
     }
     for rel in sorted(on_disk - set(artifacts)):
         problems.append(f"{rel}: file not in the attestation")
-    for rel, want in sorted(artifacts.items()):
-        p = bundle_dir / rel
-        if not p.is_file():
-            problems.append(f"{rel}: missing")
+    for rel, want in sorted(artifacts.items(), key=lambda kv: str(kv[0])):
+        p, bad = _inside(bundle_dir, rel, "artifact")
+        if bad:
+            problems.append(bad)
+        elif not _is_sha(want):
+            problems.append(f"{rel}: attested sha256 {want!r} is not a sha256")
+        elif p.is_symlink() or not p.is_file():
+            problems.append(f"{rel}: missing" if not p.is_symlink() else f"{rel}: a symlink, not a file (refused)")
         elif (got := sha256_file(p)) != want:
             problems.append(f"{rel}: sha256 {got[:12]}… != attested {want[:12]}…")
     data_dir = Path(data_dir) if data_dir else bundle_dir.parent.parent
-    for rel, want in sorted(att.get("raw_runs", {}).items()):
-        p = data_dir / rel
-        if p.is_file() and (got := sha256_file(p)) != want:
+    raw_runs = att.get("raw_runs", {})
+    if not isinstance(raw_runs, dict):
+        problems.append(f"attestation: raw_runs is a {type(raw_runs).__name__}, not a mapping of path -> sha256")
+        raw_runs = {}
+    missing = []
+    for rel, want in sorted(raw_runs.items()):
+        p, bad = _inside(data_dir, rel, "raw run")
+        if bad:
+            problems.append(bad)
+        elif not p.is_file():
+            missing.append(rel)
+        elif (got := sha256_file(p)) != want:
             problems.append(f"{rel}: raw run sha256 {got[:12]}… != attested {want[:12]}…")
-    facts = {
-        "cfg_hashes": att.get("cfg_hashes", {}),
-        "raw_runs": att.get("raw_runs", {}),
-        "data_source": att.get("data_source"),
-    }
-    facts.update({k: att[k] for k in att.get("extra_keys", []) if k in att})
-    csha = content_hash(artifacts, facts)
+    if missing:
+        problems.append(f"raw runs missing under {data_dir} ({len(missing)}): {', '.join(missing)}")
+    try:
+        csha = content_hash(artifacts, attested_facts(att))
+    except (TypeError, ValueError) as e:
+        return [*problems, f"attestation: cannot be hashed ({e})"]
     if csha != att.get("content_sha256"):
-        problems.append("attestation: content hash does not match its artifacts (attestation edited?)")
+        problems.append("attestation: content hash does not match its fields and artifacts (attestation edited?)")
     fp = att.get("fingerprint", "")
-    if not fp.startswith(f"{FINGERPRINT_PREFIX}_{csha[:8]}_"):
-        problems.append(f"attestation: fingerprint {fp} does not match content hash {csha[:8]}")
+    created = att.get("created_ms")
+    if not isinstance(fp, str) or fp != f"{FINGERPRINT_PREFIX}_{csha[:8]}_{created}":
+        problems.append(f"attestation: fingerprint {fp} does not match content hash {csha[:8]} and created_ms")
     if bundle_dir.name != fp:
         problems.append(f"bundle directory {bundle_dir.name} != fingerprint {fp}")
+    problems += _check_derived_fields(att, bundle_dir)
     if problems:
         return problems
-    # Re-score from the bundle's own agg / hits / qrels.
+    return _rescore(bundle_dir, tolerance)
+
+
+def _check_derived_fields(att: dict[str, Any], bundle_dir: Path) -> list[str]:
+    """Fields that follow from others: created_utc, all_blocking_green, the gates (tables/gates.csv)."""
+    out = []
+    if isinstance(att.get("created_ms"), int) and att.get("created_utc") != _utc(att["created_ms"]):
+        out.append(f"attestation: created_utc {att.get('created_utc')} != created_ms {att['created_ms']}")
+    gates = att.get("gates")
+    if not isinstance(gates, list) or not all(isinstance(g, dict) for g in gates):
+        return [*out, "attestation: gates is not a list of gate results"]
+    green = not any(g.get("blocking") and not g.get("passed") for g in gates)
+    if att.get("all_blocking_green") is not green:
+        out.append(f"attestation: all_blocking_green {att.get('all_blocking_green')} but the gates say {green}")
+    table = bundle_dir / "tables" / "gates.csv"
+    if table.is_file():
+        try:
+            rows = pl.read_csv(table, infer_schema_length=0).to_dicts()
+        except Exception as e:  # noqa: BLE001 - any unreadable table is a verification failure
+            return [*out, f"tables/gates.csv: unreadable ({e})"]
+        want = {(r.get("gate"), r.get("subject") or None): r for r in rows}
+        got = {(g.get("name"), g.get("subject") or None): g for g in gates}
+        if set(want) != set(got):
+            out.append(
+                "attestation: gates differ from tables/gates.csv ("
+                + ", ".join(sorted(f"{n}[{s}]" if s else str(n) for n, s in set(want) ^ set(got)))
+                + ")"
+            )
+        for key in sorted(set(want) & set(got), key=str):
+            r, g = want[key], got[key]
+            for f in ("blocking", "passed"):
+                if str(r.get(f)).lower() != str(g.get(f)).lower():
+                    out.append(f"attestation: gate {key[0]} {f}={g.get(f)} but tables/gates.csv says {r.get(f)}")
+            if not _same_number(r.get("value"), g.get("value")):
+                out.append(
+                    f"attestation: gate {key[0]} value {g.get('value')} but tables/gates.csv says {r.get('value')}"
+                )
+    return out
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    if a in (None, "") and b is None:
+        return True
+    try:
+        fa, fb = float(a), float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+    if math.isnan(fa) and math.isnan(fb):
+        return True
+    return math.isclose(fa, fb, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _rescore(bundle_dir: Path, tolerance: float) -> list[str]:
+    """per_query, scores (means), the hero table and comparison deltas re-derived from the
+    bundle's own agg / hits / qrels (+ queries) and compared within `tolerance`."""
+    problems: list[str] = []
     try:
         agg = pl.read_parquet(bundle_dir / BUNDLE_FILES["agg"])
         hits = pl.read_parquet(bundle_dir / BUNDLE_FILES["hits"])
@@ -251,9 +454,9 @@ def verify(bundle_dir: Path, data_dir: Path | None = None, tolerance: float = VE
             pl.read_parquet(bundle_dir / "queries.parquet") if (bundle_dir / "queries.parquet").is_file() else None
         )
         hero = pl.read_csv(bundle_dir / BUNDLE_FILES["hero_table"])
+        pq = per_query_metrics(agg, hits, qrels, queries=queries)
     except Exception as e:  # noqa: BLE001 - any unreadable table is a verification failure
-        return [f"cannot read bundle tables: {e}"]
-    pq = per_query_metrics(agg, hits, qrels, queries=queries)
+        return [f"cannot read or re-score bundle tables: {e}"]
     means = pq.group_by("system").agg([pl.col(m).mean() for m in PER_QUERY_METRICS])
     joined = hero.join(means, on="system", how="full", suffix="_rescored")
     for r in joined.iter_rows(named=True):
@@ -266,4 +469,127 @@ def verify(bundle_dir: Path, data_dir: Path | None = None, tolerance: float = VE
                 problems.append(f"hero table: {sys_name} {m}: missing on one side")
             elif abs(a - b) > tolerance:
                 problems.append(f"hero table: {sys_name} {m} = {a:.4f}, re-scored {b:.4f} (|Δ| > {tolerance})")
+    problems += _check_per_query(bundle_dir, pq, tolerance)
+    problems += _check_scores(bundle_dir, pq, tolerance)
+    problems += _check_comparisons(bundle_dir, pq, tolerance)
     return problems
+
+
+def _check_per_query(bundle_dir: Path, pq: pl.DataFrame, tolerance: float) -> list[str]:
+    p = bundle_dir / BUNDLE_FILES["per_query"]
+    if not p.is_file():
+        return []
+    try:
+        bq = pl.read_parquet(p)
+    except Exception as e:  # noqa: BLE001
+        return [f"per_query.parquet: unreadable ({e})"]
+    metrics = [m for m in PER_QUERY_METRICS if m in bq.columns]
+    j = bq.select("system", "qid", *metrics).join(
+        pq.select("system", "qid", *metrics), on=["system", "qid"], how="full", suffix="_rescored", coalesce=True
+    )
+    out = []
+    if j.height != bq.height or j.height != pq.height:
+        out.append(f"per_query.parquet: {bq.height} rows, re-scored {pq.height} ({j.height} keys in either)")
+    for m in metrics:
+        d = j.filter(
+            ((pl.col(m).cast(pl.Float64) - pl.col(f"{m}_rescored").cast(pl.Float64)).abs() > tolerance)
+            | (pl.col(m).is_null() != pl.col(f"{m}_rescored").is_null())
+        )
+        if d.height:
+            r = d.row(0, named=True)
+            out.append(
+                f"per_query.parquet: {m} differs from re-scored in {d.height} row(s), e.g. "
+                f"{r['system']}/{r['qid']}: {r[m]} vs re-scored {r[f'{m}_rescored']}"
+            )
+    return out
+
+
+def _check_scores(bundle_dir: Path, pq: pl.DataFrame, tolerance: float) -> list[str]:
+    p = bundle_dir / BUNDLE_FILES["scores"]
+    if not p.is_file():
+        return []
+    try:
+        sc = pl.read_parquet(p)
+    except Exception as e:  # noqa: BLE001
+        return [f"scores.parquet: unreadable ({e})"]
+    rows = []
+    for name, expr in slices(pq):
+        part = pq.filter(expr)
+        for m in MEAN_METRICS:
+            if m in part.columns:
+                g = part.group_by("system").agg(pl.col(m).cast(pl.Float64).fill_null(0.0).mean().alias("rescored"))
+                rows += [(s, name, m, v) for s, v in g.iter_rows()]
+    re_sc = pl.DataFrame(
+        rows,
+        schema={"system": pl.String, "slice": pl.String, "metric": pl.String, "rescored": pl.Float64},
+        orient="row",
+    )
+    mine = sc.filter(pl.col("metric").is_in(list(MEAN_METRICS))).select("system", "slice", "metric", "mean")
+    j = mine.join(re_sc, on=["system", "slice", "metric"], how="full", coalesce=True)
+    out = []
+    lost = j.filter(pl.col("mean").is_null() != pl.col("rescored").is_null())
+    if lost.height:
+        r = lost.row(0, named=True)
+        out.append(
+            f"scores.parquet: {lost.height} (system, slice, metric) row(s) on one side only, e.g. "
+            f"{r['system']} {r['slice']} {r['metric']}"
+        )
+    bad = j.filter((pl.col("mean") - pl.col("rescored")).abs() > tolerance)
+    for r in bad.head(10).iter_rows(named=True):
+        out.append(
+            f"scores.parquet: {r['system']} {r['slice']} {r['metric']} = {r['mean']:.4f}, "
+            f"re-scored {r['rescored']:.4f} (|Δ| > {tolerance})"
+        )
+    if bad.height > 10:
+        out.append(f"scores.parquet: {bad.height - 10} more row(s) differ")
+    return out
+
+
+def _check_comparisons(bundle_dir: Path, pq: pl.DataFrame, tolerance: float) -> list[str]:
+    """Each row's delta re-derived as the paired mean difference (test − control) over the
+    slice's queries present for both systems; CIs and p-values are not re-derived."""
+    p = bundle_dir / BUNDLE_FILES["comparisons"]
+    if not p.is_file():
+        return []
+    try:
+        cmp = pl.read_parquet(p)
+    except Exception as e:  # noqa: BLE001
+        return [f"comparisons.parquet: unreadable ({e})"]
+    out: list[str] = []
+    cache: dict[tuple[str, str, str], float | None] = {}
+    n_bad = 0
+    for r in cmp.iter_rows(named=True):
+        key = (r["control"], r["test"], r["slice"])
+        m = r["metric"]
+        if m not in pq.columns:
+            continue
+        expr = pl.lit(True)
+        if r["slice"] != "all":
+            dim, _, val = str(r["slice"]).partition("=")
+            if dim not in pq.columns:
+                continue
+            expr = pl.col(dim).cast(pl.String) == val
+        if (key, m) not in cache:
+            part = pq.filter(expr)
+            a = part.filter(pl.col("system") == r["control"]).select("qid", pl.col(m).alias("c"))
+            b = part.filter(pl.col("system") == r["test"]).select("qid", pl.col(m).alias("t"))
+            d = a.join(b, on="qid").filter(pl.col("c").is_not_nan() & pl.col("t").is_not_nan())
+            cache[(key, m)] = float((d["t"] - d["c"]).mean()) if d.height else None
+        want, got = cache[(key, m)], r["delta"]
+        if want is None or got is None:
+            if (want is None) != (got is None or (isinstance(got, float) and math.isnan(got))):
+                n_bad += 1
+                if n_bad <= 10:
+                    out.append(
+                        f"comparisons.parquet: {key[1]} vs {key[0]} {key[2]} {m}: delta {got}, re-derived {want}"
+                    )
+        elif not math.isfinite(got) or abs(got - want) > tolerance:
+            n_bad += 1
+            if n_bad <= 10:
+                out.append(
+                    f"comparisons.parquet: {key[1]} vs {key[0]} {key[2]} {m}: delta {got:.4f}, "
+                    f"re-derived {want:.4f} (|Δ| > {tolerance})"
+                )
+    if n_bad > 10:
+        out.append(f"comparisons.parquet: {n_bad - 10} more row(s) differ")
+    return out

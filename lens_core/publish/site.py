@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import html
 import json
 import math
 import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -40,6 +40,7 @@ import polars as pl
 
 from lens_core.common.contracts import BUNDLE_FILES, PUBLISHED_POINTER, SLICE_ALL, SLICE_DIMENSIONS
 from lens_core.common.hashing import atomic_write_text, sha256_file
+from lens_core.publish.bundle import publish_lock, publish_pointer
 
 SITE_DIR = "site"
 INDEX = "index.html"
@@ -1278,48 +1279,34 @@ def build_site(
     return target
 
 
+def render_served_site(bundle: Path, stage: Path, lvm_dir: str | os.PathLike | None = None) -> None:
+    """The served site of `bundle` in `stage`: its index.html (with a copy of the bundle's
+    attestation.json beside it, linked as `attestation.json`); also (re)builds the bundle's own
+    `site/`."""
+    build_site(bundle, lvm_dir=lvm_dir)
+    att = bundle / BUNDLE_FILES["attestation"]
+    if att.is_file():
+        shutil.copyfile(att, stage / BUNDLE_FILES["attestation"])
+    build_site(bundle, out_dir=stage, lvm_dir=lvm_dir, attestation_href=BUNDLE_FILES["attestation"])
+
+
 def publish_site(data_dir: str | os.PathLike, lvm_dir: str | os.PathLike | None = None) -> Path:
     """Serve the published bundle's site from `<data_dir>/site/`: built in a fresh directory
-    beside it (with a copy of the bundle's attestation.json, linked as `attestation.json`), then
-    swapped in with one atomic rename of the `site` symlink. Also (re)builds the bundle's own
-    `site/`. Returns the path of the served index.html."""
+    beside it (`render_served_site`, with the pointer), then swapped in with one atomic rename
+    of the `site` symlink, under the publish lock (`bundle.publish_pointer`: `published.json`
+    is `site/published.json`, so they move together). Returns the path of the served index.html."""
     data_dir = Path(data_dir).resolve()
     p = data_dir / PUBLISHED_POINTER
-    if not p.is_file():
-        raise SiteError(f"{p}: no published bundle (nothing to serve)")
-    try:
-        pointer = json.loads(p.read_text())
-        bundle = data_dir / pointer["bundle"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise SiteError(f"{p}: not a valid published pointer ({e})") from None
-    if not bundle.is_dir():
-        raise SiteError(f"{p}: points at {bundle}, which does not exist")
-    build_site(bundle, lvm_dir=lvm_dir)
-    fp = pointer.get("fingerprint") or bundle.name
-    stage = data_dir / f".site-{fp}-{uuid.uuid4().hex[:8]}"
-    stage.mkdir()
-    try:
-        att = bundle / BUNDLE_FILES["attestation"]
-        if att.is_file():
-            shutil.copyfile(att, stage / BUNDLE_FILES["attestation"])
-        build_site(bundle, out_dir=stage, lvm_dir=lvm_dir, attestation_href=BUNDLE_FILES["attestation"])
-        _swap_in(stage, data_dir / SITE_DIR)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    with publish_lock(data_dir):
+        if not p.is_file():
+            raise SiteError(f"{p}: no published bundle (nothing to serve)")
+        try:
+            pointer = json.loads(p.read_text())
+            bundle = data_dir / pointer["bundle"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise SiteError(f"{p}: not a valid published pointer ({e})") from None
+        if not bundle.is_dir():
+            raise SiteError(f"{p}: points at {bundle}, which does not exist")
+        pointer.setdefault("fingerprint", bundle.name)
+        publish_pointer(data_dir, pointer, bundle, functools.partial(render_served_site, lvm_dir=lvm_dir))
     return data_dir / SITE_DIR / INDEX
-
-
-def _swap_in(stage: Path, site: Path) -> None:
-    """Point `site` at `stage` atomically (symlink replace); clean up what it pointed at before."""
-    old_target = site.resolve() if site.is_symlink() else None
-    if site.exists() and not site.is_symlink():
-        # A real directory from an older layout: move it aside first (the one non-atomic step).
-        aside = site.with_name(f".site-old-{uuid.uuid4().hex[:8]}")
-        os.rename(site, aside)
-        old_target = aside
-    link = site.with_name(f".site-link-{uuid.uuid4().hex[:8]}")
-    os.symlink(stage.name, link)
-    os.replace(link, site)
-    if old_target is not None and old_target != stage.resolve() and old_target.parent == site.parent:
-        shutil.rmtree(old_target, ignore_errors=True)
