@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, str] = {
     "calibration": "benchmarks.bench_calibration",
     "engine": "benchmarks.bench_engine",
     "weekly": "benchmarks.bench_weekly",
+    "aa": "benchmarks.bench_aa",
 }
 VERSIONED = (
     "polars",

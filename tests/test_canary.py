@@ -6,6 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from lens_core.calibrate.calibration import adaptive_ece_noise_floor
 from lens_core.decide.canary import (
     ADVANCE,
     COMPLETE,
@@ -17,7 +18,6 @@ from lens_core.decide.canary import (
     WINDOWS_SCHEMA,
     CanaryConfig,
     CanaryStream,
-    adaptive_ece_noise_floor,
     repo_bucket,
     repo_buckets,
     routed_to_test,
@@ -216,13 +216,15 @@ def test_stream_exhausted_holds_at_current_step():
 
 
 def test_aa_broken_setup_blocks_the_ladder():
-    aa = _arms(3 * W, seed=98, effect=-0.03, noise=0.02)  # "identical" arms that differ: broken setup
+    aa = _arms(3 * W, seed=98, effect=-0.08, noise=0.02)  # "identical" arms that differ: broken setup
     calls = []
     res = run_ladder(_stream(_arms(10 * W, seed=1, effect=0.02), aa=aa), page=lambda s, d: calls.append(s))
     assert not res.aa_passed and res.final_pct == 0 and not res.reverted and calls == []
     assert _actions(res) == [("aa", 0, HOLD)]
     assert "A/A" in res.decisions["reason"][0] and res.windows.filter(pl.col("phase") == "ab").height == 0
-    assert res.noise_floor["p_sla"] < 0.05
+    tost = res.noise_floor["aa_tost"]["sla_recall_50"]
+    assert not tost["equivalent"] and tost["beyond"] and tost["margin"] == 0.05
+    assert "p_lower" in res.decisions["reason"][0] and "±0.05" in res.decisions["reason"][0]
 
 
 def test_aa_noise_floor_widens_sla_tolerance():
@@ -270,7 +272,9 @@ def test_ece_gate_pass_fail_and_insufficient():
     ok = _ece_run(0.0, per_query=100).windows.filter(pl.col("phase") == "ab").row(0, named=True)
     assert ok["ece_labels"] == 20_000 and ok["ece_noise_floor"] <= 0.01
     assert ok["ece_status"] == "pass" and ok["ece"] <= 0.01 and not ok["red"]
-    bad_res = _ece_run(0.08, per_query=100)
+    # the query-resampled floor (issue 17) uses the observed label rates: a +0.08 miscalibrated
+    # window's floor at 20,000 labels sits at ~0.010, so the failing case gets 40,000
+    bad_res = _ece_run(0.08, per_query=200)
     bad = bad_res.windows.filter(pl.col("phase") == "ab").row(0, named=True)
     assert bad["ece_status"] == "fail" and bad["ece"] > 0.01 and bad["red"] and bad["ece_passed"] is False
     few = _ece_run(0.08, per_query=3).windows.filter(pl.col("phase") == "ab").row(0, named=True)

@@ -38,6 +38,12 @@ Metrics (all on the held-out half)
 * `ece_noise_floor`: the `q` (0.95) quantile of that same null distribution: the ECE a
   perfectly calibrated cell shows by chance with this many labels. With `n` it answers the
   question for a different label count (bin occupancies redrawn Multinomial(n, p_b)).
+* Query-resampled null (issue 17; what `cell_report` uses): a query's hits are correlated,
+  so `query_null_ece_distribution` resamples held-out *queries* with replacement and takes
+  the ECE of the centred per-bin gaps (see there). With independent hits it agrees with the
+  binomial null above; with clustered labels it is wider, as it should be. The binomial
+  functions (`null_ece_distribution`, `ece_noise_floor`, `debiased_ece`) remain for callers
+  that have no query ids, and `labels_needed`'s planning numbers below use them.
 * `brier`: mean (conf − label)².
 * `merged_bin_share`: on the fit data, the scores are cut into `bins` (20) equal-mass bins
   (ties kept together); weighted PAV over the bins' positive rates pools every bin whose rate
@@ -46,7 +52,7 @@ Metrics (all on the held-out half)
   resolution; near 1 = the score barely orders relevance.
 
 Status (`cell_report`): `insufficient` when the cell has no held-out labels or when its noise
-floor (at its held-out size and confidence distribution) exceeds the gate (0.02), otherwise
+floor (query-resampled, at its held-out size) exceeds the gate (0.02), otherwise
 `pass` if ECE <= gate else `fail`.
 
 How many labels a cell needs
@@ -232,6 +238,103 @@ def null_ece_distribution(
         total = float(n)
     pos = rng.binomial(counts, np.broadcast_to(cbar, (reps, bins)))
     return np.abs(pos - counts * cbar[None, :]).sum(axis=1) / total
+
+
+def _query_bin_sums(
+    c: np.ndarray, y: np.ndarray, groups, ids: np.ndarray, bins: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (query, bin): hit count, Σ conf, Σ label, as dense (Q × bins) matrices."""
+    g = np.asarray(groups).ravel()
+    if g.shape != c.shape:
+        raise ValueError(f"query-resampled ECE null: {g.size} query ids for {c.size} hits")
+    _, q = np.unique(g, return_inverse=True)
+    nq = int(q.max()) + 1
+    cell = q * bins + ids
+    size = nq * bins
+    n = np.bincount(cell, minlength=size).reshape(nq, bins).astype(np.float64)
+    sc = np.bincount(cell, weights=c, minlength=size).reshape(nq, bins)
+    sy = np.bincount(cell, weights=y, minlength=size).reshape(nq, bins)
+    return n, sc, sy
+
+
+def query_null_ece_distribution(
+    conf,
+    label,
+    groups,
+    bins: int = DEFAULT_BINS,
+    reps: int = DEFAULT_NOISE_REPS,
+    seed: int = 0,
+    n: int | None = None,
+    adaptive: bool = False,
+) -> np.ndarray:
+    """ECE that a perfectly calibrated set shows by chance, resampling QUERIES (issue 17).
+
+    A query's hits are correlated (one query's 50 hits share its difficulty), so the query
+    is the sampling unit, not the hit. Queries (`groups`: one id per hit) are drawn with
+    replacement (`reps` cluster-bootstrap resamples, counts Multinomial(Q, 1/Q) per resample;
+    with `n`, Q' = round(n / mean hits per query) queries are drawn instead, the same
+    question for a different label count); in each, the per-bin gap is centred on the full
+    sample's gap: ECE* = Σ_b |(Σy*_b − Σc*_b) − n*_b·(ȳ_b − c̄_b)| / N*. Under perfect
+    calibration the observed gap is pure sampling error, and this is the distribution of
+    that error with the within-query correlation kept. Bins: equal-width on [0, 1] as `ece`,
+    or equal-mass as `adaptive_ece` (`adaptive=True`), assigned once on the full sample.
+    One (reps × Q) @ (Q × bins) product per statistic: O(reps · Q · bins)."""
+    c, y = _conf_label(conf, label, "query_null_ece_distribution")
+    ids = _mass_bins(c, bins) if adaptive else _width_bins(c, bins)
+    nqb, sc, sy = _query_bin_sums(c, y, groups, ids, bins)
+    nq = nqb.shape[0]
+    nb = nqb.sum(axis=0)
+    gap = np.divide(sy.sum(axis=0) - sc.sum(axis=0), nb, out=np.zeros(bins), where=nb > 0)
+    draws = nq if n is None else max(1, int(round(int(n) * nq / c.size)))
+    rng = np.random.default_rng([int(seed), 13])
+    w = rng.multinomial(draws, np.full(nq, 1.0 / nq), size=reps).astype(np.float64)
+    n_star = w @ nqb
+    resid = (w @ sy) - (w @ sc) - n_star * gap[None, :]
+    total = n_star.sum(axis=1)
+    return np.abs(resid).sum(axis=1) / np.maximum(total, 1.0)
+
+
+def adaptive_ece_noise_floor(conf, bins: int = 10, q: float = 0.95, reps: int = 400, seed: int = 0) -> float:
+    """q-quantile of the adaptive ECE (equal-mass bins, as `adaptive_ece`) of perfectly
+    calibrated labels at these confidences: per bin, positives ~ Binomial(n_b, mean conf_b)."""
+    c = np.asarray(conf, dtype=np.float64).ravel()
+    if c.size == 0:
+        return math.inf
+    order = np.argsort(c, kind="stable")
+    ids = np.empty(c.size, dtype=np.int64)
+    ids[order] = (np.arange(c.size) * bins) // c.size
+    n_b = np.bincount(ids, minlength=bins)
+    s_c = np.bincount(ids, weights=c, minlength=bins)
+    cbar = np.divide(s_c, n_b, out=np.zeros(bins), where=n_b > 0)
+    rng = np.random.default_rng([int(seed), 11])
+    pos = rng.binomial(np.broadcast_to(n_b, (reps, bins)), np.broadcast_to(cbar, (reps, bins)))
+    null = np.abs(pos - n_b * cbar).sum(axis=1) / c.size
+    return float(np.quantile(null, q))
+
+
+def clustered_noise_floor(
+    conf,
+    label,
+    groups,
+    bins: int = DEFAULT_BINS,
+    reps: int = DEFAULT_NOISE_REPS,
+    seed: int = 0,
+    q: float = 0.95,
+    adaptive: bool = False,
+) -> tuple[float, float]:
+    """(floor, null mean): the ECE a calibrated set shows by chance, the larger of two views.
+    The query-resampled distribution (`query_null_ece_distribution`) keeps the correlation of
+    a query's hits; the perfectly-calibrated label draws (`null_ece_distribution`, or its
+    equal-mass twin) keep the Bernoulli noise that a bootstrap of a small cell cannot see (in a
+    cell whose few queries all have label 0 the bootstrap has no variance at all). Taking the
+    larger never calls a cell judgeable that either view finds too noisy."""
+    qn = query_null_ece_distribution(conf, label, groups, bins, reps, seed, adaptive=adaptive)
+    floor_q, mean_q = float(np.quantile(qn, q)), float(qn.mean())
+    if adaptive:
+        floor_h = adaptive_ece_noise_floor(conf, bins, q, reps, seed=seed)
+        return max(floor_q, floor_h), mean_q
+    hn = null_ece_distribution(conf, bins, reps, seed)
+    return max(floor_q, float(np.quantile(hn, q))), max(mean_q, float(hn.mean()))
 
 
 def ece_noise_floor(
@@ -653,8 +756,15 @@ class CalibratorSet:
     cells: dict[tuple[str, str, str], str]
     params: dict[str, Any] = field(default_factory=dict)
 
+    def resolve(self, system: str) -> str:
+        """The system whose calibrators `system` uses: itself, or the system it shares them
+        with (`params["shared"]`, e.g. the A/A twin -> its baseline; issue 17)."""
+        return str(self.params.get("shared", {}).get(system, system))
+
     def for_cell(self, system: str, intent: str, language: str) -> Calibrator:
-        """The cell's calibrator; an unseen cell backs off to its intent, then its system."""
+        """The cell's calibrator; an unseen cell backs off to its intent, then its system. A
+        system that shares another's calibrators (`resolve`) gets that system's."""
+        system = self.resolve(system)
         key = self.cells.get((system, intent, language))
         if key is None:
             for k in (f"{system}|{intent}|{ANY}", f"{system}|{ANY}|{ANY}"):
@@ -914,7 +1024,9 @@ def cell_report(
         row.update(
             level=cal.level, calibrator=cal.key, calibrator_version=cal.version, merged_bin_share=cal.merged_bin_share
         )
-        if (s, i, l) not in calibrators.cells:
+        if calibrators.resolve(s) != s:
+            reasons.append(f"shares the calibrators of {calibrators.resolve(s)!r} (identical configuration)")
+        if (calibrators.resolve(s), i, l) not in calibrators.cells:
             reasons.append(f"cell not seen at fit time: uses {cal.level}-level calibrator")
         if cal.note:
             reasons.append(cal.note)
@@ -925,13 +1037,14 @@ def cell_report(
             continue
         y = ev.get_column("label").to_numpy()
         conf = cal.apply(ev.get_column("score").to_numpy())
-        null = null_ece_distribution(conf, bins, noise_reps, seed)
+        floor, null_mean = clustered_noise_floor(
+            conf, y, ev.get_column("qid").to_numpy(), bins, noise_reps, seed, noise_q
+        )
         e = ece(conf, y, bins)
-        floor = float(np.quantile(null, noise_q))
         row.update(
             ece=e,
             adaptive_ece=adaptive_ece(conf, y, bins),
-            debiased_ece=max(0.0, e - float(null.mean())),
+            debiased_ece=max(0.0, e - null_mean),
             brier=brier(conf, y),
             noise_floor=floor,
             labels_needed=int(math.ceil(ev.height * (floor / gate) ** 2)) if gate > 0 else None,
@@ -963,14 +1076,27 @@ def calibrate(
     seed: int = 0,
     nan_policy: str = "raise",
     salt: str = SPLIT_SALT,
+    shared: dict[str, str] | None = None,
 ) -> tuple[CalibratorSet, pl.DataFrame]:
-    """Split by qid, fit on the fit half, report on the held-out half."""
+    """Split by qid, fit on the fit half, report on the held-out half.
+
+    `shared` maps a system to the system whose calibrators it uses (the A/A twin -> its
+    baseline, issue 17): identical configurations get one calibrator, not two fitted on
+    different noise; the sharing system's labels are not fitted, only reported."""
+    shared = dict(shared or {})
+    for twin, owner in shared.items():
+        if twin == owner or owner in shared:
+            raise ValueError(f"calibrate: shared {twin!r} -> {owner!r}: must name a system that fits its own")
     clean, _ = _validate(df, nan_policy)
     mask = qid_split(clean.get_column("qid"), salt=salt)
+    if shared:
+        mask = mask & ~clean.get_column("system").is_in(list(shared)).to_numpy()
     if not mask.any():
         raise ValueError("calibrate: the qid split left no query in the fit half")
     cals = fit_cells(clean.filter(pl.Series(mask)), min_labels, min_per_class)
     cals.params.update(split_salt=salt, gate=gate, bins=bins)
+    if shared:
+        cals.params["shared"] = shared
     return cals, cell_report(df, cals, gate=gate, bins=bins, noise_reps=noise_reps, seed=seed, nan_policy=nan_policy)
 
 

@@ -37,11 +37,13 @@ def run_calibration(
     gate: float = 0.02,
     min_labels: int = 200,
     cell_diagrams: bool = True,
+    shared: dict[str, str] | None = None,
 ) -> CalibrationRun:
-    """labelled: system, qid, intent, language, score, label."""
+    """labelled: system, qid, intent, language, score, label. `shared`: system -> the system
+    whose calibrators it uses (the A/A twin -> its baseline; see `calibrate`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cals, report = calibrate(labelled, min_labels=min_labels, gate=gate, seed=seed)
+    cals, report = calibrate(labelled, min_labels=min_labels, gate=gate, seed=seed, shared=shared)
     cals.write(out_dir)
     parity = parity_cells(cals, labelled)
     write_parquet(report, out_dir / "calibration.parquet")

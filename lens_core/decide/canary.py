@@ -35,8 +35,10 @@ Window gates (SPEC §9), all on the test-routed queries of the window
 * `calib_p99`: p99 of the test arm's `calib_ms` < 1 ms (strict).
 * `ece`: adaptive ECE (`lens_core.calibrate.calibration.adaptive_ece`, 10 equal-mass bins) of the test
   arm's labelled hits <= 0.01. Judged with its noise floor: the 0.95 quantile of the adaptive
-  ECE that perfectly calibrated labels show at these confidences (per equal-mass bin,
-  positives ~ Binomial(n_b, mean conf_b), 400 draws, seeded). When the floor exceeds the gate
+  ECE that a perfectly calibrated window shows by chance, resampling the window's *queries*
+  (a query's hits are correlated: `query_null_ece_distribution`, centred per-bin gaps, 400
+  draws, seeded; issue 17; `adaptive_ece_noise_floor` is the older hit-level binomial
+  reference, kept for comparison). When the floor exceeds the gate
   (too few labels: ~14,000 at a typical confidence distribution for 0.01), or there are no
   labels, the status is `insufficient`: reported, not red, not green evidence either.
 * `conf_shift`: paired mean of (test − control) confidence; passes when |shift| <= 0.02
@@ -60,11 +62,33 @@ The A/A stream is judged at `aa_pct` (100) with the same gates. Its noise floor:
 `sla_window_sd` (sd of the A/A windows' SLA deltas), `sla_sd_pooled` (sd of all A/A
 per-query differences) and `sd_q = max(sla_sd_pooled, sla_window_sd · √mean n_test)` (the
 window spread expressed per query, so it also covers between-window drift); `tol` above scales
-it to each window's size. The A/A fails (the setup is broken; the ladder does not start,
-decision `hold`, final pct 0) when it has two consecutive red windows, or when a paired
-sign-flip test (`lens_core.stats.compare.sign_flip_pvalue`) of the pooled A/A SLA or confidence
-differences is significant at `aa_alpha` (0.05). At least `aa_min_windows` (2) judged A/A
-windows are required (ValueError otherwise).
+it to each window's size.
+
+The A/A verdict is an equivalence test (issue 17), not a point-null test: with enough queries
+any tiny systematic difference is "significant", while what the ladder needs is that the two
+arms of one configuration agree *within the margins the gates judge*. Every canary gate metric
+with a paired per-query value is tested with two one-sided paired t-tests (TOST,
+`lens_core.stats.compare.tost_paired`) on the pooled A/A per-query differences against its
+gate's margin, at `aa_alpha` (0.05):
+
+| metric | gate | margin |
+| --- | --- | --- |
+| `sla_recall_50` | `sla_recall_delta` | `aa_sla_margin` (0.05) |
+| `confidence` | `conf_shift` | `conf_shift_max` (0.02) |
+| `calib_ms` | `calib_p99` | `aa_calib_margin_ms` (0.25 ms) |
+
+A margin can only be shown when the suite is large enough: at 80% power and true Δ = 0,
+TOST needs margin >= (z_{1-α} + z_{0.9}) · sd/√n; the reason states that smallest showable margin
+for a metric that is not shown equivalent. The SLA-Recall@50 margin (0.05) is sized so: the
+A/A per-query sd of SLA-Recall@50 is ~0.33 on the simulator, so 1,200 paired queries show ±0.05
+with > 99% power (±0.02 would be showable only half the time: a false alarm every other week).
+(The ECE gate judges one arm's labelled hits against the labels, not a paired per-query
+difference; it enters the A/A through the red-window rule below.) The A/A is *broken* (the
+setup is broken; the ladder does not start, decision `hold`, final pct 0) when any metric is
+not shown equivalent (`max(p_lower, p_upper) >= aa_alpha`; "significantly beyond the margin"
+when the complementary one-sided test rejects too), or when it has two consecutive red windows.
+The decision's reason gives, per metric, Δ, the margin and both one-sided p-values. At least
+`aa_min_windows` (2) judged A/A windows are required (ValueError otherwise).
 
 Ladder and tripwire
 -------------------
@@ -90,14 +114,15 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field, fields
+from statistics import NormalDist
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import polars as pl
 
-from lens_core.calibrate.calibration import adaptive_ece
+from lens_core.calibrate.calibration import adaptive_ece, clustered_noise_floor
 from lens_core.common.settings import load_config
-from lens_core.stats.compare import sign_flip_pvalue
+from lens_core.stats.compare import tost_paired
 
 ARM_CONTROL, ARM_TEST = "control", "test"
 ARMS = (ARM_CONTROL, ARM_TEST)
@@ -189,7 +214,10 @@ class CanaryConfig:
     aa_z: float = 1.96
     aa_min_windows: int = 2
     aa_alpha: float = 0.05
-    aa_perm_b: int = 10_000
+    aa_perm_b: int = 10_000  # unused since issue 17 (the A/A is a TOST); kept so old configs load
+    aa_sla_margin: float = 0.05
+    aa_calib_margin_ms: float = 0.25
+    aa_ndcg_margin: float = 0.05
     seed: int = 20260104
 
     def __post_init__(self) -> None:
@@ -203,6 +231,11 @@ class CanaryConfig:
             raise ValueError(f"canary window_queries={self.window_queries}: expected >= 1")
         if self.window_minutes is not None and not self.window_minutes > 0:
             raise ValueError(f"canary window_minutes={self.window_minutes}: expected > 0")
+        for name in ("aa_sla_margin", "aa_calib_margin_ms", "aa_ndcg_margin", "conf_shift_max"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"canary {name}={getattr(self, name)}: expected > 0 (an equivalence margin)")
+        if not 0 < float(self.aa_alpha) < 1:
+            raise ValueError(f"canary aa_alpha={self.aa_alpha}: expected (0, 1)")
         if self.sla_tolerance not in ("aa", "none"):
             raise ValueError(f"canary sla_tolerance={self.sla_tolerance!r}: expected 'aa' or 'none'")
         for name in (
@@ -234,6 +267,98 @@ def canary_config() -> CanaryConfig:
     """The `canary:` block of the Lens config (defaults when absent)."""
 
     return CanaryConfig.from_mapping(load_config().canary.model_dump(exclude_unset=True))
+
+
+def aa_margins(cfg: CanaryConfig) -> dict[str, float]:
+    """Equivalence margin per metric for the A/A TOST: each canary gate's margin (issue 17).
+    `ndcg_10` is not a canary gate; its margin serves the hero decision's A/A check."""
+    return {
+        "sla_recall_50": float(cfg.aa_sla_margin),
+        "confidence": float(cfg.conf_shift_max),
+        "calib_ms": float(cfg.aa_calib_margin_ms),
+        "ndcg_10": float(cfg.aa_ndcg_margin),
+    }
+
+
+AA_METRICS: tuple[str, ...] = ("sla_recall_50", "confidence", "calib_ms")  # paired canary gate metrics
+AA_METRIC_LABELS = {
+    "sla_recall_50": "SLA-Recall@50",
+    "confidence": "confidence",
+    "calib_ms": "calibrator ms",
+    "ndcg_10": "nDCG@10",
+}
+
+
+@dataclass(frozen=True)
+class AAVerdict:
+    """The A/A equivalence verdict (TOST per metric). `rows`: one dict per metric with
+    metric, n, delta, sd, margin, p_lower, p_upper, p_tost, equivalent, beyond."""
+
+    equivalent: bool
+    rows: tuple[dict[str, Any], ...]
+    alpha: float
+    reason: str
+
+
+def aa_equivalence(diffs: Mapping[str, np.ndarray], margins: Mapping[str, float], alpha: float) -> AAVerdict:
+    """TOST of each metric's paired per-query A/A differences (twin − control) against its
+    margin at `alpha`. Equivalent when every metric is; the reason names, per metric, Δ, the
+    margin and both one-sided p-values, and which metrics are not shown equivalent or are
+    significantly beyond their margin."""
+    rows = []
+    for metric, d in diffs.items():
+        d = np.asarray(d, dtype=np.float64).ravel()
+        if d.size < 2:
+            raise ValueError(f"A/A equivalence: {metric}: {d.size} paired queries, need >= 2")
+        r = tost_paired(d, margins[metric], alpha)
+        rows.append(
+            {
+                "metric": metric,
+                "n": int(d.size),
+                "delta": float(r["delta"][0]),
+                "sd": float(r["sd"][0]),
+                "margin": float(r["margin"][0]),
+                "p_lower": float(r["p_lower"][0]),
+                "p_upper": float(r["p_upper"][0]),
+                "p_tost": float(r["p_tost"][0]),
+                "equivalent": bool(r["equivalent"][0]),
+                "beyond": bool(r["beyond"][0]),
+            }
+        )
+    parts = []
+    z = float(NormalDist().inv_cdf(1 - alpha) + NormalDist().inv_cdf(0.9))
+    for r in rows:
+        word = "equivalent" if r["equivalent"] else ("BEYOND the margin" if r["beyond"] else "NOT shown equivalent")
+        r["showable_margin"] = z * r["sd"] / math.sqrt(r["n"])
+        need = "" if r["equivalent"] else f"; smallest margin showable at this n: ±{r['showable_margin']:.3g}"
+        parts.append(
+            f"{AA_METRIC_LABELS.get(r['metric'], r['metric'])} Δ {r['delta']:+.4g} within ±{r['margin']:g}: {word} "
+            f"(p_lower {r['p_lower']:.3g}, p_upper {r['p_upper']:.3g}, n {r['n']}{need})"
+        )
+    ok = all(r["equivalent"] for r in rows)
+    head = "A/A equivalent" if ok else "A/A not equivalent"
+    return AAVerdict(ok, tuple(rows), float(alpha), f"{head} (TOST, α {alpha:g}): " + "; ".join(parts))
+
+
+def aa_equivalence_per_query(
+    per_query: pl.DataFrame, control: str, twin: str, cfg: CanaryConfig | None = None
+) -> AAVerdict:
+    """The hero decision's A/A check (issue 17): TOST of the A/A pair's paired per-query
+    differences (twin − control, joined on qid) of the metrics of `aa_margins` that the
+    per-query table has (SLA-Recall@50, the canary SLA gate's metric, and nDCG@10, the heroes'
+    metric), against their margins at `aa_alpha`."""
+    cfg = cfg or canary_config()
+    margins = aa_margins(cfg)
+    metrics = [m for m in margins if m in per_query.columns]
+    if not metrics:
+        raise ValueError(f"A/A equivalence: per_query has none of {', '.join(margins)}")
+    c = per_query.filter(pl.col("system") == control).select("qid", *metrics)
+    t = per_query.filter(pl.col("system") == twin).select("qid", *metrics)
+    j = c.join(t, on="qid", how="inner", suffix="__t").sort("qid")
+    if j.height < 2:
+        raise ValueError(f"A/A equivalence: {j.height} paired queries of {control!r} and {twin!r}, need >= 2")
+    diffs = {m: (j[f"{m}__t"].cast(pl.Float64) - j[m].cast(pl.Float64)).to_numpy() for m in metrics}
+    return aa_equivalence(diffs, margins, cfg.aa_alpha)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,6 +415,7 @@ class _Prepared:
     lab_bucket: np.ndarray
     lab_conf: np.ndarray
     lab_label: np.ndarray
+    lab_qid: np.ndarray  # query code per labelled hit: the ECE floor resamples queries
     lab_offsets: dict[int, tuple[int, int]]
 
 
@@ -414,6 +540,9 @@ def _prepare(queries: pl.DataFrame, labels: pl.DataFrame, cfg: CanaryConfig, wha
         lab_bucket=lab["_bucket"].to_numpy() if lab.height else np.zeros(0, np.int64),
         lab_conf=lab["confidence"].cast(pl.Float64).to_numpy() if lab.height else np.zeros(0),
         lab_label=lab["label"].cast(pl.Float64).to_numpy() if lab.height else np.zeros(0),
+        lab_qid=lab["qid"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+        if lab.height
+        else np.zeros(0, np.int64),
         lab_offsets={k: (int(a), int(b)) for k, a, b in zip(judged, llo, lhi)},
     )
 
@@ -421,24 +550,6 @@ def _prepare(queries: pl.DataFrame, labels: pl.DataFrame, cfg: CanaryConfig, wha
 # ---------------------------------------------------------------------------------------------
 # Window judgement
 # ---------------------------------------------------------------------------------------------
-def adaptive_ece_noise_floor(conf, bins: int = 10, q: float = 0.95, reps: int = 400, seed: int = 0) -> float:
-    """q-quantile of the adaptive ECE (equal-mass bins, as `adaptive_ece`) of perfectly
-    calibrated labels at these confidences: per bin, positives ~ Binomial(n_b, mean conf_b)."""
-    c = np.asarray(conf, dtype=np.float64).ravel()
-    if c.size == 0:
-        return math.inf
-    order = np.argsort(c, kind="stable")
-    ids = np.empty(c.size, dtype=np.int64)
-    ids[order] = (np.arange(c.size) * bins) // c.size
-    n_b = np.bincount(ids, minlength=bins)
-    s_c = np.bincount(ids, weights=c, minlength=bins)
-    cbar = np.divide(s_c, n_b, out=np.zeros(bins), where=n_b > 0)
-    rng = np.random.default_rng([int(seed), 11])
-    pos = rng.binomial(np.broadcast_to(n_b, (reps, bins)), np.broadcast_to(cbar, (reps, bins)))
-    null = np.abs(pos - n_b * cbar).sum(axis=1) / c.size
-    return float(np.quantile(null, q))
-
-
 def _p99(x: np.ndarray) -> float | None:
     return float(np.quantile(x, 0.99)) if x.size else None
 
@@ -510,7 +621,10 @@ def _judge_window(
         row.update(ece=None, ece_noise_floor=None, ece_status=INSUFFICIENT, ece_passed=None)
     else:
         seed = cfg.seed * 1009 + (0 if phase == PHASE_AA else 500_000) + k  # fixed per window
-        floor = adaptive_ece_noise_floor(conf, cfg.ece_bins, cfg.ece_noise_q, cfg.ece_noise_reps, seed=seed)
+        # the floor resamples the window's QUERIES (a query's hits are correlated; issue 17)
+        floor, _ = clustered_noise_floor(
+            conf, lab, p.lab_qid[a:z][sel], cfg.ece_bins, cfg.ece_noise_reps, seed, cfg.ece_noise_q, adaptive=True
+        )
         val = adaptive_ece(conf, lab, bins=cfg.ece_bins)
         if floor > cfg.ece_max:
             row.update(ece=val, ece_noise_floor=floor, ece_status=INSUFFICIENT, ece_passed=None)
@@ -622,10 +736,12 @@ def _run_aa(p: _Prepared, cfg: CanaryConfig, rec: _Recorder) -> tuple[bool, floa
     window_sd = float(np.std(deltas, ddof=1))
     pooled_sd = float(np.std(all_sla, ddof=1)) if all_sla.size > 1 else 0.0
     sd_q = max(pooled_sd, window_sd * math.sqrt(float(np.mean(ns))))
-    # all-zero differences (identical arms) give p = 1 exactly
-    pvals = [
-        float(sign_flip_pvalue(x, b=cfg.aa_perm_b, seed=cfg.seed + i)[0]) for i, x in enumerate((all_sla, all_conf))
-    ]
+    # the A/A verdict: TOST of every paired canary gate metric against its gate's margin
+    judged = np.concatenate([np.flatnonzero(p.bucket[lo:hi] < pct) + lo for _, lo, hi, _, _ in p.bounds])
+    margins = aa_margins(cfg)
+    verdict = aa_equivalence(
+        {m: p.t[m][judged] - p.c[m][judged] for m in AA_METRICS if m in p.t}, margins, cfg.aa_alpha
+    )
     noise = {
         "aa_windows": len(deltas),
         "aa_queries": int(all_sla.size),
@@ -635,8 +751,9 @@ def _run_aa(p: _Prepared, cfg: CanaryConfig, rec: _Recorder) -> tuple[bool, floa
         "sla_mean_delta": float(all_sla.mean()),
         "conf_mean_shift": float(all_conf.mean()),
         "conf_window_sd": float(np.std([x.mean() for x in diffs_conf], ddof=1)),
-        "p_sla": pvals[0],
-        "p_conf": pvals[1],
+        "aa_equivalent": verdict.equivalent,
+        "aa_alpha": cfg.aa_alpha,
+        "aa_tost": {r["metric"]: dict(r) for r in verdict.rows},
         "tolerance": cfg.sla_tolerance,
         "z": cfg.aa_z,
     }
@@ -652,18 +769,14 @@ def _run_aa(p: _Prepared, cfg: CanaryConfig, rec: _Recorder) -> tuple[bool, floa
                 broken = f"A/A had {streak} consecutive red windows (ending at window {r['window']}): {r['reason']}"
         elif r["status"] == GREEN:
             streak = 0
-    if broken is None:
-        sig = [
-            f"{m} p = {pv:.4f}"
-            for m, pv in (("SLA-Recall@50", pvals[0]), ("confidence", pvals[1]))
-            if pv < cfg.aa_alpha
-        ]
-        if sig:
-            broken = f"A/A difference is significant ({', '.join(sig)} < {cfg.aa_alpha}): the setup is broken"
+    if broken is None and not verdict.equivalent:
+        broken = f"{verdict.reason}: the setup is broken"
+    elif broken is not None:
+        broken = f"{broken}; {verdict.reason}"
     last = rows[-1] if rows else None
     floor_txt = (
         f"noise floor: sd_q {sd_q:.4f} (window sd {window_sd:.4f}, pooled {pooled_sd:.4f}) over "
-        f"{len(deltas)} windows; mean Δ {noise['sla_mean_delta']:+.4f} (p {pvals[0]:.3f})"
+        f"{len(deltas)} windows; mean SLA Δ {noise['sla_mean_delta']:+.4f}"
     )
     if broken:
         rec.steps.append(_step_row(PHASE_AA, 0, pct, rows, HOLD, broken))
@@ -687,7 +800,7 @@ def _run_aa(p: _Prepared, cfg: CanaryConfig, rec: _Recorder) -> tuple[bool, floa
         ADVANCE,
         0,
         cfg.ladder[0],
-        f"A/A passed; {floor_txt}",
+        f"A/A passed: {verdict.reason}. {floor_txt}",
     )
     return True, sd_q, noise
 

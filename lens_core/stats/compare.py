@@ -1,5 +1,6 @@
 """A/B statistics over per-query metrics (SPEC §5): paired bootstrap CIs, sign-flip tests,
-Holm, minimum detectable effect, and the `compare` decision table.
+Holm, minimum detectable effect, the paired equivalence test (`tost_paired`, TOST; issue 17)
+and the `compare` decision table.
 
 Conventions
 -----------
@@ -194,6 +195,64 @@ def sign_flip_pvalue(diffs, b: int = DEFAULT_B_PERM, seed: int = 0) -> np.ndarra
     d = _as_2d("diffs", diffs)
     count = _signflip_exceed(np.ascontiguousarray(d.T), b, _rng(seed, _STREAM_SIGNS))
     return (count + 1.0) / (b + 1.0)
+
+
+def tost_paired(diffs, margins, alpha: float = 0.05) -> dict[str, np.ndarray]:
+    """Paired equivalence test (two one-sided t-tests, TOST), per row of `diffs`.
+
+    `diffs`: (m, n) per-query differences `test − control` (1-D is one metric); `margins`:
+    scalar or (m,) equivalence margins δ > 0. For each row, with d̄ the mean, s its sd
+    (ddof 1) and se = s/√n, df = n − 1:
+
+    * lower test, H0: μ <= −δ vs H1: μ > −δ: `p_lower = P(T_df >= (d̄ + δ)/se)`;
+    * upper test, H0: μ >= +δ vs H1: μ < +δ: `p_upper = P(T_df <= (d̄ − δ)/se)`;
+    * `p_tost = max(p_lower, p_upper)`; `equivalent = p_tost < alpha` (the 1 − 2α CI of μ
+      lies inside (−δ, δ));
+    * `beyond`: the difference is significantly *outside* the margin, the complementary
+      one-sided tests (H0: μ <= δ, rejected when `1 − p_upper < alpha`; or H0: μ >= −δ,
+      rejected when `1 − p_lower < alpha`).
+
+    The same numbers as `scipy.stats.ttest_rel(test, control − δ, alternative="greater")` and
+    `ttest_rel(test, control + δ, alternative="less")`, vectorised over rows. Zero variance:
+    a constant difference inside (−δ, δ) gives p 0 for both tests, on or outside it p 1 for
+    the side it violates. Returns arrays of shape (m,): delta, sd, n, margin, p_lower, p_upper,
+    p_tost, equivalent, beyond.
+    """
+    from scipy import stats as st
+
+    d = _as_2d("diffs", diffs)
+    m, n = d.shape
+    if n < 2:
+        raise ValueError(f"tost_paired: need >= 2 paired queries, got {n}")
+    marg = np.broadcast_to(np.asarray(margins, dtype=np.float64), (m,)).copy()
+    if not (np.isfinite(marg).all() and (marg > 0).all()):
+        raise ValueError(f"tost_paired: margins must be finite and > 0, got {marg.tolist()}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"tost_paired: alpha must lie in (0, 1), got {alpha}")
+    mean = d.mean(axis=1)
+    sd = d.std(axis=1, ddof=1)
+    se = sd / math.sqrt(n)
+    zero = se == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_lo = np.where(zero, 0.0, (mean + marg) / np.where(zero, 1.0, se))
+        t_hi = np.where(zero, 0.0, (mean - marg) / np.where(zero, 1.0, se))
+    p_lower = st.t.sf(t_lo, n - 1)
+    p_upper = st.t.cdf(t_hi, n - 1)
+    p_lower = np.where(zero, np.where(mean > -marg, 0.0, 1.0), p_lower)
+    p_upper = np.where(zero, np.where(mean < marg, 0.0, 1.0), p_upper)
+    p_tost = np.maximum(p_lower, p_upper)
+    beyond = ((1.0 - p_upper) < alpha) | ((1.0 - p_lower) < alpha)
+    return {
+        "delta": mean,
+        "sd": sd,
+        "n": np.full(m, n, dtype=np.int64),
+        "margin": marg,
+        "p_lower": p_lower,
+        "p_upper": p_upper,
+        "p_tost": p_tost,
+        "equivalent": p_tost < alpha,
+        "beyond": beyond,
+    }
 
 
 def holm(pvalues) -> np.ndarray:
