@@ -8,12 +8,15 @@ A missing Chromium skips the browser tests with the reason, except under CI (`CI
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import own_dirs
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
@@ -118,17 +121,11 @@ def shared_bundle(tmp_path_factory) -> tuple[Path, Path]:
         _BUNDLE["data"], _BUNDLE["bundle"] = Path(reuse), bundles[-1]
     if "bundle" not in _BUNDLE:
         d = tmp_path_factory.mktemp("site_bundle_data")
-        old = os.environ.get("LENS_DATA_DIR")
-        os.environ["LENS_DATA_DIR"] = str(d)
-        try:
+        # its own data dir and Dagster instance, never the user's (issue 23)
+        with own_dirs(d, tmp_path_factory.mktemp("site_bundle_dagster_home")):
             from lens_assets.run import run_weekly
 
             res = run_weekly("2026-11-15", queries_per_suite=30, progress=False)
-        finally:
-            if old is None:
-                os.environ.pop("LENS_DATA_DIR", None)
-            else:
-                os.environ["LENS_DATA_DIR"] = old
         assert res["bundle"], f"the weekly chain built no bundle: {res.get('errors')}"
         _BUNDLE["data"], _BUNDLE["bundle"] = d, Path(res["bundle"])
     return _BUNDLE["data"], _BUNDLE["bundle"]
@@ -140,3 +137,97 @@ def copy_bundle(shared: tuple[Path, Path], dst_root: Path) -> Path:
     dst = dst_root / "data"
     shutil.copytree(data, dst, symlinks=True, ignore=shutil.ignore_patterns("runs", "staging", "cache"))
     return dst / "bundles" / bundle.name
+
+
+# ----------------------------------------------------------------------------------------------
+# `dagster dev` on a given instance (the UI tests)
+# ----------------------------------------------------------------------------------------------
+LOCATION = "lens_pipeline"  # workspace.yaml
+_WORKSPACE_Q = """{ workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus
+  locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+
+
+def graphql(port: int, query: str, variables: dict | None = None, timeout: float = 30) -> dict:
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        out = json.loads(r.read())
+    assert not out.get("errors"), out["errors"]
+    return out["data"]
+
+
+@contextlib.contextmanager
+def dagster_dev(home: Path, env: dict[str, str], log: Path, start_timeout_s: float = 240):
+    """`dagster dev -w workspace.yaml` on loopback with DAGSTER_HOME=home; yields its port once the
+    code location has loaded; stops it and everything it started (its process group) after."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+
+    port = free_port()
+    dagster = Path(sys.executable).with_name("dagster")
+    cmd = [str(dagster if dagster.exists() else "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1"]
+    full_env = {**env, "DAGSTER_HOME": str(home), "PYTHONPATH": str(REPO), "DAGSTER_DISABLE_TELEMETRY": "1"}
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [*cmd, "-p", str(port)], cwd=REPO, env=full_env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"dagster dev exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+            try:
+                ws = graphql(port, _WORKSPACE_Q, timeout=5)["workspaceOrError"]
+                entry = next(e for e in ws["locationEntries"] if e["name"] == LOCATION)
+                if entry["loadStatus"] == "LOADED":
+                    assert entry["locationOrLoadError"]["__typename"] == "RepositoryLocation", entry
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError, StopIteration, KeyError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"dagster dev did not load {LOCATION}:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(1.0)
+        yield port
+    finally:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        try:  # stragglers (run workers, code servers) left in the group
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def page_text(drv) -> str:
+    return drv.execute_script("return document.body ? document.body.innerText : ''")
+
+
+def wait_text(drv, names, timeout: float = 90) -> str:
+    """Wait until every string of `names` is on the page; fail with what was there."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def ready(d):
+        body = page_text(d)
+        return body if all(n in body for n in names) else False
+
+    try:
+        return WebDriverWait(drv, timeout, poll_frequency=0.5).until(ready)
+    except Exception:  # noqa: BLE001 - report what was there instead
+        body = page_text(drv)
+        missing = [n for n in names if n not in body]
+        pytest.fail(f"{drv.current_url}: {missing} not rendered within {timeout}s; page text:\n{body[:2500]}")
