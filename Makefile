@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo lvm-corpus test test-fast lint fmt ui bench clean
+.PHONY: install demo lvm-corpus browser test test-fast lint fmt ui bench clean
 
 install: $(STAMP)
 
@@ -45,8 +45,27 @@ lvm-corpus:
 	  echo "LVM corpus: apt-get not available (or not root); using Python's pydoc topics"; \
 	fi
 
-test: $(STAMP) lint
-	$(PY) -m pytest -q
+# Tests never see ./data or ./dagster_home: pytest runs without the exports above (tests/conftest.py
+# gives the session its own temporary LENS_DATA_DIR and DAGSTER_HOME and fails the run if either
+# tree changed byte-for-byte).
+TEST_ENV := env -u LENS_DATA_DIR -u DAGSTER_HOME
+
+# The browser tests drive Debian's Chromium headless (tests/browser.py): installed here when apt
+# can (as `make demo` installs the kernel docs), so `make test` runs them rather than skipping.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+	  echo "browser tests: Chromium and chromedriver are installed"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "browser tests: installing Debian's chromium and chromium-driver with apt-get ..."; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	    && echo "browser tests: Chromium installed" \
+	    || echo "browser tests: apt-get failed; the browser tests will be skipped (CI fails them)"; \
+	else \
+	  echo "browser tests: apt-get not available (or not root): install chromium chromium-driver to run them"; \
+	fi
+
+test: $(STAMP) lint browser
+	$(TEST_ENV) $(PY) -m pytest -q
 
 # ruff check and format (pyproject.toml); `make fmt` applies both.
 lint: $(STAMP)
@@ -58,7 +77,7 @@ fmt: $(STAMP)
 	$(PY) -m ruff format .
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not e2e"
+	$(TEST_ENV) $(PY) -m pytest -q -m "not e2e"
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'

@@ -2,7 +2,7 @@
 summary with one asset check per gate (§7). Thin: every computation lives in lens_core."""
 
 import json
-from pathlib import Path
+import shutil
 
 import dagster as dg
 import polars as pl
@@ -21,28 +21,29 @@ from lens_core.calibrate.calibration import CalibratorSet
 from lens_core.calibrate.refit import run_calibration
 from lens_core.collect.loadtest import qps_at_sla as load_test
 from lens_core.common.settings import load_config
-from lens_core.common.tables import read_parquet
 from lens_core.decide.battery import (
     DECISION_METRICS,
-    GATE_NAMES,
     calibration_version,
     decision_pairs,
-    evaluate_gates,
-    gates_frame,
     primary_comparisons,
 )
-from lens_core.decide.canary import DECISIONS_SCHEMA, STEPS_SCHEMA, WINDOWS_SCHEMA, canary_config, run_ladder
+from lens_core.decide.canary import (
+    DECISIONS_SCHEMA,
+    STEPS_SCHEMA,
+    WINDOWS_SCHEMA,
+    aa_equivalence_per_query,
+    canary_config,
+    run_ladder,
+)
 from lens_core.decide.canary_inputs import build_stream
 from lens_core.decide.gates import (
     ece_gate,
     gate_config,
-    gate_table_markdown,
 )
 from lens_core.decide.promotion import evaluate_rules, sanity_battery, select_hero
 from lens_core.judge.judging import label_hits
 from lens_core.stats.compare import compare_many
 from resources.data_source import LensDataSource
-from resources.io_manager import staging_table_path
 from resources.paging import PagerResource
 
 
@@ -81,8 +82,9 @@ def comparisons(context: dg.AssetExecutionContext, per_query: pl.DataFrame) -> p
             res,
             headline=markdown_table(head),
             aa_noise_floor=dg.MetadataValue.md(markdown_table(aa)),
+            # 64-bit seeds as text: a JSON number above 2**53 is shown rounded
             seeds=dg.MetadataValue.json(
-                {f"{c}->{t}": s for c, t, s in res.select("control", "test", "seed").unique().iter_rows()}
+                {f"{c}->{t}": str(s) for c, t, s in res.select("control", "test", "seed").unique().iter_rows()}
             ),
         )
     )
@@ -112,9 +114,17 @@ def comparisons(context: dg.AssetExecutionContext, per_query: pl.DataFrame) -> p
 def calibration(context: dg.AssetExecutionContext, hits: pl.DataFrame, agg: pl.DataFrame, qrels: pl.DataFrame):
     cfg = load_config()
     out_dir = calibration_dir(context.partition_key)
+    # Only this run's exports and plots: an earlier run of the week may have had other systems,
+    # and the bundle copies the whole directory (issue 18).
+    shutil.rmtree(out_dir, ignore_errors=True)
     labelled = label_hits(hits, agg, qrels)
     gate = gate_config("ece").threshold
-    run = run_calibration(labelled, out_dir, seed=cfg.run.seed, gate=gate, min_labels=cfg.calibration.min_labels)
+    # the A/A twin runs its baseline's configuration: it shares the baseline's calibrators (issue 17)
+    systems = current_systems(context)
+    shared = {s.name: systems[0].name for s in systems if s.pack == "aa"}
+    run = run_calibration(
+        labelled, out_dir, seed=cfg.run.seed, gate=gate, min_labels=cfg.calibration.min_labels, shared=shared
+    )
     status = run.report.group_by("status").len().sort("status")
     cells = run.report.select("system", "intent", "language", "level", "n_eval", "ece", "noise_floor", "status")
     yield dg.Output(
@@ -236,7 +246,6 @@ def hero_decisions(
 ):
     systems = current_systems(context)
     base = systems[0]
-    alpha = load_config().run.alpha
     ece = ece_gate(calibration)
     by_pack: dict[str, list] = {}
     for s in systems[1:]:
@@ -253,16 +262,16 @@ def hero_decisions(
     )
     sanity = sanity_battery(per_query, hits, ground_truth, query_suites, base.name, [s.name for s in systems[1:]])
     sanity_ok = dict(zip(sanity["system"].to_list(), sanity["passed"].to_list()))
-    aa = comparisons.filter(
-        pl.col("test").str.ends_with("__aa") & (pl.col("slice") == "all") & (pl.col("metric") == "ndcg_10")
-    )
-    aa_sig = aa.height > 0 and aa["p_holm"][0] is not None and aa["p_holm"][0] < alpha
+    # the A/A as an equivalence test (TOST against the margins, issue 17), not a point null
+    twin = next((s.name for s in systems if s.pack == "aa"), None)
+    aa = aa_equivalence_per_query(per_query, base.name, twin, canary_config()) if twin else None
+    aa_broken = aa is not None and not aa.equivalent
     cal_version = calibration_version(calibration)
     rows = []
     for pack in by_pack:
         d = select_hero(pack, rules.filter(pl.col("pack") == pack), scores, sanity_ok)
-        if aa_sig and d.hero:
-            d.reason = f"blocked: the A/A pair is significant (p_holm {aa['p_holm'][0]:.3g} < {alpha}); setup noise; was {d.hero}"
+        if aa_broken and d.hero:
+            d.reason = f"blocked: {aa.reason}; the setup is broken; was {d.hero}"
             d.hero, d.cfg_hash, d.ndcg_10 = None, None, None
         rows.append({**d.as_dict(), "calibration_version": cal_version if d.hero else None})
     heroes = pl.DataFrame(
@@ -295,102 +304,10 @@ def hero_decisions(
             heroes,
             headline=markdown_table(heroes),
             sanity=dg.MetadataValue.md(markdown_table(sanity)),
-            aa_significant=bool(aa_sig),
+            aa_equivalent=None if aa is None else bool(aa.equivalent),
+            aa_verdict=aa.reason if aa else "no A/A twin",
         ),
     )
-
-
-@dg.asset(
-    description="One row per gate of SPEC §7 and subject (system, decision, table): value, threshold, blocking, "
-    "status and reason. The asset checks `gate_*` on this asset are the release gates; a failing "
-    "blocking gate (ERROR) stops publication.",
-    owners=OWNERS_EVAL + OWNERS_CAL + OWNERS_CORE,
-    kinds={"polars", "parquet"},
-    group_name=GROUP,
-    partitions_def=weekly_partitions,
-)
-def gate_summary(
-    context: dg.AssetExecutionContext,
-    lens_source: LensDataSource,
-    raw_runs: pl.DataFrame,
-    agg: pl.DataFrame,
-    scores: pl.DataFrame,
-    per_query: pl.DataFrame,
-    comparisons: pl.DataFrame,
-    calibration: pl.DataFrame,
-    calibration_parity: pl.DataFrame,
-    query_suites: pl.DataFrame,
-) -> pl.DataFrame:
-    gates = evaluate_gates(
-        raw_runs,
-        agg,
-        scores,
-        per_query,
-        comparisons,
-        calibration,
-        calibration_parity,
-        query_suites,
-        current_systems(context),
-        lens_source.resolved_source(),
-        lens_source.resolved_sla_ms(),
-    )
-    df = gates_frame(gates)
-    counts = (
-        df.group_by("gate")
-        .agg(pl.col("passed").all().alias("all_pass"), pl.col("blocking").first(), pl.len().alias("subjects"))
-        .sort("gate")
-    )
-    context.add_output_metadata(
-        table_metadata(df, headline=markdown_table(counts), gates=dg.MetadataValue.md(gate_table_markdown(gates)))
-    )
-    return df
-
-
-def _gate_check(name: str) -> dg.AssetChecksDefinition:
-    g = gate_config(name)
-    blocking = g.blocking
-
-    @dg.asset_check(
-        asset=gate_summary,
-        name=f"gate_{name}",
-        blocking=blocking,
-        description=f"SPEC §7 gate `{name}` (threshold {g.threshold}, owner {g.owner}, "
-        f"{'ERROR: blocks publication' if blocking else 'WARN: judges release candidates'}).",
-    )
-    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        # Read this run's partition (an input would load every partition of the asset).
-
-        summary = read_parquet(Path(staging_table_path("gate_summary", context.partition_key).path))
-        rows = summary.filter(pl.col("gate") == name)
-        severity = dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN
-        md = {"threshold": str(g.threshold), "owner": g.owner, "blocking": blocking, "severity": severity.value}
-        if rows.height == 0:
-            return dg.AssetCheckResult(
-                passed=False,
-                severity=severity,
-                metadata={**md, "reason": f"gate {name} was not evaluated (input missing)"},
-            )
-        failed = rows.filter(~pl.col("passed"))
-        vals = rows["value"].drop_nulls()
-        return dg.AssetCheckResult(
-            passed=failed.height == 0,
-            severity=severity,
-            metadata={
-                **md,
-                "subjects": rows.height,
-                "failed": failed.height,
-                "worst_value": float(vals.max()) if vals.len() else None,
-                "statuses": ", ".join(f"{k}={v}" for k, v in rows.group_by("status").len().sort("status").iter_rows()),
-                "table": dg.MetadataValue.md(
-                    markdown_table(rows.select("subject", "value", "status", "reason"), max_rows=30)
-                ),
-            },
-        )
-
-    return _check
-
-
-gate_checks = [_gate_check(n) for n in GATE_NAMES]
 
 
 @dg.multi_asset(
@@ -495,4 +412,4 @@ def canary(
     )
 
 
-decision_assets = [comparisons, calibration, qps_at_sla, hero_decisions, gate_summary, canary]
+decision_assets = [comparisons, calibration, qps_at_sla, hero_decisions, canary]

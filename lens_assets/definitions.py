@@ -7,9 +7,11 @@ import dagster as dg
 from dbt_like_checks import build_dbt_like_checks
 from lens_assets.assets import lens_assets
 from lens_assets.common import weekly_partitions
-from lens_assets.decisions import decision_assets, gate_checks
+from lens_assets.decisions import decision_assets
 from lens_assets.engine_assets import engine_assets
+from lens_assets.gates import gate_checks, gate_summary
 from lens_assets.release import release_bundle
+from lens_assets.verdict import release_verdict
 from resources.data_source import LensDataSource
 from resources.io_manager import ParquetIOManager, staging_table_path
 from resources.paging import DEFAULT_PAGER
@@ -28,11 +30,11 @@ weekly_lens_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("lens", "engine"),
     partitions_def=weekly_partitions,
     description="The weekly Lens run: collect -> judge -> score -> compare -> calibrate -> gate -> attest -> "
-    "publish on green.",
+    "publish on green -> the week's verdict (release_verdict).",
 )
 
 defs = dg.Definitions(
-    assets=[*engine_assets, *lens_assets, *decision_assets, release_bundle],
+    assets=[*engine_assets, *lens_assets, *decision_assets, gate_summary, release_bundle, release_verdict],
     asset_checks=gate_checks + dbt_checks,
     jobs=[weekly_lens_job],
     resources={"lens_source": LensDataSource(), "io_manager": ParquetIOManager(), "pager": DEFAULT_PAGER},

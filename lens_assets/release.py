@@ -1,6 +1,7 @@
 """The release bundle asset (SPEC §10): the week's tables copied into an attested bundle,
 published only when every blocking gate is green, and the bundle's site."""
 
+import functools
 from pathlib import Path
 
 import dagster as dg
@@ -9,13 +10,16 @@ import polars as pl
 from lens_assets.common import GROUP, OWNERS_EVAL, calibration_dir, current_systems, run_id_for, weekly_partitions
 from lens_assets.metadata import markdown_table
 from lens_core.common.contracts import BUNDLE_COLUMNS, BUNDLE_FILES, BUNDLE_TABLES
-from lens_core.common.settings import data_dir
-from lens_core.common.tables import read_parquet
+from lens_core.common.settings import data_dir, judgments_dir, label_policy, qrels_setting
+from lens_core.common.tables import read_parquet, write_parquet
 from lens_core.decide.battery import frame_gates
+from lens_core.decide.gate_view import failures_first
 from lens_core.decide.gates import gate_table_markdown
+from lens_core.judge.qrels import human_qrels_paths, qrels_manifest
 from lens_core.measures.scoring import hero_markdown
 from lens_core.publish.bundle import assemble
-from lens_core.publish.site import build_site, publish_site
+from lens_core.publish.site import build_site, render_served_site
+from lens_core.publish.verdict import BundleOutcome, outcome_frame
 from resources.data_source import LensDataSource
 from resources.io_manager import staging_table_path
 
@@ -71,6 +75,8 @@ def release_bundle(
         }
         for r in heroes.iter_rows(named=True)
     }
+    lvm_dir = root / "lvm"
+    lvm = lvm_dir if lvm_dir.is_dir() else None
     result = assemble(
         root,
         files,
@@ -83,25 +89,43 @@ def release_bundle(
             "partition": pk,
             "heroes": lock,
             "systems": {s.name: {"pack": s.pack, **s.knobs()} for s in systems},
+            "judging": {
+                "label_policy": label_policy(lens_source.resolved_source()),
+                "human_qrels": qrels_manifest(human_qrels_paths(qrels_setting(), judgments_dir())),
+            },
         },
         extra_dirs={"calibration": calibration_dir(pk)},
+        # the served site is rendered into the directory that publication swaps in with the pointer
+        render_site=functools.partial(render_served_site, lvm_dir=lvm),
     )
-    if not result.published:
+    if result.refused_older:
+        context.log.warning(f"bundle {result.fingerprint} NOT published: {result.refused_older}")
+    elif not result.published:
         context.log.warning(
             f"bundle {result.fingerprint} NOT published: blocking gate(s) failed: "
             f"{', '.join(result.failed_blocking)}; last green stays {result.previous_published}"
         )
     size = sum(p.stat().st_size for p in result.path.rglob("*") if p.is_file())
-    lvm_dir = root / "lvm"
-    site = build_site(result.path, lvm_dir=lvm_dir if lvm_dir.is_dir() else None)
-    served = publish_site(root, lvm_dir=lvm_dir if lvm_dir.is_dir() else None) if result.published else None
+    site = result.path / "site" / "index.html" if result.published else build_site(result.path, lvm_dir=lvm)
+    served = root / "site" / "index.html" if result.published else None
+    # what release_verdict reads: this week's fingerprint, whether it was published, and the one before
+    outcome = BundleOutcome(
+        fingerprint=result.fingerprint,
+        published=result.published,
+        previous_published=result.previous_published,
+        failed_blocking=result.failed_blocking,
+        bundle=str(result.path),
+        site=str(served or site),
+        refused=result.refused_older,
+    )
+    write_parquet(outcome_frame(outcome), staging_table_path("release_bundle", pk).path)
     return dg.MaterializeResult(
         metadata={
             "fingerprint": result.fingerprint,
             "bundle": dg.MetadataValue.path(str(result.path)),
             "published": result.published,
             "bundle_bytes": size,
-            "gates": dg.MetadataValue.md(gate_table_markdown(gates)),
+            "gates": dg.MetadataValue.md(gate_table_markdown(frame_gates(failures_first(gate_summary)))),
             "hero_table": dg.MetadataValue.md(hero_markdown(hero_table)),
             "heroes": dg.MetadataValue.md(markdown_table(heroes)),
             "failed_blocking": ", ".join(result.failed_blocking) or "none",

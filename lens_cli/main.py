@@ -4,6 +4,7 @@
   lens-eval compare --per-query P --control C --test T       deltas, CIs, Holm
   lens-eval verify  BUNDLE                                   re-hash and re-score a bundle
   lens-eval run     [--source sim|local|prod]                the weekly chain, in-process
+  lens-eval ingest  RAW.ndjson... --out DIR                  raw runs -> agg + hits Parquet
   lens-eval lvm ...                                          LVM champion registry
 
 Errors are one clear line on stderr and a non-zero exit.
@@ -40,7 +41,15 @@ class CliError(Exception):
 _DOCNO = r"^(?P<repo>[^:]+):(?P<path>.+):(?P<start_line>\d+)-(?P<end_line>\d+)$"
 
 
-def _whitespace_table(path: Path, names: list[str]) -> pl.DataFrame:
+def _whitespace_table(path: Path, names: list[str], kind: str) -> pl.DataFrame:
+    """The lines of a TREC file split into `names` (blank lines skipped), with `lineno`. The file
+    is first checked streaming (validate.prescan_lines: text, UTF-8, no absurd line), so that
+    a binary or absurd file is refused before it is parsed; an empty one is refused too."""
+    from lens_core.common.validate import MAX_TREC_LINE, at_line, prescan_lines  # lazy: score's start-up
+
+    prescan_lines(path, max_line=MAX_TREC_LINE, utf8=True, kind=f"a TREC {kind} line")
+    if path.stat().st_size == 0:
+        raise at_line(path, 1, f"empty file: a TREC {kind} needs at least one line")
     lines = pl.read_csv(
         path,
         has_header=False,
@@ -50,6 +59,8 @@ def _whitespace_table(path: Path, names: list[str]) -> pl.DataFrame:
         schema_overrides={"line": pl.String},
     )
     lines = lines.with_row_index("lineno", offset=1).filter(pl.col("line").str.strip_chars() != "")
+    if lines.height == 0:
+        raise at_line(path, 1, f"empty file: a TREC {kind} needs at least one line (only blank lines)")
     parts = lines.with_columns(
         pl.col("line").str.strip_chars().str.split(by=" ").list.eval(pl.element().filter(pl.element() != "")).alias("f")
     )
@@ -69,16 +80,46 @@ def _split_docno(df: pl.DataFrame, path: Path) -> pl.DataFrame:
     if bad.height:
         r = bad.row(0, named=True)
         raise CliError(f"{path}:{r['lineno']}: docno {r['docno']!r} is not repo:path:start-end")
-    return ext.with_columns(pl.col("start_line", "end_line").cast(pl.Int32))
+    # digits only (the pattern): a failed Int64 cast is a number past 2^63
+    out = ext.with_columns(pl.col(c).cast(pl.Int64, strict=False).alias(f"_{c}") for c in ("start_line", "end_line"))
+    for c in ("start_line", "end_line"):
+        bad = out.filter(pl.col(f"_{c}").is_null())
+        if bad.height:
+            r = bad.row(0, named=True)
+            raise CliError(f"{path}:{r['lineno']}: {c} {r[c]} is past 2^31-1")
+    return out.drop("start_line", "end_line").rename({"_start_line": "start_line", "_end_line": "end_line"})
+
+
+def _numbers(t: pl.DataFrame, path: Path, column: str, dtype: pl.DataType, what: str) -> pl.DataFrame:
+    """`column` parsed as `dtype`; the first value that is not one is refused with its line."""
+    t = t.with_columns(pl.col(column).cast(dtype, strict=False).alias(f"_{column}"))
+    bad = t.filter(pl.col(f"_{column}").is_null())
+    if bad.height:
+        r = bad.row(0, named=True)
+        raise CliError(f"{path}:{r['lineno']}: {column} {r[column]!r} is not {what}")
+    return t.drop(column).rename({f"_{column}": column})
+
+
+def _check_lines(t: pl.DataFrame, path: Path, rules) -> None:
+    """The validation contract on a TREC file's rows: the first bad row, named by its line."""
+    from lens_core.common.validate import at_line, first_violation  # lazy: score's start-up
+
+    v = first_violation(t, rules)
+    if v is not None:
+        raise at_line(path, t["lineno"][v.row], v.message)
 
 
 def read_trec_run(path: Path) -> pl.DataFrame:
-    """TREC run `qid Q0 repo:path:start-end rank score tag` -> hits (rank re-derived by score)."""
-    t = _split_docno(_whitespace_table(path, ["qid", "q0", "docno", "rank", "score", "system"]), path)
-    t = t.with_columns(pl.col("score").cast(pl.Float64, strict=False))
-    if t["score"].null_count():
-        r = t.filter(pl.col("score").is_null()).row(0, named=True)
-        raise CliError(f"{path}:{r['lineno']}: score is not a number")
+    """TREC run `qid Q0 repo:path:start-end rank score tag` -> hits (rank re-derived by score,
+    as trec_eval does). The file's ranks must still be integers >= 1, unique per (tag, qid),
+    and its scores finite (a NaN score would sort first)."""
+    from lens_core.common.validate import hits_rules  # lazy: score's start-up
+
+    t = _split_docno(_whitespace_table(path, ["qid", "q0", "docno", "rank", "score", "system"], "run"), path)
+    t = _numbers(t, path, "score", pl.Float64, "a number")
+    t = _numbers(t, path, "rank", pl.Int64, "an integer")
+    _check_lines(t, path, hits_rules(keys=("system", "qid"), ids=("system", "qid", "repo", "path")))
+    t = t.with_columns(pl.col("start_line", "end_line").cast(pl.Int32))
     # trec_eval ranks by score descending (ties by docno descending).
     t = t.sort(["system", "qid", "score", "docno"], descending=[False, False, True, True])
     return t.with_columns(
@@ -108,11 +149,13 @@ def read_trec_run(path: Path) -> pl.DataFrame:
 
 
 def read_trec_qrels(path: Path) -> pl.DataFrame:
-    t = _split_docno(_whitespace_table(path, ["qid", "iter", "docno", "rel"]), path)
-    t = t.with_columns(pl.col("rel").cast(pl.Int32, strict=False))
-    if t["rel"].null_count():
-        r = t.filter(pl.col("rel").is_null()).row(0, named=True)
-        raise CliError(f"{path}:{r['lineno']}: rel is not an integer")
+    """TREC qrels `qid iter repo:path:start-end rel`, grades within the configured ones."""
+    from lens_core.common.validate import configured_grades, qrels_rules  # lazy: score's start-up
+
+    t = _split_docno(_whitespace_table(path, ["qid", "iter", "docno", "rel"], "qrels file"), path)
+    t = _numbers(t, path, "rel", pl.Int32, "an integer")
+    _check_lines(t, path, qrels_rules(configured_grades()))
+    t = t.with_columns(pl.col("start_line", "end_line").cast(pl.Int32))
     return t.with_columns(pl.lit("trec").alias("source")).select(
         "qid", "repo", "path", "start_line", "end_line", "rel", "source"
     )
@@ -120,7 +163,7 @@ def read_trec_qrels(path: Path) -> pl.DataFrame:
 
 # Columns the score command reads; the rest of the contract must exist but is not loaded.
 _SCORE_COLUMNS = {
-    "hits": ("run_id", "system", "qid", "rank", "repo", "path", "start_line", "end_line", "in_sla"),
+    "hits": ("run_id", "system", "qid", "rank", "repo", "path", "start_line", "end_line", "score", "in_sla"),
     "qrels": ("qid", "repo", "path", "start_line", "end_line", "rel"),
 }
 
@@ -162,8 +205,130 @@ def _scan_contract(p: Path, kind: str) -> pl.LazyFrame:
     if missing:
         raise CliError(f"{p}: required column(s) missing: {', '.join(missing)}")
     want = {f.name: _polars_type(f.type) for f in schema if f.name in _SCORE_COLUMNS[kind]}
+    for c, t in want.items():
+        if have[c] == t:
+            continue
+        if t.is_integer() and have[c].is_float():  # a float where the contract has an integer (a rank of 2.0)
+            _refuse_column(p, c, pl.col(c).is_not_null(), f"{{value}} is a {have[c]}: the contract's {c} is an integer")
+        # another type (Int64 for Int32, ...): each value must fit; the first that does not is named
+        lost = pl.col(c).is_not_null() & pl.col(c).cast(t, strict=False).is_null()
+        _refuse_column(p, c, lost, f"{{value!r}} is not a {t} (the contract's type of {c})", required=False)
     cols = [pl.col(c) if have[c] == t else pl.col(c).cast(t, strict=True) for c, t in want.items()]
     return pl.scan_parquet(p).select(cols)
+
+
+def _refuse_column(p: Path, column: str, bad: pl.Expr, message: str, required: bool = True) -> None:
+    """Raise naming the first row (1-based) of Parquet file `p` where `bad` holds (`{value}`:
+    its value in `column`); when no row does, the column alone (`required`) or nothing."""
+    from lens_core.common.validate import at_row  # lazy: score's start-up
+
+    try:
+        first = (
+            pl.scan_parquet(p, row_index_name="_row", row_index_offset=1)
+            .filter(bad.fill_null(True))
+            .select("_row", pl.col(column).alias("_value"))
+            .head(1)
+            .collect()
+        )
+    except pl.exceptions.PolarsError as e:  # a column of a type the test cannot read (a list, ...)
+        raise CliError(f"{p}: column {column}: {str(e).splitlines()[0]}") from None
+    if first.height:
+        raise at_row(p, first["_row"][0], column, message.format(value=first["_value"][0]))
+    if required:
+        raise CliError(f"{p}: column {column}: {message.format(value='a value')}")
+
+
+def _check_rows(p: Path, df: pl.DataFrame, rules) -> None:
+    """The validation contract on a Parquet table read whole: the first bad row, named."""
+    from lens_core.common.validate import at_row, first_violation  # lazy: score's start-up
+
+    v = first_violation(df, rules)
+    if v is not None:
+        raise at_row(p, v.row + 1, v.column, v.message)
+
+
+class _HitsCheck:
+    """The validation contract on a Parquet hits file, one system at a time as the metrics read
+    it (`hit_metrics(check=...)`: every row they use, rank <= MAX_RANK), with no second pass
+    over the file; `_check_file` covers the rest from the file's statistics. A bad row is named
+    by its row in the file (found with a second, filtered scan, only then)."""
+
+    columns = ()  # read for the check only (none: the score is not used, `_check_file` checks it)
+
+    def __init__(self, p: Path):
+        from lens_core.common.validate import hits_rules  # lazy: score's start-up
+
+        # run_id and system: once per pair (`_check_file`)
+        self.p, self.rules = p, hits_rules(keys=("qid",), ids=("qid", "repo", "path"), score=False)
+
+    def __call__(self, hs: pl.DataFrame, run_id: str, system: str) -> None:
+        from lens_core.common.validate import at_row, first_violation  # lazy: score's start-up
+
+        v = first_violation(hs, self.rules)
+        if v is None:
+            return
+        from lens_core.measures.metrics import MAX_RANK  # lazy: score's start-up
+
+        row = (
+            pl.scan_parquet(self.p, row_index_name="_row", row_index_offset=1)
+            .filter((pl.col("run_id") == run_id) & (pl.col("system") == system) & (pl.col("rank") <= MAX_RANK))
+            .select("_row")
+            .slice(v.row, 1)
+            .collect()
+        )
+        raise at_row(self.p, row["_row"][0], v.column, v.message)
+
+
+def _check_file(p: Path, lf: pl.LazyFrame, systems: list[tuple[str, str]] | None) -> list[tuple[str, str]]:
+    """What the per-system checks do not see, from the file's statistics where it has them
+    (else read): a null run_id, system or rank (rows no per-system read reaches), an empty
+    run_id or system, a null or infinite score (the score is not read: the ranks are given;
+    a NaN is not in the statistics), a file with no hits. Returns the (run_id, system) pairs."""
+    cols = ("run_id", "system", "rank", "score")
+    if systems is None:
+        keys = lf.select("run_id", "system").unique().collect()
+        systems = sorted(keys.drop_nulls().iter_rows())
+        stats: list[tuple[int | None, bool]] = [(None, False)] * len(cols)
+    else:
+        stats = _parquet_column_stats(p, cols)
+    messages = {"rank": "rank {value} is not >= 1", "score": "score {value} is not a finite number"}
+    for c, (nulls, infinite) in zip(cols, stats):
+        if nulls is None or nulls:  # unknown (no statistics) or some: find the row
+            _refuse_column(p, c, pl.col(c).is_null(), messages.get(c, f"{c} is empty or null"), required=False)
+        if c == "score" and (infinite or nulls is None):  # an infinity in the statistics, or none there
+            _refuse_column(p, c, ~pl.col(c).is_finite(), messages[c], required=False)
+    for run_id, system in systems:  # the id rules, once per pair
+        for c, v in (("run_id", run_id), ("system", system)):
+            if not v.strip(" \t\n\r\f\v"):
+                _refuse_column(p, c, pl.col(c) == v, f"{c} is empty or null")
+    if not systems:
+        raise CliError(f"{p}: no hits (a run with zero hits cannot be scored)")
+    return systems
+
+
+def _parquet_column_stats(p: Path, columns: tuple[str, ...]) -> list[tuple[int | None, bool]]:
+    """Per column, from the row-group statistics: (nulls, None where a group has no count;
+    whether a float column's min or max is infinite)."""
+    import math
+
+    import pyarrow.parquet as papq
+
+    meta = papq.ParquetFile(p).metadata
+    names = [meta.schema.column(j).name for j in range(meta.num_columns)]
+    out: list[tuple[int | None, bool]] = []
+    for c in columns:
+        nulls: int | None = 0
+        infinite = False
+        for g in range(meta.num_row_groups):
+            st = meta.row_group(g).column(names.index(c)).statistics
+            if st is None or not st.has_null_count:
+                nulls = None
+                break
+            nulls += st.null_count
+            if st.has_min_max and isinstance(st.min, float) and not (math.isfinite(st.min) and math.isfinite(st.max)):
+                infinite = True
+        out.append((nulls, infinite))
+    return out
 
 
 def _parquet_systems(p: Path) -> list[tuple[str, str]] | None:
@@ -212,21 +377,34 @@ def _collect(lf: pl.LazyFrame, p: Path) -> pl.DataFrame:
 
 
 def _read_table(path: str, kind: str) -> pl.DataFrame | pl.LazyFrame:
-    """hits: a LazyFrame for Parquet (read one system at a time by the metrics), a
-    DataFrame for a TREC run; qrels and agg: DataFrames."""
+    """hits: a LazyFrame for Parquet (read one system at a time by the metrics, which check
+    it as they go), a DataFrame for a TREC run; qrels and agg: DataFrames. Each is checked
+    against the validation contract (`lens_core.common.validate`)."""
     p = Path(path)
     if not p.is_file():
         raise CliError(f"{p}: no such file")
     if p.suffix == ".parquet":
+        from lens_core.common.validate import agg_rules, configured_grades, qrels_rules  # lazy: score's start-up
+
         if kind == "hits":
             lf = _scan_contract(p, kind)
             _collect(lf.head(1), p)  # fail early, with the file named, on a type that does not fit
             return lf
         if kind == "qrels":
-            return _collect(_scan_contract(p, kind), p)
+            qrels = _collect(_scan_contract(p, kind), p)
+            if qrels.height == 0:
+                raise CliError(f"{p}: no judgments (an empty qrels table)")
+            _check_rows(p, qrels, qrels_rules(configured_grades()))
+            return qrels
         from lens_core.common.tables import read_parquet  # lazy: score's start-up
 
-        return read_parquet(p, schema=_contract(kind))
+        try:
+            pl.read_parquet_schema(p)
+        except Exception as e:  # not a Parquet file, truncated, ...
+            raise CliError(f"{p}: cannot read Parquet ({e})") from None
+        agg = read_parquet(p, schema=_contract(kind))
+        _check_rows(p, agg, agg_rules())
+        return agg
     if kind == "hits":
         return read_trec_run(p)
     if kind == "qrels":
@@ -257,40 +435,83 @@ def _agg_from_hits(hits: pl.DataFrame, qrels: pl.DataFrame) -> pl.DataFrame:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from lens_core.common.contracts import PER_QUERY_SCHEMA  # lazy: score's start-up: contracts import pyarrow
+    from lens_core.common.hashing import atomic_dir  # lazy: score's start-up
     from lens_core.common.tables import write_parquet  # lazy: score's start-up
+    from lens_core.common.validate import output_dir_problem  # lazy: score's start-up
     from lens_core.measures.metrics import hit_metrics, per_query_metrics, relevant_spans  # lazy: score's start-up
 
     t0 = time.monotonic()
+    problem = output_dir_problem(args.out)
+    if problem:
+        raise CliError(f"--out {problem}")
     hits = _read_table(args.hits, "hits")
     qrels = _read_table(args.qrels, "qrels")
+    agg = _read_table(args.agg, "agg") if args.agg else None  # validated before the work, like the others
     try:
         # One system at a time: the hits of the others are not held meanwhile.
         spans = relevant_spans(qrels)
-        systems = _parquet_systems(Path(args.hits)) if isinstance(hits, pl.LazyFrame) else None
-        ranking = hit_metrics(hits, qrels, spans, systems=systems)
+        check = systems = None
+        if isinstance(hits, pl.LazyFrame):  # Parquet: validated as the metrics read each system
+            check = _HitsCheck(Path(args.hits))
+            systems = _check_file(Path(args.hits), hits, _parquet_systems(Path(args.hits)))
+        ranking = hit_metrics(hits, qrels, spans, systems=systems, check=check, check_columns=_HitsCheck.columns)
     except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as e:
         raise CliError(f"{args.hits}: a column does not match the contract's type ({str(e).splitlines()[0]})") from None
     del hits
-    agg = _read_table(args.agg, "agg") if args.agg else _agg_from_keys(ranking, qrels)
+    if agg is None:
+        agg = _agg_from_keys(ranking, qrels)
     pq = per_query_metrics(agg, None, qrels, ranking=ranking, spans=spans)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_parquet(pq.select([f.name for f in PER_QUERY_SCHEMA]), out / "per_query.parquet", schema=PER_QUERY_SCHEMA)
-    if args.no_ci:
-        means = pq.group_by("system").agg(pl.col(m).mean() for m in ("ndcg_10", "recall_50", "sla_recall_50", "mrr_10"))
-        print(means.sort("system"))
-    else:
-        from lens_core.measures.scoring import hero_markdown, hero_table, score  # lazy: only with CIs
+    report = ""
+    with atomic_dir(out) as stage:  # all files or none, never mixed with an earlier set (issue 18)
+        write_parquet(
+            pq.select([f.name for f in PER_QUERY_SCHEMA]), stage / "per_query.parquet", schema=PER_QUERY_SCHEMA
+        )
+        if args.no_ci:
+            means = pq.group_by("system").agg(
+                pl.col(m).mean() for m in ("ndcg_10", "recall_50", "sla_recall_50", "mrr_10")
+            )
+            report = str(means.sort("system"))
+        else:
+            from lens_core.measures.scoring import hero_markdown, hero_table, score  # lazy: only with CIs
 
-        sc = score(pq, b=args.bootstrap, seed=args.seed)
-        write_parquet(sc, out / "scores.parquet")
-        ht = hero_table(sc, {}, {})
-        ht.write_csv(out / "hero_span_v22.csv")
-        print(hero_markdown(ht, ("ndcg_10", "recall_50", "sla_recall_50", "mrr_10")))
+            sc = score(pq, b=args.bootstrap, seed=args.seed)
+            write_parquet(sc, stage / "scores.parquet")
+            ht = hero_table(sc, {}, {})
+            ht.write_csv(stage / "hero_span_v22.csv")
+            report = hero_markdown(ht, ("ndcg_10", "recall_50", "sla_recall_50", "mrr_10"))
+    print(report)
     print(
         f"scored {pq['qid'].n_unique()} queries × {pq['system'].n_unique()} system(s) in "
         f"{time.monotonic() - t0:.2f}s -> {out}",
         file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Raw-run NDJSON files -> agg.parquet + hits.parquet in --out (SPEC §3): the weekly chain's
+    ingestion, validated the same way; on any refusal nothing is written."""
+    from lens_core.common.validate import output_dir_problem  # lazy: ingest only
+    from lens_core.ingest.ndjson import ingest_to_parquet  # lazy: ingest only (DuckDB, the C scanner)
+
+    t0 = time.monotonic()
+    out = Path(args.out)
+    problem = output_dir_problem(out)
+    if problem:
+        raise CliError(f"--out {problem}")
+    for raw in args.raw:
+        if not Path(raw).is_file():
+            raise CliError(f"{raw}: no such file")
+    created = not out.exists()
+    try:
+        agg, hits = ingest_to_parquet(args.raw, out / "agg.parquet", out / "hits.parquet")
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # nothing written: not even the folder
+        raise
+    print(
+        f"ingested {agg.num_rows} records, {hits.rows} hits in {time.monotonic() - t0:.2f}s -> {out}", file=sys.stderr
     )
     return 0
 
@@ -353,7 +574,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"lens-eval: verify: {b}: {len(problems)} problem(s)", file=sys.stderr)
         return EXIT_FAILED
     att = json.loads((b / "attestation.json").read_text())
-    print(f"OK {att['fingerprint']}: {len(att['artifacts'])} artifacts re-hashed, hero table re-scored within ±0.1 pp")
+    print(
+        f"OK {att['fingerprint']}: {len(att['artifacts'])} artifacts re-hashed, every attested field checked, "
+        "per_query, scores and hero table re-scored, comparison deltas re-derived within ±0.1 pp"
+    )
     return 0
 
 
@@ -362,28 +586,38 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ["DATA_SOURCE"] = args.source
     if args.data_dir:
         os.environ["LENS_DATA_DIR"] = str(Path(args.data_dir).resolve())
+    if args.allow_older:  # read by lens_core.publish.bundle.allow_older_default
+        os.environ["LENS_ALLOW_OLDER"] = "1"
+    from lens_core.collect.preflight import PreflightError, preflight  # lazy: `run` only (pydantic, http)
+
+    try:  # settings, names, token and the endpoint's /health, before the job or any file
+        preflight()
+    except PreflightError as e:  # one line, exit 2 (config) or 1 (auth, unreachable): no gate, no page
+        print(f"lens-eval: error: {e}", file=sys.stderr)
+        return e.exit_code
+    from lens_core.judge.qrels import QrelsError, check_human_qrels  # lazy: `run` only
+
+    try:  # human labels are input: a bad one is refused here with its file and line, exit 2
+        check_human_qrels()
+    except QrelsError as e:
+        print(f"lens-eval: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     from lens_assets.run import run_weekly  # lazy: the Dagster layer, for `run` only (seconds of start-up)
 
     partition = args.partition or latest_partition()
-    result = run_weekly(partition, queries_per_suite=args.queries_per_suite, progress=True)
-    print()
-    print(result["hero_markdown"])
-    print()
-    print(result["gates_markdown"])
-    print()
-    state = "PUBLISHED" if result["published"] else "NOT published (blocking gate failed; last green kept)"
-    print(f"fingerprint: {result['fingerprint']}  [{state}]")
-    print(f"bundle:      {result['bundle']}")
-    if result.get("site"):
-        print(f"site:        {result['site']}")
-    print(f"wall time:   {result['wall_s']:.1f}s")
+    print(f"lens weekly run, week {partition}: progress (the full event log is in the Dagster UI)")
+    # Through the code location when there is an instance to launch on ($DAGSTER_HOME, as make demo
+    # sets): the run is then listed under weekly_lens_job in the UI; in-process otherwise.
+    launch = bool(os.environ.get("DAGSTER_HOME")) and not args.in_process
+    result = run_weekly(partition, queries_per_suite=args.queries_per_suite, progress=True, launch=launch)
+    _print_run_summary(partition, result)
     outcomes = [(result["success"], bool(result.get("blocked_by_gates")))]
     if args.with_lvm:
         from lens_assets.run import dagster_instance  # lazy: the Dagster layer, for `run` only (seconds of start-up)
         from lvm_assets.run import run_lvm  # lazy: the Dagster layer and torch, for --with-lvm only
 
         with dagster_instance() as instance:
-            lvm = run_lvm(instance)
+            lvm = run_lvm(instance, launch=launch)
         _print_lvm_summary()
         print(
             f"lvm:         {'ok' if lvm['success'] else 'FAILED'} in {lvm['wall_s']:.1f}s; checks: "
@@ -396,6 +630,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("result:      a blocking gate or check is red: reported above, last green kept (exit 3)")
         return EXIT_BLOCKED
     return 0
+
+
+def _print_run_summary(partition: str, result: dict, max_hero_rows: int = 12) -> None:
+    """The verdict first (the report the release_verdict asset wrote), the hero table, and where
+    to look; the full tables are in files (verdict.md, gates.md, the bundle)."""
+    report = Path(result["report"]).parent if result.get("report") else None
+    print()
+    if report is not None and (report / "summary.txt").is_file():
+        print((report / "summary.txt").read_text().rstrip())
+    else:  # the verdict did not run: a step failed before it
+        state = "PUBLISHED" if result["published"] else "NOT PUBLISHED"
+        print(f"{state} {result.get('fingerprint') or '(no bundle)'} for week {partition}: the run did not finish")
+        for line in result.get("errors") or []:
+            print(f"  error: {line}")
+    hero = [ln for ln in (result.get("hero_markdown") or "").splitlines() if ln.strip()]
+    if hero:
+        print()
+        print("hero table (slice all, 95% CI):")
+        print("\n".join(hero[: max_hero_rows + 2]))
+        if len(hero) > max_hero_rows + 2:
+            print(f"… {len(hero) - max_hero_rows - 2} more systems (the bundle's tables/hero_span_v22.csv)")
+    print()
+    state = "PUBLISHED" if result["published"] else "NOT published (last green kept)"
+    print(f"fingerprint: {result['fingerprint']}  [{state}]")
+    print(f"bundle:      {result['bundle']}")
+    if result.get("site"):
+        print(f"site:        {result['site']}")
+    if report is not None:
+        print(f"verdict:     {report / 'verdict.md'}  (every gate: {report / 'gates.md'})")
+    print("ui:          make ui, then http://127.0.0.1:3000/assets/release_verdict")
+    print(f"wall time:   {result['wall_s']:.1f}s")
 
 
 def _print_lvm_summary() -> None:
@@ -417,9 +682,12 @@ def _print_lvm_summary() -> None:
         )
 
 
+_LIGHT_COMMANDS = ("score", "ingest")  # parsed without the plug-in command groups' imports
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The full parser; `only="score"` builds just that subcommand (no plug-in imports: the
-    score path stays light)."""
+    """The full parser; `only="score"` (or "ingest") builds just score and ingest (no plug-in
+    imports: those paths stay light, and refusing a bad input stays cheap)."""
     p = argparse.ArgumentParser(prog="lens-eval", description="Attested Lens evaluation from the command line.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -432,7 +700,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-ci", action="store_true", help="means only, no bootstrap")
     s.set_defaults(func=cmd_score)
-    if only == "score":
+    i = sub.add_parser("ingest", help="SPEC §3 raw-run NDJSON files -> agg.parquet + hits.parquet (validated)")
+    i.add_argument("raw", nargs="+", help="raw-run NDJSON files (runs/<env>/<run_id>/<system>.ndjson)")
+    i.add_argument("--out", required=True, help="output directory")
+    i.set_defaults(func=cmd_ingest)
+    if only in _LIGHT_COMMANDS:
         return p
 
     c = sub.add_parser("compare", help="SPEC §5 paired deltas, CIs, randomisation p, Holm")
@@ -461,6 +733,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("--data-dir", help="LENS_DATA_DIR (default ./data)")
     r.add_argument("--queries-per-suite", type=int, default=0, help="simulator queries per suite (0 = config)")
     r.add_argument("--with-lvm", action="store_true", help="also materialise the LVM group (make demo does)")
+    r.add_argument(
+        "--allow-older",
+        action="store_true",
+        help="publish even when the partition is older than the published one (default: kept unpublished)",
+    )
+    r.add_argument(
+        "--in-process",
+        action="store_true",
+        help="execute in this process instead of launching through the code location on $DAGSTER_HOME",
+    )
     r.set_defaults(func=cmd_run)
 
     try:
@@ -469,15 +751,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         register_lvm = None
     if register_lvm is not None:
         register_lvm(sub)
+    from lens_cli.judge import register as register_judge  # lazy: judge only
     from lens_cli.site import register as register_site  # lazy: the site's renderer, for `site` only
 
     register_site(sub)  # lens-eval site BUNDLE [--out DIR] [--lvm-dir DIR] [--publish]
+    register_judge(sub)  # lens-eval judge export|import
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(only="score" if argv[:1] == ["score"] else None)
+    parser = build_parser(only=argv[0] if argv[:1] and argv[0] in _LIGHT_COMMANDS else None)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
@@ -487,6 +771,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, PermissionError) as e:
         print(f"lens-eval: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:  # the system refused (disk full, a folder where a file was expected): one line
+        print(f"lens-eval: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("lens-eval: interrupted", file=sys.stderr)
         return 130

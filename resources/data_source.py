@@ -59,7 +59,7 @@ from lens_core.common.settings import cache_dir, data_source, env_number, load_c
 from lens_core.common.systems import SystemConfig
 from lens_core.ingest.ndjson import ingest
 from lens_core.sim.simulator import Simulator
-from lens_engine.corpus import build_corpus, env_max_functions
+from lens_engine.corpus import build_corpus, default_roots, env_max_functions
 from lens_engine.index import DEFAULT_SHARDS, index_key
 from lens_engine.launcher import EngineServer
 from lens_engine.suites import build_suites
@@ -345,6 +345,18 @@ class LensDataSource(dg.ConfigurableResource):
                     f"(it exited while serving {system.name}):\n{srv.log_tail()}"
                 ) from None
             raise
+
+    def source_roots(self) -> dict[str, tuple[Path, str]]:
+        """Where the code of each repo can be read (for the judging queue's code column):
+        `local` — the reference engine's corpus roots; `prod` — `LENS_SOURCE_ROOT/<repo>`
+        when set; `sim` — none (its spans are not real code)."""
+        src = self.resolved_source()
+        if src == "local":
+            return {repo: (Path(root), prefix) for repo, root, prefix, _ in default_roots()}
+        root = os.environ.get("LENS_SOURCE_ROOT", "").strip()
+        if src == "prod" and root and Path(root).is_dir():
+            return {p.name: (p, "") for p in Path(root).iterdir() if p.is_dir()}
+        return {}
 
     def describe(self) -> dict[str, Any]:
         """For the attestation: the source and its endpoints, never a token."""

@@ -205,8 +205,15 @@ class PagerResource(dg.ConfigurableResource):
         action, dedup = event.get("event_action"), event.get("dedup_key")
         url = self.resolved_url()
         if not url:
-            shown = {k: v for k, v in event.items() if k != "routing_key"}
-            log.warning("pager disabled (no PAGER_URL): would send %s", json.dumps(shown, sort_keys=True))
+            payload = event.get("payload") or {}
+            # one line (the terminal summary stays readable); the details are in the event's source
+            log.warning(
+                "pager disabled (no PAGER_URL): would send %s %s (%s): %s",
+                action,
+                dedup,
+                payload.get("severity", "-"),
+                " ".join(str(payload.get("summary", "")).split())[:200],
+            )
             return True
         where = _origin(url)
         if urlsplit(url).scheme not in ("http", "https"):

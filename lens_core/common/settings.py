@@ -164,6 +164,10 @@ class CalibrationSpec(_Strict):
     noise_reps: int = 1000
     slope_bounds: tuple[float, float] = (0.9, 1.1)
     drift_rate: float = 0.10
+    # Is calibrated confidence part of what is released? true: the `ece` gate blocks publication
+    # (as its `gates:` entry says); false: it warns with the same value and reason. A mapping
+    # {source: bool} (sim / local / prod) decides per data source (issue 17).
+    released: bool | dict[str, bool] = True
 
 
 class StatsSpec(_Strict):
@@ -193,6 +197,9 @@ class CanarySpec(_Strict):
     aa_min_windows: int | None = None
     aa_alpha: float | None = None
     aa_perm_b: int | None = None
+    aa_sla_margin: float | None = None
+    aa_calib_margin_ms: float | None = None
+    aa_ndcg_margin: float | None = None
     seed: int | None = None
 
 
@@ -206,6 +213,22 @@ class LoadTestSpec(_Strict):
 
 class MonitoringSpec(_Strict):
     micro_suite_size: int = 800
+
+
+LABEL_POLICIES = ("explicit", "codesearchnet")
+
+
+class JudgingSpec(_Strict):
+    """How pool members get labels (SPEC §3, issue 16). `policy` per data source:
+    `explicit` — only labels someone gave (human qrels, ground truth); `codesearchnet` — also
+    every other pool member of a query that has ground truth is non-relevant (CodeSearchNet's
+    rule, for suites whose ground truth is the one source span)."""
+
+    policy: dict[str, Literal["explicit", "codesearchnet"]] = Field(
+        default_factory=lambda: {"sim": "codesearchnet", "local": "codesearchnet", "prod": "explicit"}
+    )
+    grades: list[int] = Field(default_factory=lambda: [0, 1, 2, 3])
+    queue_cap_per_query: int = Field(default=20, ge=1)
 
 
 class LensConfig(BaseModel):
@@ -223,6 +246,7 @@ class LensConfig(BaseModel):
     canary: CanarySpec = Field(default_factory=CanarySpec)
     load_test: LoadTestSpec = Field(default_factory=LoadTestSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+    judging: JudgingSpec = Field(default_factory=JudgingSpec)
     owners: dict[str, list[str]] = Field(default_factory=dict)
 
 
@@ -329,3 +353,24 @@ def cache_dir() -> Path:
     `LENS_CACHE_DIR` is set (tests share one across temporary data dirs)."""
     override = os.environ.get("LENS_CACHE_DIR")
     return Path(override).resolve() if override else data_dir() / "cache"
+
+
+def label_policy(source: str | None = None) -> str:
+    """The labelling policy of a data source (config `judging.policy`, `explicit` if unset)."""
+    return load_config().judging.policy.get(source or data_source(), "explicit")
+
+
+def judgments_dir() -> Path:
+    """Where `lens-eval judge import` puts human qrels; every weekly run reads them."""
+    return data_dir() / "judgments"
+
+
+def judging_dir(partition: str) -> Path:
+    """Where a week's judging queue is exported (Parquet, Label Studio tasks and config)."""
+    return data_dir() / "judging" / partition
+
+
+def qrels_setting() -> str:
+    """`LENS_QRELS`: human qrels files (TREC with line spans, or Parquet), comma-separated;
+    a directory stands for the qrels files in it. The judgments dir is always read too."""
+    return os.environ.get("LENS_QRELS", "").strip()

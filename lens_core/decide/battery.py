@@ -103,11 +103,17 @@ def evaluate_gates(
     systems,
     source: str = "sim",
     sla_ms: float = 150.0,
+    judging_queue: pl.DataFrame | None = None,
+    judging_queue_path: str | None = None,
 ) -> list[GateResult]:
     base = systems[0].name
     gates = [schema_gate(raw_runs.height, int(raw_runs["records"].sum()))]
     gates += parity_gate(raw_runs, agg, query_suites, source, systems[0], sla_ms)
-    gates += pool_gate(scores) + ece_gate(calibration) + decision_gates(comparisons, primary_comparisons(systems))
+    gates += (
+        pool_gate(scores, None if judging_queue is None else judging_queue.height, judging_queue_path)
+        + ece_gate(calibration, source)
+        + decision_gates(comparisons, primary_comparisons(systems))
+    )
     gates += tail_gate(scores) + sla_recall_gate(scores, base) + file_credit_gate(scores) + flatline_gate(per_query)
     gates += calibration_parity_gate(calibration_parity) + cost_gate(scores, base)
     return gates

@@ -89,14 +89,29 @@ def schema_gate(files_checked: int, rows: int) -> GateResult:
     )
 
 
-def pool_gate(scores: pl.DataFrame | None) -> list[GateResult]:
+def pool_gate(
+    scores: pl.DataFrame | None, queue_size: int | None = None, queue_path: str | None = None
+) -> list[GateResult]:
+    """judged@10 per system (labels only: a hit nobody labelled is unjudged). A failing subject's
+    reason names the unjudged share and the judging queue (its size and where it is)."""
     thr = gate_config("pool").threshold
     if scores is None or scores.height == 0:
         return [_missing("pool", "scores")]
     judged = _metric(scores, "judged_10")
     if not judged:
         return [_missing("pool", "judged_10 in scores")]
-    return [gate_result("pool", v, v >= thr, f"judged@10 = {v:.3f} (>= {thr})", s) for s, v in sorted(judged.items())]
+    todo = "" if queue_size is None else f"; {queue_size} pool member(s) to judge in the judging queue"
+    todo += f" ({queue_path})" if queue_path and queue_size else ""
+    return [
+        gate_result(
+            "pool",
+            v,
+            v >= thr,
+            f"judged@10 = {v:.3f} (>= {thr})" + ("" if v >= thr else f", {1 - v:.1%} of the top 10 unjudged{todo}"),
+            s,
+        )
+        for s, v in sorted(judged.items())
+    ]
 
 
 def flatline_gate(per_query: pl.DataFrame | None) -> list[GateResult]:
@@ -168,10 +183,34 @@ def cost_gate(scores: pl.DataFrame | None, baseline: str) -> list[GateResult]:
     return _vs_baseline("cost", scores, "cpu_ms", baseline, relative=True, higher_is_better=False)
 
 
-def ece_gate(report: pl.DataFrame | None) -> list[GateResult]:
+def calibration_released(source: str | None = None) -> bool:
+    """`calibration.released` of the config: is calibrated confidence part of what is released
+    (for this data source, when the key is a per-source mapping; a source it does not name
+    counts as released)?"""
+    rel = load_config().calibration.released
+    if isinstance(rel, dict):
+        return bool(rel.get(source, True)) if source is not None else all(rel.values())
+    return bool(rel)
+
+
+def ece_gate(report: pl.DataFrame | None, source: str | None = None) -> list[GateResult]:
     """Per system: no cell with enough labels has ECE above the gate. Cells whose noise floor is
     above the gate are `insufficient`: counted and named in the reason, neither pass nor fail.
-    A system with no sufficient cell at all reports status `insufficient`."""
+    A system with no sufficient cell at all reports status `insufficient`.
+
+    The gate blocks publication only where calibrated confidence is released
+    (`calibration_released(source)`, issue 17); otherwise every result is WARN (non-blocking)
+    with the same value, status and reason, plus a note saying why it does not block."""
+    out = _ece_results(report)
+    if calibration_released(source):
+        return out
+    for g in out:
+        g.blocking = False
+        g.reason += "; not blocking: calibrated confidence is not released (calibration.released)"
+    return out
+
+
+def _ece_results(report: pl.DataFrame | None) -> list[GateResult]:
     thr = gate_config("ece").threshold
     if report is None or report.height == 0:
         return [_missing("ece", "calibration cell report")]
