@@ -11,6 +11,8 @@ import polars as pl
 from lens_assets.common import GROUP, OWNERS_EVAL, current_systems, weekly_partitions
 from lens_core.common.settings import data_dir, load_config
 from lens_core.common.tables import read_parquet
+from lens_core.decide.canary import aa_equivalence_per_query, canary_config
+from lens_core.decide.gate_view import one_line
 from lens_core.measures.headline import HEADLINE_METRICS, ece_figures, headline_figures
 from lens_core.publish.verdict import outcome_from_frame, previous_published_week
 from lens_core.publish.verdict import (
@@ -65,6 +67,18 @@ def release_verdict(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     t = {name: _staging(name, pk) for name in VERDICT_INPUTS}
     systems = current_systems(context)
     baseline = systems[0].name
+    twin = next((s.name for s in systems if s.pack == "aa"), None)
+    per_query = _staging("per_query", pk)
+    aa = None
+    if twin and per_query.height:  # the A/A decision the week took: TOST against the margins (issue 17)
+        try:
+            tost = aa_equivalence_per_query(per_query, baseline, twin, canary_config())
+            aa = (
+                not tost.equivalent,
+                one_line(tost.reason if tost.equivalent else f"the setup is broken: {tost.reason}", 400),
+            )
+        except ValueError as e:  # too few paired queries to judge: said, not hidden
+            aa = (None, one_line(f"A/A not judged: {e}", 400))
     v = compute_verdict(
         pk,
         outcome_from_frame(t["release_bundle"]),
@@ -76,6 +90,7 @@ def release_verdict(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         previous_published_week(data_dir(), pk),
         alpha=load_config().run.alpha,
         baseline=baseline,
+        aa=aa,
     )
     context.log.info(v.headline)
     md: dict[str, object] = {

@@ -410,3 +410,15 @@ def test_lens_eval_run_summarises_and_records_numbers_over_weeks(tmp_path):
         ]
         assert sorted(e.partition for e in evals) == list(weeks)
         assert all(e.description and "\n" not in e.description for e in evals)
+
+
+def test_the_verdict_shows_the_a_a_decision_the_week_took_when_given():
+    """The hero decisions judge the A/A by TOST (issue 17); the verdict shows that decision, not
+    the point-null comparison row, when the asset passes it."""
+    out = BundleOutcome("v22_new", True, previous_published=None)
+    green = _gates().filter(pl.col("status") != "fail")
+    args = ("2026-11-15", out, green, _heroes(), pl.DataFrame(), _cmp(0.9), _scores(0.5, 0.4, 0.6), None)
+    default = release_verdict(*args)
+    assert default.aa.startswith("A/A") and "TOST" not in default.aa
+    broken = release_verdict(*args, aa=(True, "A/A NOT shown equivalent: the setup is broken (TOST)"))
+    assert broken.aa_significant is True and broken.aa.startswith("A/A NOT shown equivalent")

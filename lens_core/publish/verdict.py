@@ -324,7 +324,10 @@ def release_verdict(
     previous: PreviousWeek | None,
     alpha: float = 0.05,
     baseline: str | None = None,
+    aa: tuple[bool | None, str] | None = None,
 ) -> Verdict:
+    """The week's verdict. `aa`: (broken, one line) of the A/A decision the week took (the
+    TOST of the hero decisions, issue 17); without it, the A/A pair's comparison row is shown."""
     failed = failed_gates(gates)
     overview = gate_overview(gates)
     blocking_failed = failed.filter(pl.col("blocking"))
@@ -351,7 +354,7 @@ def release_verdict(
     state = "PUBLISHED" if published else "NOT PUBLISHED"
     headline = one_line(f"{state} {fp or '(no bundle)'} for week {partition}: {why}", 300)
     hero_df = hero_lines(heroes)
-    aa_sig, aa_line = aa_verdict(comparisons, alpha)
+    aa_sig, aa_line = aa if aa is not None else aa_verdict(comparisons, alpha)
     deltas = week_deltas(scores, previous.scores) if previous is not None else week_deltas(scores, pl.DataFrame())
     counts = {
         "blocking_gates_failed": int(blocking_failed.height),
