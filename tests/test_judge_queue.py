@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -266,3 +267,29 @@ def test_write_trec_qrels_refuses_whitespace(tmp_path):
     with pytest.raises(ValueError, match="whitespace"):
         write_trec_qrels(bad, tmp_path / "x.qrels")
     assert not (tmp_path / "x.qrels").exists()
+
+
+def test_span_reader_reads_spans_of_a_checkout_once_per_file_and_never_outside_it(tmp_path, monkeypatch):
+    from lens_core.judge.queue import span_reader
+
+    root = tmp_path / "stdlib"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "m.py").write_text("".join(f"line {i}\n" for i in range(1, 11)))
+    (tmp_path / "secret.py").write_text("nope\n")
+    reads: list[Path] = []
+    real = Path.read_text
+
+    def counting(self, *a, **k):
+        reads.append(self)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    read = span_reader({"cpython": (root, "Lib")}, max_lines=3)
+    assert read("cpython", "Lib/pkg/m.py", 2, 3) == "line 2\nline 3"
+    assert read("cpython", "Lib/pkg/m.py", 4, 9) == "line 4\nline 5\nline 6\n... (3 more lines)"
+    assert len(reads) == 1  # two spans of one file: one read
+    assert read("cpython", "Lib/../secret.py", 1, 1) is None  # outside the checkout
+    assert read("cpython", "Other/pkg/m.py", 1, 1) is None  # not under the repo's prefix
+    assert read("arrow", "Lib/pkg/m.py", 1, 1) is None  # unknown repo
+    assert read("cpython", "Lib/pkg/m.py", 11, 12) is None  # past the end of the file
+    assert read("cpython", "Lib/pkg/missing.py", 1, 1) is None

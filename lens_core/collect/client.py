@@ -43,6 +43,7 @@ Why this is one module: the Lens client is one state machine per query (deadline
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import http.client
@@ -154,12 +155,10 @@ class _Probe:
     def _shut(self) -> None:
         sock = self._sock
         if sock is not None:
-            try:
-                # the plain socket's shutdown, also under TLS: SSLSocket.shutdown() would tear
-                # down the TLS object under the reading thread
+            # the plain socket's shutdown, also under TLS: SSLSocket.shutdown() would tear down
+            # the TLS object under the reading thread; an already closed socket is fine
+            with contextlib.suppress(OSError):
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def cancel(self) -> None:
         """Shut the socket down: wakes a reader blocked in recv and tells the server we left.

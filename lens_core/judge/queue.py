@@ -18,6 +18,7 @@ Pure functions: polars and the standard library only (no dagster).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -273,6 +274,13 @@ def span_reader(roots: dict[str, tuple[Path, str]], max_lines: int = 200) -> Sou
     `prefix/relative path` and its file `root/relative path`; lines start..end (at most
     `max_lines`, the rest elided). None when the repo, the file or the lines are not there."""
 
+    @functools.lru_cache(maxsize=256)
+    def lines_of(f: Path) -> list[str] | None:  # a queue holds many spans of the same file: read it once
+        try:
+            return f.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return None
+
     def read(repo: str, path: str, start: int, end: int) -> str | None:
         if repo not in roots:
             return None
@@ -284,11 +292,8 @@ def span_reader(roots: dict[str, tuple[Path, str]], max_lines: int = 200) -> Sou
         f = (Path(root) / path).resolve()
         if Path(root).resolve() not in f.parents or not f.is_file():  # never outside the checkout
             return None
-        try:
-            lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            return None
-        if start < 1 or start > len(lines):
+        lines = lines_of(f)
+        if lines is None or start < 1 or start > len(lines):
             return None
         body = lines[start - 1 : min(end, start - 1 + max_lines)]
         more = end - start + 1 - len(body)

@@ -104,10 +104,8 @@ def code_version(repo_dir: Path | None = None) -> str:
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for p in KEY_PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):  # not installed: not listed
             out[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
