@@ -15,6 +15,15 @@ Metric conventions follow trec_eval: nDCG@10 = `ndcg_cut.10` (gain = rel, discou
 log2(rank + 1), ideal from all relevant spans of the query cut at 10), Recall@50 = relevant
 spans credited in the top 50 / relevant spans, MRR@10 = 1/rank of the first credited hit in
 the top 10, Success@k = any credited hit in the top k. A query with no relevant span scores 0.
+
+Memory (issue 19): a system's hits read lazily (Parquet) are streamed in chunks of whole
+queries (`_query_chunks`); each query's columns depend on its own hits only, so the rows are
+the same, to the bit, as from one whole read.
+
+Why this is one module: span credit, the per-ranking columns built from it (whole or streamed)
+and the per-query measures are one chain over the same keys and conventions; the weekly
+pipeline, `lens-eval score` and `lens-eval trec --credit span` all call into it, and splitting
+it would put the credit rules and the columns that depend on them in different places.
 """
 
 from __future__ import annotations
@@ -313,6 +322,41 @@ def _ranking_metrics(hs: pl.DataFrame, spans: pl.DataFrame, judged_only: pl.Data
     return q.drop("_q")
 
 
+HIT_CHUNK_ROWS = 1 << 19  # rows of hits per streamed chunk (issue 19: bounded memory)
+
+
+def _query_chunks(hs: pl.LazyFrame, rows: int):
+    """The hits in chunks of about `rows` rows, each holding whole runs of one qid (a run cut
+    by a chunk's end is carried into the next chunk), streamed: one chunk in memory."""
+    carry: pl.DataFrame | None = None
+    for b in hs.collect_batches(chunk_size=rows, maintain_order=True):
+        if carry is not None and carry.height:
+            b = pl.concat([carry, b], how="vertical_relaxed")
+        if b.height == 0:
+            continue
+        r = b.get_column("qid").rle_id().to_numpy()
+        cut = int(np.searchsorted(r, r[-1]))  # the start of the last qid's run
+        if cut:
+            yield b.slice(0, cut)
+        carry = b.slice(cut)
+    if carry is not None and carry.height:
+        yield carry
+
+
+def _ranking_metrics_streamed(hs: pl.LazyFrame, spans: pl.DataFrame, judged_only: pl.DataFrame) -> pl.DataFrame | None:
+    """`_ranking_metrics` over the hits in chunks of whole queries (`_query_chunks`): the same
+    rows, to the bit (each query's columns depend on its own hits only), at a fraction of the
+    memory. None when a qid's hits are not contiguous (a qid in two chunks): the caller then
+    reads the system's hits whole."""
+    parts = [_ranking_metrics(c, spans, judged_only) for c in _query_chunks(hs, HIT_CHUNK_ROWS)]
+    if not parts:
+        return None
+    out = pl.concat(parts, how="vertical_relaxed") if len(parts) > 1 else parts[0]
+    if not out.get_column("qid").is_unique().all():
+        return None
+    return out
+
+
 def _system_keys(hits: pl.DataFrame | pl.LazyFrame) -> list[tuple[str, str]]:
     keys = hits.select("run_id", "system").unique()
     if isinstance(keys, pl.LazyFrame):
@@ -347,12 +391,16 @@ def hit_metrics(
         hs = hits.filter(
             (pl.col("run_id") == run_id) & (pl.col("system") == system) & (pl.col("rank") <= MAX_RANK)
         ).select(_HIT_COLS + [c for c in check_columns if c not in _HIT_COLS])
-        if isinstance(hs, pl.LazyFrame):
-            hs = hs.collect()
-        if check is not None:
-            check(hs, run_id, system)
-            hs = hs.select(_HIT_COLS)
-        m = _ranking_metrics(hs, spans, judged_only)
+        m = None
+        if isinstance(hs, pl.LazyFrame) and check is None:
+            m = _ranking_metrics_streamed(hs, spans, judged_only)
+        if m is None:
+            if isinstance(hs, pl.LazyFrame):
+                hs = hs.collect()
+            if check is not None:
+                check(hs, run_id, system)
+                hs = hs.select(_HIT_COLS)
+            m = _ranking_metrics(hs, spans, judged_only)
         del hs
         parts.append(m.select(pl.lit(run_id).alias("run_id"), pl.lit(system).alias("system"), pl.all()))
     schema = {

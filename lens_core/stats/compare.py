@@ -6,6 +6,9 @@ Conventions
 -----------
 * A *decision* is one (control, test) pair. Its *family* is every (metric × slice) row of that
   pair; Holm is applied across the family (rows whose p-value is not computed are outside it).
+  A slice whose queries are exactly those of an earlier slice (`all` first) is the same test:
+  it is reported as an alias (its first slice's numbers and p_holm, said in `reason`) and is
+  not a member of the family (issue 19: on TREC input every slice duplicates `all`).
 * Pairing: the two systems' per-query rows are inner-joined on `qid`; `n` is the number of
   paired queries in a slice. The per-query difference is `test − control`, so `delta > 0`
   means the test arm scores higher.
@@ -370,8 +373,16 @@ def compare(
     min_n: int = DEFAULT_MIN_N,
     power: float = 0.8,
     nan_policy: str = "raise",
+    aliases: str = "any",
 ) -> pl.DataFrame:
     """One decision: paired deltas of `test − control` per metric and slice.
+
+    `aliases`: which slices are the same test as an earlier slice and so are reported as its
+    alias, outside the Holm family: "any" (default) a slice whose paired queries are those of an
+    earlier slice (`intent=all` on TREC input holds every query, like `all`; the reference
+    engine's `suite=identifier` is `intent=identifier`): the same queries are the same test, and
+    counting it twice makes Holm harsher for nothing; "all" only those holding every paired
+    query; "none" keeps every slice in the family.
 
     Returns a polars DataFrame whose first columns are exactly `COMPARISONS_SCHEMA`
     (control, test, slice, metric, delta, ci_low, ci_high, p_value, p_holm), then
@@ -392,6 +403,8 @@ def compare(
         )
     if b_ci < 1 or b_perm < 1:
         raise ValueError("compare: b_ci and b_perm must be >= 1")
+    if aliases not in ("all", "any", "none"):
+        raise ValueError(f"compare: aliases must be 'all', 'any' or 'none', not {aliases!r}")
     dims = [s for s in slices if s != SLICE_ALL]
     _check_columns(per_query, ["system", "qid", *dims, *metrics])
     seed = int(seed)
@@ -474,14 +487,29 @@ def compare(
     col_blocks: list[np.ndarray] = []
     col_meta: list[tuple[int, int, int]] = []  # (group index, stratum code, metric index)
     pending: list[dict] = []
+    # A slice holding the same queries as an earlier one (`all` first: on TREC input every
+    # query's intent, language and suite is "all") is the same test, not another member of
+    # the Holm family: it is reported as an alias of the first, with its numbers.
+    first_slice: dict[bytes, str] = {}
+    by_slice: dict[tuple[str, str], dict] = {}
+    alias_rows: list[tuple[dict, str]] = []
     for gi, (_, codes, names) in enumerate(groups):
         sizes = np.bincount(codes, minlength=len(names))
         for sc, name in enumerate(names):
             member = codes == sc
+            key = np.packbits(member).tobytes()
+            canon = first_slice.setdefault(key, name) if aliases == "any" or member.all() else name
+            if aliases != "none" and canon != name:
+                for m in metrics:
+                    r = base(name, m)
+                    alias_rows.append((r, canon))
+                    rows.append(r)
+                continue
             ns = int(sizes[sc])
             d_s = diffs[member]
             for mi, m in enumerate(metrics):
                 r = base(name, m)
+                by_slice[(name, m)] = r
                 r["n"] = ns
                 x = d_s[:, mi]
                 r["delta"] = float(x.mean())
@@ -532,14 +560,28 @@ def compare(
                 r["p_value"] = 1.0 if r["delta"] == 0 else float(pvals[j])
             else:
                 r["ci_low"], r["ci_high"], r["p_value"] = float(lo[j]), float(hi[j]), float(pvals[j])
+    for r, canon in alias_rows:
+        src = by_slice[(canon, r["metric"])]
+        r.update({k: src[k] for k in ("delta", "ci_low", "ci_high", "p_value", "n", "sd_diff", "mde", "status")})
+        r["reason"] = "; ".join(
+            [x for x in (src["reason"],) if x] + [f"alias of slice {canon!r} (the same queries): not a separate test"]
+        )
+        r["_alias_of"] = src
     return _finish(rows)
 
 
 def _finish(rows: list[dict]) -> pl.DataFrame:
-    p = np.array([np.nan if r["p_value"] is None else r["p_value"] for r in rows])
+    """Holm over the rows with a p-value, aliases (`_alias_of`: a slice with the same queries
+    as an earlier one) left out of the family and given their first slice's p_holm."""
+    p = np.array([np.nan if r["p_value"] is None or "_alias_of" in r else r["p_value"] for r in rows])
     adj = holm(p)
     for r, a in zip(rows, adj):
         r["p_holm"] = None if np.isnan(a) else float(a)
+    for r in rows:
+        src = r.pop("_alias_of", None)
+        if src is not None:
+            r["p_holm"] = src["p_holm"]
+    for r in rows:
         ne, m = r["needed_effect"], r["mde"]
         if ne is not None:
             r["needed_effect"] = float(ne)
