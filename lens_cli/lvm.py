@@ -1,8 +1,13 @@
 """`lens-eval lvm ...`: the LVM command group (`lens_cli.main` calls `register(subparsers)`).
 
     lens-eval lvm status              current champion and history (JSON)
-    lens-eval lvm rollback NAME       restore an earlier champion by name (sha256 verified)
-    lens-eval lvm run                 the whole LVM chain in-process (lvm_core.pipeline.run_all)
+    lens-eval lvm rollback NAME       restore an earlier champion by name (sha256 verified); the
+                                      next evaluation judges drift and lanes against it
+    lens-eval lvm run [--profile P]   the whole LVM chain in-process (lvm_core.pipeline.run_all);
+                                      P = small (default, the demo) or full (whole corpus,
+                                      context 100/500; LVM_PROFILE sets it too; LVM_DEVICE picks
+                                      cpu/cuda)
+    lens-eval lvm report              the last evaluation's table (lvm/report.md)
 
 `--data-dir` defaults to `$LENS_DATA_DIR` (./data). Errors: one line on stderr, exit 1 (the
 handler reports it). lens_cli.main imports this module lazily: it loads torch.
@@ -15,8 +20,9 @@ import functools
 import json
 import logging
 import sys
+from pathlib import Path
 
-from lvm_core.pipeline import lvm_dir, run_all
+from lvm_core.pipeline import lvm_dir, run_all, step_report
 from lvm_core.registry import rollback, status
 
 
@@ -34,7 +40,7 @@ def _reported(fn):
     return run
 
 
-def _lvm_dir(args) -> "object":
+def _lvm_dir(args) -> "Path":
     return lvm_dir(args.data_dir)
 
 
@@ -54,10 +60,14 @@ def _rollback(args) -> int:
 @_reported
 def _run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    res = run_all(args.data_dir, progress=True)
+    res = run_all(args.data_dir, progress=True, profile=args.profile)
     print(
         json.dumps(
             {
+                "profile": res["profile"],
+                "device": res["device"],
+                "wall_s": res["wall_s"],
+                "report": res["report"],
                 "timings_s": res["timings_s"],
                 "champion": res["champion"],
                 "checks": [{k: c[k] for k in ("name", "passed", "value", "threshold")} for c in res["checks"]],
@@ -66,6 +76,16 @@ def _run(args) -> int:
             default=str,
         )
     )
+    return 0
+
+
+@_reported
+def _report(args) -> int:
+    out = _lvm_dir(args)
+    path = out / "report.md"
+    if not path.is_file():
+        path = step_report(out)
+    print(path.read_text(), end="")
     return 0
 
 
@@ -87,5 +107,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     r.add_argument("name", metavar="NAME", help="champion name, e.g. memory_gru@1a2b3c4d")
     r.set_defaults(func=_rollback)
     u = sub.add_parser("run", help="run the whole LVM chain in-process (train, eval, promote)")
+    u.add_argument(
+        "--profile",
+        default=None,
+        help="small (the demo's) or full (whole corpus, context 100/500); default $LVM_PROFILE or small",
+    )
     u.set_defaults(func=_run)
+    rp = sub.add_parser("report", help="print the last evaluation's table (lvm/report.md)")
+    rp.set_defaults(func=_report)
     return p

@@ -123,17 +123,19 @@ def evaluate_predictors(
 ) -> tuple[pa.Table, dict[str, np.ndarray], dict[str, dict]]:
     """Evaluate predictors on one split's queries against its bank."""
     e = cfg["eval"]
-    ctx = data.contexts()
     lanes = np.asarray(data.lane)
+    n_lat = min(int(e["latency_queries"]), data.start.size)
+    lat_ctx = data.contexts(np.random.default_rng(int(e["seed"])).choice(data.start.size, n_lat, replace=False))
+    inb = int(e.get("inbatch_size", 16))
     rows: list[dict] = []
     ranks_by: dict[str, np.ndarray] = {}
     stats: dict[str, dict] = {}
     for name, pred in predictors.items():
         t0 = time.monotonic()
-        preds = pred.predict(ctx)
+        preds = data.predict(pred)
         finite = np.isfinite(preds).all(axis=1)
         ranks = data.ranks(preds)
-        p95 = latency_p95_ms(pred, ctx, int(e["latency_queries"]), int(e["seed"]))
+        p95 = latency_p95_ms(pred, lat_ctx, n_lat, int(e["seed"]))
         rows += score_rows(
             name,
             ranks,
@@ -150,6 +152,15 @@ def evaluate_predictors(
             "nan_rate": float(1.0 - finite.mean()) if finite.size else 0.0,
             "p95_ms": p95,
             "n_queries": int(ranks.size),
+            "inbatch": inbatch_hits(
+                preds,
+                data.vectors[data.target],
+                inb,
+                e["ks"],
+                int(e["bootstrap_b"]),
+                int(e["seed"]),
+                float(e.get("alpha", 0.05)),
+            ),
             "eval_seconds": time.monotonic() - t0,
         }
         log.info(
@@ -162,6 +173,44 @@ def evaluate_predictors(
         )
     table = pa.Table.from_pylist(rows, schema=LVM_EVAL_SCHEMA)
     return table, ranks_by, stats
+
+
+def inbatch_ranks(preds: np.ndarray, targets: np.ndarray, batch: int, seed: int) -> np.ndarray:
+    """The seed trainer's measure: queries shuffled (seeded) into batches of `batch`; each
+    query's target ranked by cosine among the batch's `batch` targets only (pessimistic on ties,
+    NaN a miss). The last incomplete batch is dropped; returns one rank per kept query."""
+    q = preds.shape[0]
+    nb = q // batch
+    if nb == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.random.default_rng(seed).permutation(q)[: nb * batch].reshape(nb, batch)
+    p = np.nan_to_num(np.asarray(preds, dtype=np.float32)[order], nan=0.0, posinf=0.0, neginf=0.0)
+    p /= np.maximum(np.linalg.norm(p, axis=2, keepdims=True), 1e-12)
+    t = np.asarray(targets, dtype=np.float32)[order]
+    scores = np.einsum("nid,njd->nij", p, t)  # (nb, batch, batch)
+    true = np.einsum("nii->ni", scores)[:, :, None]
+    ranks = (scores >= true).sum(axis=2).reshape(-1)
+    finite = np.isfinite(np.asarray(preds)[order.reshape(-1)]).all(axis=1)
+    ranks[~finite] = batch + 1
+    return ranks
+
+
+def inbatch_hits(
+    preds: np.ndarray, targets: np.ndarray, batch: int, ks, b: int, seed: int, alpha: float = 0.05
+) -> dict:
+    """In-batch Hit@K (`inbatch_ranks`) with percentile-bootstrap CIs: labelled apart from the
+    full-bank Hit@K, since `batch` candidates make a far easier test than the whole bank."""
+    ranks = inbatch_ranks(preds, targets, batch, seed)
+    out: dict = {"batch_size": int(batch), "n_queries": int(ranks.size), "candidates": int(batch)}
+    if ranks.size == 0:
+        return out
+    ks = [int(k) for k in ks]
+    h = hits_at(ranks, ks)
+    mean, lo, hi = mean_ci(np.stack([h[k] for k in ks]), b=b, seed=seed, alpha=alpha)
+    for i, k in enumerate(ks):
+        out[f"hit{k}"] = float(mean[i])
+        out[f"hit{k}_ci"] = [float(lo[i]), float(hi[i])]
+    return out
 
 
 def eval_set_hash(data: SplitData) -> str:
@@ -193,6 +242,7 @@ def evaluate_all(
             "sha256": meta["sha256"],
             "reused": meta.get("reused", False),
             "train_seconds": meta.get("metrics", {}).get("train_seconds"),
+            "device": predictors[v].device,
         }
     table, ranks_by, stats = evaluate_predictors(predictors, data, cfg)
     set_hash = eval_set_hash(data)
@@ -214,7 +264,10 @@ def evaluate_all(
         "sentences; the target is never removed",
         "candidates_per_query": {"min": int(per_q.min()), "median": float(np.median(per_q)), "max": int(per_q.max())},
         "n_queries": int(data.target.size),
-        "n_eval_sentences": int(data.bank._rows.size),
+        "n_eval_sentences": int(data.bank.n_rows),
+        "inbatch_protocol": f"in-batch Hit@K (models.*.inbatch): eval queries shuffled into batches of "
+        f"{int(cfg['eval'].get('inbatch_size', 16))}, each target ranked among its batch's targets only, as the "
+        "seed's trainer measured; not comparable with the full-bank Hit@K",
         "models": {v: ckpts[v] | stats[v] for v in variants},
     }
     atomic_write_json(out_dir / "eval_summary.json", summary)

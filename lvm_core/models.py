@@ -26,6 +26,10 @@ context sentences from its candidate set, see `lvm_core.evaluate`).
 Baselines: copy-last (y_hat = x_L), mean-of-context (normalize(mean x)), ridge regression in
 closed form on features [x_L, x_{L-1}, ..., x_{L-k+1}, mean x] predicting the
 step y - x_L (`Ridge`).
+
+Short contexts (an article's first sentences under a long context length) arrive left-padded
+with zero vectors (`lvm_core.sequences.gather`): the means skip them, the GRU reads them as
+"no sentence yet".
 """
 
 from __future__ import annotations
@@ -41,9 +45,18 @@ VARIANTS = ("memory_gru", "copy_last", "mean_context", "ridge")
 
 
 class MemoryGRU(nn.Module):
-    def __init__(self, dim: int = 384, hidden: int = 384, memory_slots: int = 32, dropout: float = 0.1):
+    def __init__(
+        self, dim: int = 384, hidden: int = 384, memory_slots: int = 32, dropout: float = 0.1, ridge_last_k: int = 0
+    ):
         super().__init__()
         self.dim, self.hidden, self.memory_slots = dim, hidden, memory_slots
+        # Delta base: the last context vector (default), or, with ridge_last_k > 0, a fixed ridge
+        # prediction (buffers ridge_W, ridge_b, set from a fitted `Ridge`): the GRU then learns
+        # a correction to ridge and starts as exactly ridge.
+        self.ridge_last_k = int(ridge_last_k)
+        if self.ridge_last_k:
+            self.register_buffer("ridge_W", torch.zeros((self.ridge_last_k + 1) * dim, dim))
+            self.register_buffer("ridge_b", torch.zeros(dim))
         self.gru = nn.GRU(dim, hidden, batch_first=True)
         self.query = nn.Linear(hidden, hidden)
         self.mem_keys = nn.Parameter(torch.randn(memory_slots, hidden) / math.sqrt(hidden))
@@ -61,22 +74,46 @@ class MemoryGRU(nn.Module):
         read = att @ self.mem_values
         last = x[:, -1]
         delta = self.head(torch.cat([h_last, read, last], dim=-1))
-        return F.normalize(last + delta, dim=-1)
+        return F.normalize(self.base(x) + delta, dim=-1)
+
+    def base(self, x: torch.Tensor) -> torch.Tensor:
+        """What the delta is added to: x_L, or the ridge prediction (unnormalised)."""
+        last = x[:, -1]
+        if not self.ridge_last_k:
+            return last
+        k = min(self.ridge_last_k, x.shape[1])
+        n = ((x.abs().sum(-1) > 0).sum(1, keepdim=True)).clamp(min=1)
+        parts = [x[:, -1 - i] for i in range(k)] + [torch.zeros_like(last)] * (self.ridge_last_k - k)
+        feats = torch.cat(parts + [x.sum(1) / n], dim=-1)
+        return last + feats @ self.ridge_W + self.ridge_b
+
+    def set_ridge(self, ridge: "Ridge") -> None:
+        k = ridge.W.shape[0] // self.dim - 1  # last_k as clipped to the window length when fitted
+        if k != self.ridge_last_k:
+            raise ValueError(f"ridge uses {k} last vectors, the model's base {self.ridge_last_k}")
+        self.ridge_W.copy_(torch.from_numpy(ridge.W))
+        self.ridge_b.copy_(torch.from_numpy(ridge.b))
 
 
 def copy_last(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x[:, -1], dtype=np.float32)
 
 
+def context_mean(x: np.ndarray) -> np.ndarray:
+    """Mean over each window's real (non-zero, i.e. not padding) context vectors."""
+    n = np.maximum((np.abs(x).sum(axis=2) > 0).sum(axis=1, keepdims=True), 1)
+    return x.sum(axis=1) / n
+
+
 def mean_context(x: np.ndarray) -> np.ndarray:
-    m = x.mean(axis=1)
+    m = context_mean(x)
     return (m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def ridge_features(x: np.ndarray, last_k: int) -> np.ndarray:
-    """[x_L, x_{L-1}, ..., x_{L-k+1}, mean x] (k clipped to L)."""
+    """[x_L, x_{L-1}, ..., x_{L-k+1}, mean x] (k clipped to L; padding positions are zero)."""
     k = min(last_k, x.shape[1])
-    parts = [x[:, -1 - i] for i in range(k)] + [x.mean(axis=1)]
+    parts = [x[:, -1 - i] for i in range(k)] + [context_mean(x)]
     return np.concatenate(parts, axis=1)
 
 
@@ -91,8 +128,13 @@ class Ridge:
         self.b: np.ndarray | None = None
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> "Ridge":
-        phi = ridge_features(x, self.last_k).astype(np.float64)
-        d = y.astype(np.float64) - x[:, -1].astype(np.float64)
+        return self.fit_features(ridge_features(x, self.last_k), x[:, -1], y)
+
+    def fit_features(self, phi: np.ndarray, last: np.ndarray, y: np.ndarray) -> "Ridge":
+        """Fit from precomputed `ridge_features` and last context vectors (long windows are
+        featurised chunk by chunk by the caller)."""
+        phi = phi.astype(np.float64)
+        d = y.astype(np.float64) - last.astype(np.float64)
         mu_x, mu_y = phi.mean(axis=0), d.mean(axis=0)
         a, t = phi - mu_x, d - mu_y
         gram = a.T @ a

@@ -16,9 +16,10 @@ from pathlib import Path
 from lens_core.common.settings import data_dir as _dd
 from lvm_core import corpus as C
 from lvm_core import registry as R
-from lvm_core.checks import CheckResult, run_checks
+from lvm_core.checks import CheckResult, LaneFigures, run_checks
 from lvm_core.evaluate import evaluate_all, read_eval
 from lvm_core.models import VARIANTS
+from lvm_core.report import write_report
 from lvm_core.sequences import make_sequences, read_sequences, write_sequences
 from lvm_core.settings import load_config, pick_device
 from lvm_core.train import ensure_checkpoint
@@ -70,6 +71,7 @@ def step_sequences(out: Path, cfg: dict) -> dict:
         float(s["eval_fraction"]),
         float(s["val_fraction"]),
         int(s["min_eval_candidates"]),
+        None if s.get("min_context") is None else int(s["min_context"]),
     )
     data_hash = f"{vmeta['sha256'][:32]}{seq.content_hash()[:32]}"
     return write_sequences(
@@ -94,7 +96,25 @@ def step_checks(out: Path, cfg: dict) -> list[CheckResult]:
     reg = R.read_registry(out)
     cand = R.best_variant(table)
     champ = R.champion_eval(reg, table, summary, details)
-    return run_checks(table, summary, None if champ is None else champ["hit"], cfg, cand)
+    champ_lanes = paired = None
+    if champ is not None:
+        lanes = champ.get("metrics", {}).get("lanes") or {}
+        champ_lanes = {
+            l: LaneFigures(v["hit5"], v["ci_low"], v["ci_high"], int(v["n_queries"])) for l, v in lanes.items()
+        }
+        r = cfg["registry"]
+        cand_ev = R.model_eval(table, summary, details, cand)
+        paired = R.lane_paired_diffs(cand_ev, champ, details["lanes"], int(r["bootstrap_b"]), float(r["alpha"]))
+    return run_checks(
+        table,
+        summary,
+        None if champ is None else champ["hit"],
+        cfg,
+        cand,
+        champ_lanes,
+        paired,
+        "" if champ is None else champ["name"],
+    )
 
 
 def step_champion(out: Path, cfg: dict) -> dict:
@@ -103,7 +123,10 @@ def step_champion(out: Path, cfg: dict) -> dict:
     cand = R.model_eval(table, summary, details, R.best_variant(table))
     champ = R.champion_eval(reg, table, summary, details)
     r = cfg["registry"]
-    decision = R.maybe_promote(cand, champ, int(r["bootstrap_b"]), float(r["alpha"]))
+    budget = r.get("p95_budget_ms", cfg["checks"]["p95_ms"])
+    decision = R.maybe_promote(
+        cand, champ, int(r["bootstrap_b"]), float(r["alpha"]), p95_budget_ms=None if budget is None else float(budget)
+    )
     reg = R.apply_decision(out, cand, decision)
     return {
         "candidate": cand["name"],
@@ -113,15 +136,33 @@ def step_champion(out: Path, cfg: dict) -> dict:
     }
 
 
-def run_all(data_dir: str | os.PathLike | None = None, progress: bool = True, overrides: dict | None = None) -> dict:
+def step_report(out: Path, run: dict | None = None) -> Path:
+    """`lvm/report.md`: the models x Hit@1/5/10 table (full bank, CIs), in-batch Hit@5, p95,
+    candidates, device, wall time."""
+    table, summary, _ = read_eval(out)
+    run = dict(run or {})
+    reg = R.read_registry(out)
+    if reg.get("champion") and "champion" not in run:
+        run["champion"] = reg["champion"]["name"]
+    return write_report(out, table, summary, run)
+
+
+def run_all(
+    data_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    overrides: dict | None = None,
+    profile: str | None = None,
+) -> dict:
     """Run the whole LVM chain without Dagster; returns a summary with per-step timings."""
-    cfg = load_config(overrides)
+    t_start = time.monotonic()
+    device = pick_device()
+    cfg = load_config(overrides, profile, device)
     out = lvm_dir(data_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = pick_device()
     timings: dict[str, float] = {}
     t = time.monotonic()
-    res: dict = {"lvm_dir": str(out), "device": device}
+    res: dict = {"lvm_dir": str(out), "device": device, "profile": cfg["profile"]}
+    log.info("lvm: profile %s on %s", cfg["profile"], device)
     res["corpus"] = step_corpus(out, cfg)
     timings["corpus"] = time.monotonic() - t
     t = time.monotonic()
@@ -139,6 +180,7 @@ def run_all(data_dir: str | os.PathLike | None = None, progress: bool = True, ov
             "sha256": meta["sha256"],
             "reused": meta["reused"],
             "val_hit5": meta["metrics"].get("val_hit5"),
+            "context_len": meta["metrics"].get("context_len"),
         }
         timings[f"checkpoint_{v}"] = time.monotonic() - t
     t = time.monotonic()
@@ -154,6 +196,21 @@ def run_all(data_dir: str | os.PathLike | None = None, progress: bool = True, ov
     else:
         res["champion"] = step_champion(out, cfg)
     res["timings_s"] = timings
+    res["wall_s"] = time.monotonic() - t_start
+    gru = res["checkpoints"].get("memory_gru", {})
+    res["report"] = str(
+        step_report(
+            out,
+            {
+                "profile": cfg["profile"],
+                "device": device,
+                "wall_s": res["wall_s"],
+                "n_sentences": res["corpus"]["n_sentences"],
+                "context_len": res["sequences"]["context_len"],
+                "gru_context_len": gru.get("context_len"),
+            },
+        )
+    )
     return res
 
 

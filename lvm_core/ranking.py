@@ -31,6 +31,11 @@ class Bank:
     def n(self) -> int:
         return int(self.vectors.shape[0])
 
+    @property
+    def n_rows(self) -> int:
+        """Corpus rows in the bank (before de-duplication)."""
+        return int(self._rows.size)
+
     def index_of(self, corpus_rows: np.ndarray) -> np.ndarray:
         """Candidate index of each corpus row (all must be in the bank)."""
         corpus_rows = np.asarray(corpus_rows, dtype=np.int64)

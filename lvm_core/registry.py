@@ -2,7 +2,11 @@
 
     {"champion": ENTRY | null, "history": [ENTRY + {"event", "at", ...}, ...]}
     ENTRY = {name, variant, checkpoint, sha256, eval_set, metrics: {hit1, hit5, hit10,
-             hit5_ci_low, hit5_ci_high, n_queries, n_candidates, p95_ms}}
+             hit5_ci_low, hit5_ci_high, n_queries, n_candidates, p95_ms,
+             lanes: {lane: {hit5, ci_low, ci_high, n_queries}}}}
+
+The per-lane figures let the lane check judge a later candidate against the champion's same
+lane even when the champion's checkpoint is not part of that evaluation (e.g. after a rollback).
 
 Names are `<variant>@<first 8 hex of the training cache key>`, so a checkpoint trained on the
 same data with the same config keeps its name.
@@ -14,7 +18,8 @@ lane `all`). It replaces the champion when its Hit@5 gain holds with confidence:
   queries; promote iff the CI's lower bound is > 0.
 - unpaired (fallback, e.g. the eval set changed): promote iff the candidate's Hit@5 CI lower
   bound is above the champion's recorded Hit@5.
-With no champion the first candidate is promoted. `rollback(name)` restores an earlier champion
+With no champion the first candidate is promoted. In every case the candidate's p95 latency must
+stay within `p95_budget_ms` (when given), or it is not promoted. `rollback(name)` restores an earlier champion
 by name (it must be in the history; its checkpoint's sha256 is verified first). All writes are
 atomic.
 """
@@ -68,6 +73,11 @@ def model_eval(table: pa.Table, summary: dict, details: dict[str, np.ndarray], v
         raise RegistryError(f"no lane-{SLICE_ALL} Hit@{k} row for model {variant}")
     m = summary["models"][variant]
     ranks = details.get(f"ranks__{variant}")
+    lanes = {
+        r["lane"]: {"hit5": r["hit"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n_queries": r["n_queries"]}
+        for r in table.to_pylist()
+        if r["model"] == variant and r["k"] == k and r["lane"] != SLICE_ALL
+    }
     return {
         "name": m["name"],
         "variant": variant,
@@ -81,6 +91,7 @@ def model_eval(table: pa.Table, summary: dict, details: dict[str, np.ndarray], v
             "n_queries": rows[k]["n_queries"],
             "n_candidates": rows[k]["n_candidates"],
             "p95_ms": rows[k]["p95_ms"],
+            "lanes": lanes,
         },
         "hit": rows[k]["hit"],
         "ci_low": rows[k]["ci_low"],
@@ -94,6 +105,24 @@ def best_variant(table: pa.Table, k: int = 5) -> str:
     if not rows:
         raise RegistryError("evaluation table has no lane-all rows")
     return max(rows, key=lambda r: (r["hit"], r["ci_low"], r["model"]))["model"]
+
+
+def lane_paired_diffs(
+    cand: dict, champ: dict | None, lanes: np.ndarray, b: int, alpha: float, seed: int = 0
+) -> dict[str, tuple[float, float, float]] | None:
+    """lane -> (mean, CI low, CI high) of the paired per-query Hit@5 difference candidate -
+    champion, when both were scored on this eval set (else None)."""
+    if champ is None or cand.get("per_query") is None or champ.get("per_query") is None:
+        return None
+    if cand.get("eval_set") != champ.get("eval_set") or len(cand["per_query"]) != len(champ["per_query"]):
+        return None
+    diff = np.asarray(cand["per_query"]) - np.asarray(champ["per_query"])
+    lanes = np.asarray(lanes).astype(str)
+    out = {}
+    for lane in sorted(set(lanes.tolist())):
+        m, lo, hi = mean_ci(diff[lanes == lane], b=b, seed=seed, alpha=alpha)
+        out[lane] = (float(m[0]), float(lo[0]), float(hi[0]))
+    return out
 
 
 def champion_eval(reg: dict, table: pa.Table, summary: dict, details: dict, k: int = 5) -> dict | None:
@@ -115,9 +144,25 @@ def champion_eval(reg: dict, table: pa.Table, summary: dict, details: dict, k: i
 
 
 def maybe_promote(
-    candidate_eval: dict, champion_eval: dict | None, b: int = 2000, alpha: float = 0.05, seed: int = 0
+    candidate_eval: dict,
+    champion_eval: dict | None,
+    b: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    p95_budget_ms: float | None = None,
 ) -> dict:
     """Decision {promote, method, reason, diff, diff_ci_low, diff_ci_high} (module docstring)."""
+    d = _gain_decision(candidate_eval, champion_eval, b, alpha, seed)
+    p95 = candidate_eval.get("metrics", {}).get("p95_ms")
+    if p95_budget_ms is not None and p95 is not None:
+        d["p95_ms"], d["p95_budget_ms"] = float(p95), float(p95_budget_ms)
+        if d["promote"] and not float(p95) <= p95_budget_ms:
+            d["promote"] = False
+            d["reason"] += f"; but p95 {float(p95):.3f} ms exceeds the {p95_budget_ms} ms budget: not promoted"
+    return d
+
+
+def _gain_decision(candidate_eval: dict, champion_eval: dict | None, b: int, alpha: float, seed: int) -> dict:
     if champion_eval is None:
         return {
             "promote": True,

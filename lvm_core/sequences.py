@@ -1,8 +1,15 @@
 """Training sequences: context windows -> next vector, split by article (issue 7 item 3).
 
-A window of article `a` is `context_len` consecutive sentence vectors; its target is the vector
-of the next sentence. Windows start every `stride` sentences (overlap = context_len - stride)
-for training; validation and eval use stride 1 (every next sentence is a query).
+A window of article `a` is up to `context_len` consecutive sentence vectors; its target is the
+vector of the next sentence. Every sentence with at least `min_context` earlier sentences in its
+article is a target (default `min_context = context_len`: every window is full); its context is
+the `context_len` sentences before it, or all of them when the article has fewer (`ctx_start` =
+max(article start, target - context_len)). `gather` left-pads a short context with zero vectors
+(a unit-norm sentence vector is never zero, so models tell padding apart). A long context
+length (the design's 100 and 500) thus keeps every article whose prefix reaches `min_context`
+instead of dropping the (many) articles shorter than the context length. Targets advance every
+`stride` sentences for training; validation and eval use stride 1 (every next sentence is a
+query).
 
 Split, by article, per lane (so every lane is represented): a lane's articles are ordered by
 sha256(article id); walking that order, an article goes to `eval` while the lane's eval
@@ -11,7 +18,7 @@ then to `train`. If the eval bank then holds fewer than `min_eval_candidates` se
 articles (in global hash order) move to eval until it does. The result depends only on the
 article ids and sizes, never on a random state.
 
-Articles shorter than `context_len + 1` sentences give no window: they are counted as skipped
+Articles shorter than `min_context + 1` sentences give no window: they are counted as skipped
 (their sentences still join the eval bank when the article is in eval). If no split has any
 window left, `SequenceError` is raised.
 """
@@ -40,7 +47,7 @@ WINDOWS_SCHEMA = pa.schema(
         ("article_id", pa.string()),
         ("lane", pa.string()),
         ("ctx_start", pa.int64()),  # corpus row of the first context sentence
-        ("target", pa.int64()),  # corpus row of the next sentence (= ctx_start + context_len)
+        ("target", pa.int64()),  # corpus row of the next sentence (ctx_start + context_len when full)
     ]
 )
 SPLITS_SCHEMA = pa.schema(
@@ -65,6 +72,11 @@ class Sequences:
     windows: pa.Table  # WINDOWS_SCHEMA
     articles: pa.Table  # SPLITS_SCHEMA
     skipped_short: int
+    min_context: int | None = None  # None = context_len (every window full)
+
+    @property
+    def min_ctx(self) -> int:
+        return self.context_len if self.min_context is None else int(self.min_context)
 
     def split_rows(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ctx_start, target, lane) arrays of one split."""
@@ -104,6 +116,8 @@ class Sequences:
 
     def content_hash(self) -> str:
         h = hashlib.sha256(f"L={self.context_len}\n".encode())
+        if self.min_ctx != self.context_len:
+            h.update(f"min={self.min_ctx}\n".encode())
         for name in ("ctx_start", "target"):
             h.update(np.ascontiguousarray(self.windows.column(name).to_numpy()).tobytes())
         h.update("\n".join(self.windows.column("split").to_pylist()).encode())
@@ -166,11 +180,15 @@ def make_sequences(
     eval_fraction: float = 0.3,
     val_fraction: float = 0.12,
     min_eval_candidates: int = 0,
+    min_context: int | None = None,
 ) -> Sequences:
     """Windows over a corpus given per-row article ids and lanes (rows of one article are
     contiguous, in sentence order, as in corpus.parquet)."""
     if context_len < 1:
         raise SequenceError(f"context_len must be >= 1 (got {context_len})")
+    min_ctx = context_len if min_context is None else int(min_context)
+    if not 1 <= min_ctx <= context_len:
+        raise SequenceError(f"min_context must be in [1, context_len={context_len}] (got {min_context})")
     if stride < 1:
         raise SequenceError(f"stride must be >= 1 (got {stride})")
     article_ids = np.asarray(article_ids)
@@ -194,18 +212,18 @@ def make_sequences(
     for aid, lane, first, size in zip(ids, art_lanes, firsts.tolist(), sizes.tolist()):
         split = split_of[aid]
         step = stride if split == "train" else 1
-        starts = np.arange(first, first + size - context_len, step, dtype=np.int64)
-        if starts.size == 0:
+        targets = np.arange(first + min_ctx, first + size, step, dtype=np.int64)
+        if targets.size == 0:
             skipped += 1
-        n_windows.append(int(starts.size))
-        cols["split"].extend([split] * starts.size)
-        cols["article_id"].extend([aid] * starts.size)
-        cols["lane"].extend([lane] * starts.size)
-        cols["ctx_start"].append(starts)
-        cols["target"].append(starts + context_len)
+        n_windows.append(int(targets.size))
+        cols["split"].extend([split] * targets.size)
+        cols["article_id"].extend([aid] * targets.size)
+        cols["lane"].extend([lane] * targets.size)
+        cols["ctx_start"].append(np.maximum(targets - context_len, first))
+        cols["target"].append(targets)
     if sum(n_windows) == 0:
         raise SequenceError(
-            f"every article is too short for one window of {context_len} "
+            f"every article is too short for one window of {min_ctx} "
             f"sentences + 1 target ({skipped} article(s) skipped)"
         )
     windows = pa.table(
@@ -229,21 +247,39 @@ def make_sequences(
         },
         schema=SPLITS_SCHEMA,
     )
-    seq = Sequences(context_len, windows, articles, skipped)
+    seq = Sequences(context_len, windows, articles, skipped, None if min_ctx == context_len else min_ctx)
     empty = [s for s, c in seq.counts().items() if c["windows"] == 0]
     if empty:
         raise SequenceError(
-            f"split(s) {', '.join(empty)} have no window of {context_len}+1 "
+            f"split(s) {', '.join(empty)} have no window of {min_ctx}+1 "
             f"sentences ({skipped} article(s) too short); lower context_len or "
             f"widen the corpus"
         )
     return seq
 
 
-def gather(vectors: np.ndarray, ctx_start: np.ndarray, context_len: int) -> np.ndarray:
-    """(Q, L, D) context windows gathered from the vector matrix (vectorised)."""
-    idx = ctx_start[:, None] + np.arange(context_len)[None, :]
-    return vectors[idx]
+def window_index(ctx_start: np.ndarray, target: np.ndarray, context_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, L) corpus rows of each window's context, right-aligned on the target, and the mask of
+    real (not padding) positions; padded positions hold row 0."""
+    idx = np.asarray(target, dtype=np.int64)[:, None] - context_len + np.arange(context_len)[None, :]
+    valid = idx >= np.asarray(ctx_start, dtype=np.int64)[:, None]
+    return np.where(valid, idx, 0), valid
+
+
+def gather(
+    vectors: np.ndarray, ctx_start: np.ndarray, context_len: int, target: np.ndarray | None = None
+) -> np.ndarray:
+    """(Q, L, D) context windows gathered from the vector matrix (vectorised). Without `target`
+    every window is full (rows ctx_start .. ctx_start + L - 1); with it, the window ends just
+    before the target and positions before `ctx_start` are zero vectors (left padding)."""
+    if target is None:
+        idx = ctx_start[:, None] + np.arange(context_len)[None, :]
+        return vectors[idx]
+    idx, valid = window_index(ctx_start, target, context_len)
+    out = vectors[idx]
+    if not valid.all():
+        out = out * valid[:, :, None].astype(out.dtype)
+    return out
 
 
 def write_sequences(seq: Sequences, out_dir: str | os.PathLike, extra: dict | None = None) -> dict:
@@ -253,6 +289,7 @@ def write_sequences(seq: Sequences, out_dir: str | os.PathLike, extra: dict | No
         raise SequenceError(f"article leakage across splits: {lk[:5]}")
     meta = {
         "context_len": seq.context_len,
+        "min_context": seq.min_ctx,
         "counts": seq.counts(),
         "skipped_short_articles": seq.skipped_short,
         "leakage": lk,
@@ -278,5 +315,6 @@ def read_sequences(out_dir: str | os.PathLike) -> tuple[Sequences, dict]:
         pq.read_table(path),
         pq.read_table(out_dir / "article_splits.parquet"),
         meta["skipped_short_articles"],
+        meta.get("min_context") if meta.get("min_context") != meta["context_len"] else None,
     )
     return seq, meta

@@ -12,6 +12,12 @@
   the variant and its training config. `ensure_checkpoint` reuses an existing checkpoint with
   that key (after verifying its sha256) instead of retraining: that is what makes a warm run
   fast. The metadata says `reused: true` then.
+
+Why this is one module: a checkpoint is defined by the training code that wrote it. The
+training config (`_gru_config`) is at once the cache key (`checkpoint_key`), what a checkpoint
+stores, and what `build_predictor` needs to rebuild the model (context length, ridge delta
+base). Keeping training, predictors and checkpoints together keeps those three in step under
+one `CODE_VERSION`.
 """
 
 from __future__ import annotations
@@ -31,12 +37,12 @@ import torch
 from lens_core.common.hashing import atomic_path, atomic_write_json, canonical_json, sha256_file, sha256_hex
 from lvm_core import models as M
 from lvm_core.ranking import Bank, candidate_counts, hits_at, target_ranks
-from lvm_core.sequences import Sequences, gather
+from lvm_core.sequences import Sequences, gather, window_index
 from lvm_core.settings import pick_device
 
 log = logging.getLogger(__name__)
 CKPT_FORMAT = "lvm-ckpt-v1"
-CODE_VERSION = "lvm-train-4"  # bump when training code changes what a checkpoint contains
+CODE_VERSION = "lvm-train-5"  # bump when training code changes what a checkpoint contains
 
 
 class CheckpointError(ValueError):
@@ -64,10 +70,14 @@ class Predictor:
         return np.concatenate([self._fn(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
 
 
-def gru_predictor(model: M.MemoryGRU, device: str) -> Predictor:
+def gru_predictor(model: M.MemoryGRU, device: str, context_len: int | None = None) -> Predictor:
+    """The GRU as a predictor; it reads the last `context_len` positions of a window (all when
+    None), so one set of windows serves GRUs trained at several context lengths."""
     model = model.to(device).eval()
 
     def fn(x: np.ndarray) -> np.ndarray:
+        if context_len is not None and x.shape[1] > context_len:
+            x = x[:, -context_len:]
         with torch.inference_mode():
             out = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device))
             return out.float().cpu().numpy()
@@ -79,9 +89,15 @@ def build_predictor(ckpt: dict, device: str | None = None) -> Predictor:
     variant = ckpt["variant"]
     if variant == "memory_gru":
         c = ckpt["config"]
-        model = M.MemoryGRU(dim=c["dim"], hidden=c["hidden"], memory_slots=c["memory_slots"], dropout=c["dropout"])
+        model = M.MemoryGRU(
+            dim=c["dim"],
+            hidden=c["hidden"],
+            memory_slots=c["memory_slots"],
+            dropout=c["dropout"],
+            ridge_last_k=int(c.get("ridge_last_k", 0)),
+        )
         model.load_state_dict(ckpt["state"])
-        return gru_predictor(model, device or pick_device())
+        return gru_predictor(model, device or pick_device(), c.get("context_len"))
     if variant == "copy_last":
         return Predictor(variant, M.copy_last)
     if variant == "mean_context":
@@ -95,7 +111,8 @@ def build_predictor(ckpt: dict, device: str | None = None) -> Predictor:
 # Validation Hit@5
 # ---------------------------------------------------------------------------------------------
 class SplitData:
-    """Windows of one split as index arrays + its candidate bank (no (Q, L, D) copy kept)."""
+    """Windows of one split as index arrays + its candidate bank (no (Q, L, D) copy kept: the
+    contexts are gathered chunk by chunk, so a 500-sentence context fits in memory)."""
 
     def __init__(self, seq: Sequences, vectors: np.ndarray, split: str):
         self.start, self.target, self.lane = seq.split_rows(split)
@@ -103,9 +120,11 @@ class SplitData:
         self.vectors = vectors
         self.bank = Bank(vectors, seq.bank_rows(split))
         self.target_idx = self.bank.index_of(self.target)
-        # Per query, the candidates that are its own context sentences (excluded from ranking).
-        ctx_rows = self.start[:, None] + np.arange(self.L)[None, :]
-        self.exclude = self.bank.index_of(ctx_rows.reshape(-1)).reshape(ctx_rows.shape)
+        # Per query, the candidates that are its own context sentences (excluded from ranking;
+        # -1 = padding of a short context).
+        ctx_rows, valid = window_index(self.start, self.target, self.L)
+        self.exclude = np.full(ctx_rows.shape, -1, dtype=np.int64)
+        self.exclude[valid] = self.bank.index_of(ctx_rows[valid])
 
     def ranks(self, preds: np.ndarray) -> np.ndarray:
         """Rank of each query's target among the bank minus the query's context sentences."""
@@ -115,11 +134,18 @@ class SplitData:
         return candidate_counts(self.bank.n, self.target_idx, self.exclude)
 
     def contexts(self, sl: slice | np.ndarray = slice(None)) -> np.ndarray:
-        return gather(self.vectors, self.start[sl], self.L)
+        return gather(self.vectors, self.start[sl], self.L, self.target[sl])
+
+    def predict(self, predictor: Predictor, chunk: int = 0) -> np.ndarray:
+        """Every query's prediction, gathering at most ~64 MB of contexts at a time."""
+        n = self.start.size
+        chunk = chunk or max(64, (64 << 20) // max(1, self.L * self.vectors.shape[1] * 4))
+        if n == 0:
+            return np.zeros((0, self.vectors.shape[1]), dtype=np.float32)
+        return np.concatenate([predictor.predict(self.contexts(slice(i, i + chunk))) for i in range(0, n, chunk)])
 
     def hit_rate(self, predictor: Predictor, k: int = 5) -> float:
-        preds = predictor.predict(self.contexts())
-        return float(hits_at(self.ranks(preds), [k])[k].mean())
+        return float(hits_at(self.ranks(self.predict(predictor)), [k])[k].mean())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,20 +173,94 @@ def _gru_config(cfg: dict, dim: int) -> dict:
     )
     out = {k: t[k] for k in keys}
     out["context_negatives"] = bool(t.get("context_negatives", False))
+    # GRU context lengths tried (each <= sequences.context_len; None = the windows' length); the
+    # one with the best validation Hit@5 is kept, like ridge's lambda.
+    lens = t.get("context_lens")
+    out["context_lens"] = None if not lens else sorted({int(x) for x in lens})
+    out["epoch_windows"] = int(t.get("epoch_windows", 0) or 0)  # 0 = every train window each epoch
+    # What the GRU's delta is added to: the last context vector, or ridge's prediction (the GRU
+    # then starts as ridge; epoch 0 is validated too, so early stopping can keep pure ridge).
+    out["delta_base"] = str(t.get("delta_base", "last"))
+    if out["delta_base"] not in ("last", "ridge"):
+        raise ValueError(f"train.delta_base must be last or ridge (got {out['delta_base']!r})")
+    out["lr_schedule"] = str(t.get("lr_schedule", "constant"))
+    if out["lr_schedule"] not in ("constant", "cosine"):
+        raise ValueError(f"train.lr_schedule must be constant or cosine (got {out['lr_schedule']!r})")
     out["dim"] = dim
     return out
+
+
+def _eta(done: int, total: int, elapsed: float) -> str:
+    if done <= 0 or total <= done:
+        return "0s" if total <= done else "?"
+    left = elapsed / done * (total - done)
+    return f"{left / 60:.0f}m" if left >= 120 else f"{left:.0f}s"
 
 
 def train_memory_gru(
     seq: Sequences, vectors: np.ndarray, cfg: dict, device: str | None = None, progress: bool = True
 ) -> TrainResult:
+    """Train at each configured context length; keep the one with the best validation Hit@5."""
     dim = int(vectors.shape[1])
     c = _gru_config(cfg, dim)
     device = device or pick_device()
+    lens = c["context_lens"] or [seq.context_len]
+    too_long = [x for x in lens if x > seq.context_len or x < 1]
+    if too_long:
+        raise ValueError(
+            f"train.context_lens {too_long} outside [1, sequences.context_len={seq.context_len}]: "
+            "build the windows with the longest context length"
+        )
+    val = SplitData(seq, vectors, "val")
+    runs: dict[int, tuple[dict, dict]] = {}
+    ridges: dict[int, M.Ridge] = {}
+    for ell in lens:
+        ridge = None
+        if c["delta_base"] == "ridge":  # fitted on what this GRU reads: the last `ell` sentences
+            ridge = ridges[ell] = M.Ridge.from_state(fit_ridge(seq, vectors, cfg, ell).state)
+        runs[ell] = _train_gru_at(seq, vectors, c | _ridge_cfg(ridge, dim), ell, val, device, progress, ridge)
+    best_len = max(lens, key=lambda x: (runs[x][1]["val_hit5"], -x))
+    state, metrics = runs[best_len]
+    metrics = metrics | {
+        "context_len": best_len,
+        "by_context_len": {
+            str(x): {k: runs[x][1][k] for k in ("val_hit5", "best_epoch", "epochs_run", "train_seconds")} for x in lens
+        },
+        "train_seconds": sum(runs[x][1]["train_seconds"] for x in lens),
+    }
+    return TrainResult(
+        "memory_gru", state, c | _ridge_cfg(ridges.get(best_len), dim) | {"context_len": best_len}, metrics
+    )
+
+
+def _ridge_cfg(ridge: M.Ridge | None, dim: int) -> dict:
+    if ridge is None:
+        return {}
+    return {"ridge_last_k": int(ridge.W.shape[0] // dim - 1), "ridge_lam": ridge.lam}
+
+
+def _train_gru_at(
+    seq: Sequences,
+    vectors: np.ndarray,
+    c: dict,
+    ell: int,
+    val: SplitData,
+    device: str,
+    progress: bool,
+    ridge: M.Ridge | None = None,
+) -> tuple[dict, dict]:
+    """One GRU trained on the last `ell` sentences of each window, early-stopped on validation
+    Hit@5 (the best epoch's weights kept). Returns (state, metrics)."""
+    dim = int(vectors.shape[1])
     torch.manual_seed(c["seed"])
     gen = torch.Generator().manual_seed(c["seed"])
-    model = M.MemoryGRU(dim, c["hidden"], c["memory_slots"], c["dropout"]).to(device)
+    model = M.MemoryGRU(dim, c["hidden"], c["memory_slots"], c["dropout"], c.get("ridge_last_k", 0))
+    if ridge is not None:
+        model.set_ridge(ridge)
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=c["lr"], weight_decay=c["weight_decay"])
+    epochs = int(c["epochs"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if c["lr_schedule"] == "cosine" else None
     train_start, train_target, train_lane = seq.split_rows("train")
     lanes = sorted(set(seq.articles.column("lane").to_pylist()))
     lane_code = {l: i for i, l in enumerate(lanes)}
@@ -168,7 +268,7 @@ def train_memory_gru(
     start_t = torch.from_numpy(train_start).to(device)
     target_t = torch.from_numpy(train_target).to(device)
     tlane_t = torch.tensor([lane_code[x] for x in train_lane], device=device)
-    offs = torch.arange(seq.context_len, device=device)
+    offs = torch.arange(ell, device=device) - ell  # positions target-ell .. target-1
     # Train bank for negative mining: every sentence of the train articles.
     bank_rows_np = seq.bank_rows("train")
     row_lane = np.empty(vectors.shape[0], dtype=np.int64)
@@ -181,40 +281,45 @@ def train_memory_gru(
     bank_rows = torch.from_numpy(bank_rows_np).to(device)
     bank_vec = vec_t[bank_rows]
     bank_lane = torch.from_numpy(row_lane[bank_rows_np]).to(device)
-    val = SplitData(seq, vectors, "val")
     n = train_start.size
+    per_epoch = min(n, c["epoch_windows"]) if c["epoch_windows"] else n
     bs = int(c["batch_size"])
+    k = int(c["negatives_per_query"])
     best = (-1.0, 0, None)
     history: list[dict] = []
+    if ridge is not None:  # epoch 0: the untrained model, i.e. exactly ridge
+        model.eval()
+        h0 = val.hit_rate(gru_predictor(model, device, ell))
+        history.append({"epoch": 0, "loss": None, "val_hit5": h0})
+        best = (h0, 0, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
     bad_epochs = 0
     t0 = time.monotonic()
-    for epoch in range(1, int(c["epochs"]) + 1):
+    for epoch in range(1, epochs + 1):
         model.train()
-        perm = torch.randperm(n, generator=gen).to(device)
+        perm = torch.randperm(n, generator=gen)[:per_epoch].to(device)
         total, batches = 0.0, 0
-        for i in range(0, n, bs):
+        for i in range(0, per_epoch, bs):
             b = perm[i : i + bs]
             if b.numel() < 2:
                 continue
-            xb = vec_t[start_t[b][:, None] + offs]
+            idx = target_t[b][:, None] + offs
+            valid = idx >= start_t[b][:, None]
+            xb = vec_t[idx.clamp(min=0)] * valid[:, :, None]
             yb = vec_t[target_t[b]]
             negs, masks = [], []
             if c["context_negatives"]:
                 negs.append(xb[:, -1:])
                 masks.append(torch.ones(b.numel(), 1, dtype=torch.bool, device=device))
-            k = int(c["negatives_per_query"])
-            if c["soft_negatives"] and k:
-                nv, nm = M.mine_negatives(
-                    yb, target_t[b], tlane_t[b], bank_vec, bank_rows, bank_lane, *c["soft_range"], k, True, gen
-                )
-                negs.append(nv)
-                masks.append(nm)
-            if c["hard_negatives"] and k:
-                nv, nm = M.mine_negatives(
-                    yb, target_t[b], tlane_t[b], bank_vec, bank_rows, bank_lane, *c["hard_range"], k, False, gen
-                )
-                negs.append(nv)
-                masks.append(nm)
+            for on, rng, same_lane in (
+                (c["soft_negatives"], c["soft_range"], True),
+                (c["hard_negatives"], c["hard_range"], False),
+            ):
+                if on and k:
+                    nv, nm = M.mine_negatives(
+                        yb, target_t[b], tlane_t[b], bank_vec, bank_rows, bank_lane, *rng, k, same_lane, gen
+                    )
+                    negs.append(nv)
+                    masks.append(nm)
             extra = torch.cat(negs, 1) if negs else None
             mask = torch.cat(masks, 1) if masks else None
             loss = M.lvm_loss(model(xb), yb, c["alpha_infonce"], c["tau"], extra, mask)
@@ -224,49 +329,68 @@ def train_memory_gru(
             opt.step()
             total += float(loss.detach())
             batches += 1
+        if sched is not None:
+            sched.step()
         model.eval()
-        hit5 = val.hit_rate(gru_predictor(model, device))
+        hit5 = val.hit_rate(gru_predictor(model, device, ell))
         history.append({"epoch": epoch, "loss": total / max(batches, 1), "val_hit5": hit5})
-        if progress:
-            log.info(
-                "memory_gru epoch %d loss %.4f val Hit@5 %.4f (%.1fs)",
-                epoch,
-                total / max(batches, 1),
-                hit5,
-                time.monotonic() - t0,
-            )
         if hit5 > best[0]:
             best = (hit5, epoch, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
             bad_epochs = 0
         else:
             bad_epochs += 1
-            if bad_epochs >= int(c["patience"]):
-                break
+        if progress:
+            el = time.monotonic() - t0
+            log.info(
+                "memory_gru L=%d epoch %d/%d loss %.4f val Hit@5 %.4f (best %.4f @%d) %.0fs, ETA <= %s",
+                ell,
+                epoch,
+                epochs,
+                total / max(batches, 1),
+                hit5,
+                best[0],
+                best[1],
+                el,
+                _eta(epoch, epochs, el),
+            )
+        if bad_epochs >= int(c["patience"]):
+            break
     metrics = {
         "val_hit5": best[0],
         "best_epoch": best[1],
-        "epochs_run": len(history),
+        "epochs_run": sum(1 for h in history if h["epoch"] > 0),
         "train_windows": int(n),
+        "windows_per_epoch": int(per_epoch),
         "val_windows": int(val.start.size),
         "val_candidates": val.bank.n,
         "train_seconds": time.monotonic() - t0,
         "device": device,
         "history": history,
     }
-    return TrainResult("memory_gru", best[2], c, metrics)
+    return best[2], metrics
 
 
-def fit_ridge(seq: Sequences, vectors: np.ndarray, cfg: dict) -> TrainResult:
+def fit_ridge(seq: Sequences, vectors: np.ndarray, cfg: dict, context_len: int | None = None) -> TrainResult:
+    """Ridge with lambda chosen on validation Hit@5; on the last `context_len` sentences of each
+    window (default: the whole window)."""
     t = cfg["train"]
+    ell = seq.context_len if context_len is None else int(context_len)
     t0 = time.monotonic()
     start, target, _ = seq.split_rows("train")
-    x, y = gather(vectors, start, seq.context_len), vectors[target]
+    y = vectors[target]
+    chunk = max(64, (64 << 20) // max(1, ell * vectors.shape[1] * 4))
+    phis, lasts = [], []
+    for i in range(0, start.size, chunk):  # featurise chunk by chunk: a (Q, 500, D) copy won't fit
+        x = gather(vectors, start[i : i + chunk], ell, target[i : i + chunk])
+        phis.append(M.ridge_features(x, int(t["ridge_last_k"])))
+        lasts.append(x[:, -1])
+    phi, last = np.concatenate(phis), np.concatenate(lasts)
     val = SplitData(seq, vectors, "val")
     best: tuple[float, M.Ridge | None] = (-1.0, None)
     scores = {}
     for lam in t["ridge_lambdas"]:
-        r = M.Ridge(lam, t["ridge_last_k"]).fit(x, y)
-        h = val.hit_rate(Predictor("ridge", r.predict))
+        r = M.Ridge(lam, t["ridge_last_k"]).fit_features(phi, last, y)
+        h = val.hit_rate(Predictor("ridge", lambda x, r=r: r.predict(x[:, -ell:])))
         scores[str(lam)] = h
         if h > best[0]:
             best = (h, r)

@@ -69,6 +69,9 @@ def test_materialise_lvm_group(data_dir, tmp_path, monkeypatch, fake_embedder):
     assert table.schema.equals(LVM_EVAL_SCHEMA)
     assert set(table.column("model").to_pylist()) == set(VARIANTS)
     assert "all" in set(table.column("lane").to_pylist())
+    summary = json.loads((lvm / "eval_summary.json").read_text())
+    assert all(m["inbatch"]["batch_size"] == 16 and "hit5" in m["inbatch"] for m in summary["models"].values())
+    assert "Hit@5 in-batch (16)" in (lvm / "report.md").read_text()
     champ = json.loads((lvm / "champion.json").read_text())
     assert champ["champion"]["name"].split("@")[0] in VARIANTS
     assert len(champ["history"]) == 1
