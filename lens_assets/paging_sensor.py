@@ -46,6 +46,13 @@ by them). A PLANNED row whose run is still going holds that check back until the
 run ended in failure counts as a failure of a blocking check (the gate never judged: not a
 pass), and is skipped otherwise (the check was not executed).
 
+A refused run is not a red gate (issue 18): a run that the weekly job's guard refused (bad
+settings, refused credentials, an unreachable endpoint, its partition held by another run: tag
+`lens/refused`) or whose step failed with one of `preflight.REFUSAL_ERRORS` (credentials revoked
+mid-run) judged nothing, so its PLANNED checks are skipped, not paged P0; and an evaluation whose
+metadata carries `refused` (an older week not published without --allow-older) is a plain
+refusal: neither a failure nor a pass.
+
 First start (no cursor, or an unreadable one): the cursor is seeded at the current newest
 execution of every check and nothing is paged: failures that predate the sensor are history.
 
@@ -70,6 +77,8 @@ from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecordStatus,
 )
 
+from lens_core.collect.preflight import REFUSAL_ERRORS
+from resources.launch import REFUSED_TAG
 from resources.paging import DEFAULT_PAGER, PagerResource, pd_severity
 
 CURSOR_VERSION = 1
@@ -190,12 +199,41 @@ def _failure_event(asset_graph, key: dg.AssetCheckKey, record, evaluation) -> di
     }
 
 
-def _outcome(instance, asset_graph, key, record) -> tuple[str, dict | None]:
+def _root_cls(err) -> str | None:
+    while getattr(err, "cause", None) is not None:
+        err = err.cause
+    return getattr(err, "cls_name", None)
+
+
+def refused_run(instance, run, cache: dict[str, bool] | None = None) -> bool:
+    """The run was refused (tagged by the weekly job's guard, or a step failed with one of
+    `REFUSAL_ERRORS`): its checks never judged anything and page nothing."""
+    if cache is not None and run.run_id in cache:
+        return cache[run.run_id]
+    refused = REFUSED_TAG in (run.tags or {})
+    if not refused:
+        try:
+            failures = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        except Exception:  # a storage that cannot answer: judge by the tag alone
+            failures = []
+        refused = any(
+            _root_cls(getattr(e.dagster_event.event_specific_data, "error", None)) in REFUSAL_ERRORS
+            for e in failures
+            if e.dagster_event is not None
+        )
+    if cache is not None:
+        cache[run.run_id] = refused
+    return refused
+
+
+def _outcome(instance, asset_graph, key, record, cache: dict[str, bool] | None = None) -> tuple[str, dict | None]:
     """'fail' (with the page event), 'pass', 'skip' (nothing to judge) or 'wait' (run going)."""
     if record.status in COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES:
         ev = record.evaluation
         if ev is None:
             return "skip", None
+        if not ev.passed and "refused" in (ev.metadata or {}):
+            return "skip", None  # a plain refusal (an older week), not a failure nor a recovery
         if not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR:
             return "fail", _failure_event(asset_graph, key, record, ev)
         return "pass", None
@@ -207,6 +245,8 @@ def _outcome(instance, asset_graph, key, record) -> tuple[str, dict | None]:
             return "wait", None
         spec = _spec(asset_graph, key)
         if run.status == dg.DagsterRunStatus.FAILURE and spec is not None and spec.blocking:
+            if refused_run(instance, run, cache):
+                return "skip", None
             return "fail", _failure_event(asset_graph, key, record, None)
         return "skip", None
     return "skip", None
@@ -286,6 +326,7 @@ def evaluate_paging(instance, asset_graph, pager: PagerResource, raw_cursor: str
 
     incidents = cursor["incidents"]
     judged = 0
+    refused_cache: dict[str, bool] = {}
     for key in keys:
         rec = latest.get(key)
         cid = check_id(key)
@@ -296,7 +337,7 @@ def evaluate_paging(instance, asset_graph, pager: PagerResource, raw_cursor: str
         history = storage.get_asset_check_execution_history(key, limit=HISTORY_LIMIT)
         new = sorted((r for r in history if r.id > seen), key=lambda r: r.id)
         for r in new:
-            outcome, event = _outcome(instance, asset_graph, key, r)
+            outcome, event = _outcome(instance, asset_graph, key, r, refused_cache)
             if outcome == "wait":
                 break  # its run is still going: come back to it next tick
             if outcome in ("fail", "pass"):
@@ -314,6 +355,24 @@ def evaluate_paging(instance, asset_graph, pager: PagerResource, raw_cursor: str
     return json.dumps(cursor, sort_keys=True), summary
 
 
+def compact_cursor(instance, asset_graph, raw_cursor: str) -> str:
+    """The cursor without the `seen` marks that say nothing, in compact JSON (the sensor's page in
+    the UI shows the cursor). A check whose newest execution is already processed (`seen` equals
+    that execution's id, at most `hwm`) reads the same from `hwm`, the default of an absent mark:
+    any later execution gets a larger id than every existing one. Anything else is kept."""
+    cursor = parse_cursor(raw_cursor)
+    if cursor is None:
+        return raw_cursor
+    keys = list(asset_graph.asset_check_keys)
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys) if keys else {}
+    newest = {check_id(k): r.id for k, r in latest.items()}
+    hwm = cursor["hwm"]
+    cursor["seen"] = {
+        cid: v for cid, v in cursor["seen"].items() if not (v == hwm or (v == newest.get(cid) and v <= hwm))
+    }
+    return json.dumps(cursor, sort_keys=True, separators=(",", ":"))
+
+
 def build_paging_sensor(
     name: str = "page_on_failed_checks",
     pager_key: str = "pager",
@@ -328,7 +387,7 @@ def build_paging_sensor(
         default_status=default_status,
         required_resource_keys={pager_key},
         description="Pages the owners of an asset whose ERROR asset check failed (once per "
-        "failure, dedup key lens:<asset>:<check>) and resolves when it passes again.",
+        "failure, dedup key `lens:<asset>:<check>`) and resolves when it passes again.",
     )
     def _sensor(context: dg.SensorEvaluationContext, **resources):
         repo = context.repository_def
@@ -336,7 +395,7 @@ def build_paging_sensor(
             raise dg.DagsterInvariantViolationError(f"{name}: no repository definition in the sensor context")
         pager = resources.get(pager_key) or getattr(context.resources, pager_key)
         new_cursor, summary = evaluate_paging(context.instance, repo.asset_graph, pager, context.cursor, context.log)
-        context.update_cursor(new_cursor)
+        context.update_cursor(compact_cursor(context.instance, repo.asset_graph, new_cursor))
         context.log.info(summary)
         return dg.SkipReason(summary)
 

@@ -8,20 +8,21 @@ import dagster as dg
 import polars as pl
 
 from lens_assets.common import GROUP, OWNERS_EVAL, calibration_dir, current_systems, run_id_for, weekly_partitions
-from lens_assets.metadata import markdown_table
+from lens_assets.metadata import file_url, markdown_table
 from lens_core.common.contracts import BUNDLE_COLUMNS, BUNDLE_FILES, BUNDLE_TABLES
-from lens_core.common.settings import data_dir, judgments_dir, label_policy, qrels_setting
+from lens_core.common.settings import data_dir, judgments_dir, label_policy, load_config, qrels_setting
 from lens_core.common.tables import read_parquet, write_parquet
 from lens_core.decide.battery import frame_gates
 from lens_core.decide.gate_view import failures_first
 from lens_core.decide.gates import gate_table_markdown
 from lens_core.judge.qrels import human_qrels_paths, qrels_manifest
 from lens_core.measures.scoring import hero_markdown
-from lens_core.publish.bundle import assemble
+from lens_core.publish.bundle import assemble, statistics_record
 from lens_core.publish.site import build_site, render_served_site
 from lens_core.publish.verdict import BundleOutcome, outcome_frame
 from resources.data_source import LensDataSource
 from resources.io_manager import staging_table_path
+from resources.launch import release_weekly_partition
 
 
 def bundle_sources(partition_key: str, stage: Path) -> dict[str, Path]:
@@ -89,6 +90,8 @@ def release_bundle(
             "partition": pk,
             "heroes": lock,
             "systems": {s.name: {"pack": s.pack, **s.knobs()} for s in systems},
+            # what verify needs to re-run the CIs and p-values (issue 18): seed, B and alpha of the week
+            "statistics": statistics_record(load_config()),
             "judging": {
                 "label_policy": label_policy(lens_source.resolved_source()),
                 "human_qrels": qrels_manifest(human_qrels_paths(qrels_setting(), judgments_dir())),
@@ -99,7 +102,7 @@ def release_bundle(
         render_site=functools.partial(render_served_site, lvm_dir=lvm),
     )
     if result.refused_older:
-        context.log.warning(f"bundle {result.fingerprint} NOT published: {result.refused_older}")
+        context.log.warning(f"bundle {result.fingerprint} NOT published (refused, not paged): {result.refused_older}")
     elif not result.published:
         context.log.warning(
             f"bundle {result.fingerprint} NOT published: blocking gate(s) failed: "
@@ -119,6 +122,7 @@ def release_bundle(
         refused=result.refused_older,
     )
     write_parquet(outcome_frame(outcome), staging_table_path("release_bundle", pk).path)
+    release_weekly_partition(context)  # the partition's lease, taken by query_suites (issue 18)
     return dg.MaterializeResult(
         metadata={
             "fingerprint": result.fingerprint,
@@ -129,7 +133,10 @@ def release_bundle(
             "hero_table": dg.MetadataValue.md(hero_markdown(hero_table)),
             "heroes": dg.MetadataValue.md(markdown_table(heroes)),
             "failed_blocking": ", ".join(result.failed_blocking) or "none",
-            "site": dg.MetadataValue.path(str(site)),
-            "served_site": dg.MetadataValue.path(str(served)) if served else "not published",
+            # a plain refusal (older than the published week), not a gate failure: never paged
+            "refused": result.refused_older or "",
+            # links the UI renders clickable (a path entry is only copyable text)
+            "site": file_url(site),
+            "served_site": file_url(served) if served else "not published",
         }
     )

@@ -12,6 +12,7 @@ import dagster as dg
 import polars as pl
 
 from lens_assets.definitions import defs
+from lens_core.collect.preflight import REFUSAL_ERRORS
 from lens_core.common.hashing import atomic_write_json
 from lens_core.common.settings import data_dir, judging_dir, owners
 from lens_core.publish.bundle import partition_lock, read_published
@@ -122,6 +123,7 @@ def _outcome(partition: str, result, t0: float, pager: PagerResource | None) -> 
             out["fingerprint"] = md["fingerprint"].value
             out["bundle"] = md["bundle"].value
             out["published"] = md["published"].value
+            out["refused"] = md["refused"].value if "refused" in md else ""  # an older week (issue 18)
             out["hero_markdown"] = md["hero_table"].value
             out["gates_markdown"] = md["gates"].value
             out["site"] = (
@@ -132,9 +134,9 @@ def _outcome(partition: str, result, t0: float, pager: PagerResource | None) -> 
     if not result.success:
         failed = [e for e in result.all_events if e.is_step_failure]
         out["errors"] = [f"{e.step_key}: {_root_message(e.event_specific_data.error)}" for e in failed]
-        # refused credentials are a setting to fix, not a publication incident: no page
-        out["auth_refused"] = any(_root_cls(e.event_specific_data.error) == "LensAuthRefused" for e in failed)
-        for line in out["errors"]:
+        # refused credentials (or settings, or a held partition) are to fix, not a publication incident: no page
+        out["auth_refused"] = any(_root_cls(e.event_specific_data.error) in REFUSAL_ERRORS for e in failed)
+        for line in out["errors"] if not out["auth_refused"] else []:  # a refusal: the caller's one line
             if "blocking asset check" not in line:  # a red gate is the verdict's to report, not an error
                 print(f"FAILED {' '.join(line.split())}")
     out["failed_checks"] = sorted(
@@ -149,7 +151,7 @@ def _outcome(partition: str, result, t0: float, pager: PagerResource | None) -> 
         not result.success and bool(out.get("errors")) and all("blocking asset check" in e for e in out["errors"])
     )
     pager = pager or PagerResource()
-    if not out["published"] and not out.get("auth_refused"):
+    if not out["published"] and not out.get("auth_refused") and not out.get("refused"):
         out["paged"] = page_publication_blocked(partition, out, pager)
     else:
         resolve_publication_page(partition, pager)

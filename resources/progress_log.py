@@ -1,7 +1,8 @@
 """Progress lines for runs started from a terminal (`lens-eval run`, `make demo`), in place of
 Dagster's DEBUG event stream: one line per finished step with its time, one per failed step with
 the innermost error only, one per failed check with its description, and the warnings the
-assets log. A Dagster logger, opted into through run config:
+assets log. A refused run (a step failed with one of `preflight.REFUSAL_ERRORS`: settings,
+credentials, a held partition) prints nothing more: the caller prints its one line (issue 18). A Dagster logger, opted into through run config:
 
     job.with_logger_defs({**job.loggers, PROGRESS_LOGGER: progress_logger})
        .execute_in_process(run_config=progress_run_config(total_steps), ...)
@@ -14,6 +15,8 @@ import sys
 import time
 
 import dagster as dg
+
+from lens_core.collect.preflight import REFUSAL_ERRORS
 
 PROGRESS_LOGGER = "lens_progress"
 MAX_LINE = 160
@@ -31,6 +34,13 @@ def root_message(err) -> str:
     return (getattr(err, "message", None) or str(err)).strip()
 
 
+def root_class(err) -> str | None:
+    """The class name of the innermost cause of a step failure."""
+    while getattr(err, "cause", None) is not None:
+        err = err.cause
+    return getattr(err, "cls_name", None)
+
+
 class ProgressPrinter:
     """Turns a run's events into progress lines (from a logger, or from the event log of a run
     launched elsewhere: `handle_entry`)."""
@@ -41,6 +51,7 @@ class ProgressPrinter:
         self.stream = stream or sys.stdout
         self.done = 0
         self.t0 = time.monotonic()
+        self.refused = False  # a step failed with a refusal: the rest is silent
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
@@ -56,6 +67,8 @@ class ProgressPrinter:
 
     def handle(self, ev, step: str, levelno: int, message: str) -> None:
         label = f"{self.label} " if self.label else ""
+        if self.refused:
+            return
         if ev is None:  # a line an asset logged (context.log.*)
             msg = str(message or "")
             if levelno >= logging.WARNING:
@@ -70,6 +83,9 @@ class ProgressPrinter:
             secs = (getattr(data, "duration_ms", None) or 0) / 1000
             self._print(f"  {label}{self._count()} ok    {step} ({secs:.1f}s)")
         elif kind == "STEP_FAILURE":
+            if root_class(data.error) in REFUSAL_ERRORS:
+                self.refused = True  # not a crash of this step: the caller says why, in one line
+                return
             msg = root_message(data.error)
             # a blocking check that failed is a result (the check line above says why), not a crash
             state = "red " if "blocking asset check" in msg else "FAIL"

@@ -126,6 +126,40 @@ FAULT_SUITES = ("tests.test_endpoint_faults", "tests.test_validation_contract", 
 _LEAK_OUTCOMES = {"leak", "accepted", "crashed", "unclear"}
 
 
+# The issue's case classes, by suite and case-name prefix (issue 18).
+FAULT_CLASSES = ("bad input", "endpoint faults", "kill -9 points", "tampering", "secrets", "concurrency")
+_CLASS_OF_PREFIX = {
+    "query_table": "bad input", "name": "bad input", "config": "bad input",
+    "ndjson": "endpoint faults", "oss": "endpoint faults", "hedged": "endpoint faults", "run": "endpoint faults",
+    "client": "endpoint faults", "record": "endpoint faults", "drip": "endpoint faults",
+    "auth": "secrets", "token": "secrets", "cli": "secrets", "job": "secrets",
+    "kill9": "kill -9 points", "tamper": "tampering", "bundle": "tampering",
+    "lock": "concurrency", "publish": "concurrency",
+}  # fmt: skip
+
+
+def fault_class(suite: str, case: object) -> str:
+    """The case class of one tally entry (a validation-suite case is bad input)."""
+    if suite == "test_validation_contract":
+        return "bad input"
+    name = case[0] if isinstance(case, (tuple, list)) else str(case.get("case", ""))
+    return _CLASS_OF_PREFIX.get(str(name).split(":", 1)[0], "other")
+
+
+def fault_classes() -> dict[str, int]:
+    """Cases tried per class over the fault suites that ran."""
+    import sys
+
+    out = dict.fromkeys(FAULT_CLASSES, 0)
+    for name in FAULT_SUITES:
+        short = name.rsplit(".", 1)[-1]
+        lists = {id(t): t for m in (name, short) if (t := getattr(sys.modules.get(m), "TALLY", None))}
+        for c in (c for t in lists.values() for c in t):
+            k = fault_class(short, c)
+            out[k] = out.get(k, 0) + 1
+    return out
+
+
 def fault_tally() -> dict[str, int] | None:
     """Outcome counts over the fault suites' TALLY lists, or None when none of them ran."""
     import sys
@@ -155,4 +189,7 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(
         f"fault tally: tried {c['tried']}, refused with file:line {c['refused']}, isolated {c['isolated']}, "
         f"survived {c['survived']}, caught {c['caught']}, leaks {c['leaks']}"
+    )
+    terminalreporter.write_line(
+        "fault classes: " + ", ".join(f"{k} {v}" for k, v in fault_classes().items() if v or k in FAULT_CLASSES)
     )

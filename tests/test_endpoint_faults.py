@@ -42,7 +42,7 @@ from lens_core.collect.client import (
     check_token,
     collect_run,
 )
-from lens_core.collect.preflight import AuthError, ConfigError, preflight
+from lens_core.collect.preflight import REFUSAL_ERRORS, AuthError, ConfigError, preflight
 from lens_core.collect.rawruns import raw_run_path, write_raw_run
 from lens_core.common.settings import _load
 from lens_core.common.systems import SystemConfig, check_safe_name
@@ -51,8 +51,10 @@ from resources.data_source import LensDataSource
 from resources.paging import PagerResource
 
 try:
+    from tests.conftest import new_dagster_home
     from tests.fake_lens import BAD_CASES, OSS_BAD_CASES, FakeLens
 except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
+    from conftest import new_dagster_home
     from fake_lens import BAD_CASES, OSS_BAD_CASES, FakeLens
 
 TOKEN = "tok-Fault-7Hq2-never-show-me"
@@ -528,10 +530,11 @@ def test_a_newline_token_in_the_resource_never_reaches_the_event_log(monkeypatch
     assert not leaked
 
 
-def test_credentials_revoked_after_the_preflight_fail_the_run_without_a_page(monkeypatch, tmp_path, capfd):
-    """The in-job path of `run_weekly` (the pre-flight passed, then the token was revoked): the
-    raw_runs step fails with one LensAuthRefused, no gate runs on absent data, no P0 page is
-    sent, and the token is in no output, no event and no file of the data dir or the instance."""
+def test_credentials_refused_by_the_jobs_own_preflight_fail_the_run_without_a_page(monkeypatch, tmp_path, capfd):
+    """The in-job path of `run_weekly` (no CLI in front: the job's first asset runs the pre-flight):
+    query_suites fails with one AuthError, no later step runs, no gate runs on absent data, no P0
+    page is sent, and the token is in no output, no event and no file of the data dir or the
+    instance."""
     from lens_assets.run import run_weekly  # lazy: the Dagster job, for this test only
 
     suites = tmp_path / "suites.parquet"
@@ -550,14 +553,184 @@ def test_credentials_revoked_after_the_preflight_fail_the_run_without_a_page(mon
     out, err = capfd.readouterr()
     assert not res["success"] and res["auth_refused"] and "paged" not in res and pager.posts == []
     assert (
-        len(res["errors"]) == 1 and "raw_runs: " in res["errors"][0] and "refused the credentials" in res["errors"][0]
+        len(res["errors"]) == 1
+        and res["errors"][0].startswith("query_suites: ")
+        and "refused the credentials" in res["errors"][0]
     )
     assert res["failed_checks"] == [] and not res["blocked_by_gates"]  # no gate ran on absent data
+    assert "FAIL" not in out  # the refusal is the caller's one line, not a failed step's
     roots = [Path(os.environ["LENS_DATA_DIR"])] + (
         [Path(os.environ["DAGSTER_HOME"])] if os.environ.get("DAGSTER_HOME") else []
     )
     leaked = _leaks(out, err, json.dumps(res, default=str)) or any(_files_hold(r, TOKEN.encode()) for r in roots)
-    _tally("auth:revoked_in_job_no_page", "leak" if leaked else "refused")
+    _tally("auth:job_preflight_no_page", "leak" if leaked else "refused")
+    assert not leaked
+
+
+def test_the_oss_json_shape_names_repo_and_path_prefix_and_marks_why_unknown(tmp_path):
+    """`LensClient(..., repo=, path_prefix=)` on the open-source Lens JSON shape: each result's
+    path gets the prefix, the repo is the one given, why is the sentinel ["unknown"] (never
+    empty), and the raw run it makes is ingested (no reason flag on its hits)."""
+    from lens_core.collect.wire import check_oss_result
+
+    assert check_oss_result({"file_path": "json/decoder.py", "line_number": 3}, 0, "cpython", "Lib/") == {
+        "rank": 1,
+        "repo": "cpython",
+        "path": "Lib/json/decoder.py",
+        "start_line": 3,
+        "end_line": 3,
+        "score": 0.0,
+        "why": ["unknown"],
+        "shard": None,
+    }
+    with pytest.raises(ValueError, match="path_prefix"):
+        LensClient("http://127.0.0.1:9", path_prefix="a\x00b")
+    with FakeLens(default="oss", hits=3) as f:
+        client = LensClient(f.url, repo="cpython", path_prefix="Lib/", k=3)
+        recs = collect_run(client, _queries(["a", "b"]), "oss_lens", "r", progress=False, check_health=False)
+    hits = [h for r in recs for h in r["hits"]]
+    assert len(hits) == 6 and all(h["path"].startswith("Lib/") and h["repo"] == "cpython" for h in hits)
+    assert all(h["why"] == ["unknown"] for h in hits)
+    path = raw_run_path(tmp_path, "staging", "r", "oss_lens")
+    write_raw_run(path, recs)
+    _, table = ingest([path])
+    t = pl.from_arrow(table)
+    assert t.height == 6 and not t.select(pl.any_horizontal("why_lex", "why_struct", "why_sem").any()).item()
+
+
+JOB_CASES = {
+    # case: (env, refusal class, what the one line says)
+    "token_control_char": ({"AUTH_TOKEN": TOKEN + "\x07"}, "ConfigError", "AUTH_TOKEN contains a control character"),
+    "health_401": ({"AUTH_TOKEN": TOKEN + "-x"}, "AuthError", "HTTP 401"),
+    "health_403": ({"AUTH_TOKEN": TOKEN + "-x", "_status": "403"}, "AuthError", "HTTP 403"),
+    "bad_sla": ({"AUTH_TOKEN": TOKEN, "SLA_MS": "fast"}, "ConfigError", "SLA_MS='fast'"),
+    "unsafe_system_name": (
+        {"AUTH_TOKEN": TOKEN, "_config": "baseline:\n  name: ../../x\n"},
+        "ConfigError",
+        "path-safe",
+    ),
+    # the control: a run that fails in the same step for another reason (the suites file is not
+    # Parquet) is not a refusal, and the sensor pages its planned blocking checks
+    "control_not_a_refusal": ({"AUTH_TOKEN": TOKEN, "_suites": "not parquet"}, None, ""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(JOB_CASES))
+def test_a_daemon_launched_weekly_run_runs_the_preflight_and_pages_nothing(case, monkeypatch, tmp_path):
+    """A run of weekly_lens_job as a schedule or the UI starts it (no CLI, no pre-flight before
+    it): the job's first asset runs the pre-flight. The run ends at query_suites with one line
+    (the token never in it), no later step runs, no check is evaluated, the run is tagged
+    refused, and the paging sensor pages nothing for its planned blocking checks."""
+    from lens_assets.definitions import defs  # lazy: the Dagster job, for this test only
+    from lens_assets.paging_sensor import evaluate_paging
+
+    env, cls, says = JOB_CASES[case]
+    monkeypatch.setenv("LENS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DATA_SOURCE", "prod")
+    suites = tmp_path / "suites.parquet"
+    _queries(["a", "b"]).write_parquet(suites)
+    if "_suites" in env:
+        suites.write_text(env["_suites"])
+    monkeypatch.setenv("LENS_SUITES", str(suites))
+    for k, v in env.items():
+        if not k.startswith("_"):
+            monkeypatch.setenv(k, v)
+    if "_config" in env:
+        (tmp_path / "lens.yaml").write_text(env["_config"])
+        monkeypatch.setenv("LENS_CONFIG", str(tmp_path / "lens.yaml"))
+    pager = _PagerReceiver()
+    logs: list[str] = []
+    log = type("L", (), {"error": logs.append, "info": logs.append, "warning": logs.append})()
+    try:
+        with dg.instance_for_test() as instance, FakeLens(token=TOKEN, auth_status=int(env.get("_status", 401))) as f:
+            monkeypatch.setenv("LENS_ENDPOINTS", f.url)
+            graph = defs.get_repository_def().asset_graph
+            pr = PagerResource(url=pager.url)
+            cursor, _ = evaluate_paging(instance, graph, pr, None, log)  # the sensor's first tick: seeded
+            res = defs.resolve_job_def("weekly_lens_job").execute_in_process(
+                partition_key="2026-11-08", instance=instance, raise_on_error=False
+            )
+            cursor, summary = evaluate_paging(instance, graph, pr, cursor, log)
+            run = instance.get_run_by_id(res.run_id)
+            searched = f.count()
+    finally:
+        pager.close()
+    failures = [e for e in res.all_events if e.is_step_failure]
+    checks = [e for e in res.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    err = failures[0].event_specific_data.error if failures else None
+    while err is not None and err.cause is not None:
+        err = err.cause
+    assert not res.success and len(failures) == 1 and failures[0].step_key == "query_suites"
+    assert checks == [] and searched == 0  # no gate evaluated, no query sent
+    if cls is None:  # the control: the sensor does page a run that failed for another reason
+        assert "lens/refused" not in run.tags and err.cls_name not in REFUSAL_ERRORS
+        assert pager.posts and json.loads(cursor)["incidents"], summary
+        return
+    assert err.cls_name == cls and says in err.message and "\n" not in err.message.strip()
+    assert run.tags.get("lens/refused") == cls
+    assert pager.posts == [] and json.loads(cursor)["incidents"] == {} and "paged 0" in summary
+    assert not (tmp_path / "data" / "runs").exists()
+    leaked = _leaks(*[str(e) for e in res.all_events], summary, *logs)
+    _tally(f"job:{case}", "leak" if leaked else "refused")
+    assert not leaked
+
+
+class _RevokedAfter:
+    """The fake's token until `n` queries were served, then another: credentials revoked mid-run
+    (the fake formats its expected bearer token per request)."""
+
+    def __init__(self, fake: FakeLens, n: int):
+        self.fake, self.n = fake, n
+
+    def __format__(self, spec: str) -> str:
+        return TOKEN if self.fake.count() <= self.n else TOKEN + "-rotated"
+
+
+def test_credentials_revoked_mid_run_fail_the_run_without_a_page(monkeypatch, tmp_path, capfd):
+    """The pre-flight passed and 3 queries were answered, then the token was revoked: the run
+    ends with one LensAuthRefused in raw_runs, no gate runs, no P0 page (neither run_weekly's
+    nor the paging sensor's, which sees the run's planned blocking checks), nothing leaks."""
+    from lens_assets.definitions import defs  # lazy: the Dagster job, for this test only
+    from lens_assets.paging_sensor import evaluate_paging
+    from lens_assets.run import dagster_instance, run_weekly
+
+    suites = tmp_path / "suites.parquet"
+    _queries(["a", "b"]).write_parquet(suites)
+    monkeypatch.setenv("DATA_SOURCE", "prod")
+    monkeypatch.setenv("LENS_SUITES", str(suites))
+    monkeypatch.setenv("AUTH_TOKEN", TOKEN)
+    pager = _PagerReceiver()
+    try:
+        graph = defs.get_repository_def().asset_graph
+        logs: list[str] = []
+        log = type("L", (), {"error": logs.append, "info": logs.append, "warning": logs.append})()
+        with dagster_instance() as instance:
+            cursor, _ = evaluate_paging(instance, graph, PagerResource(url=pager.url), None, log)
+        with FakeLens(token=TOKEN) as f:
+            f.token = _RevokedAfter(f, 3)
+            monkeypatch.setenv("LENS_ENDPOINTS", f.url)
+            res = run_weekly("2026-11-08", pager=PagerResource(url=pager.url))
+            answered = [r for r in f.requests if r["path"] == "/search"]
+        with dagster_instance() as instance:
+            cursor, summary = evaluate_paging(instance, graph, PagerResource(url=pager.url), cursor, log)
+            planned = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+                sorted(graph.asset_check_keys, key=str)
+            )
+    finally:
+        pager.close()
+    assert any(r.run_id == res["run_id"] for r in planned.values())  # the run planned blocking checks
+    assert json.loads(cursor)["incidents"] == {} and "paged 0" in summary, summary
+    out, err = capfd.readouterr()
+    assert len(answered) >= 4  # some queries were answered before the refusal
+    assert not res["success"] and res["auth_refused"] and "paged" not in res and pager.posts == []
+    assert len(res["errors"]) == 1 and res["errors"][0].startswith("raw_runs: ")
+    assert "refused the credentials" in res["errors"][0]
+    assert res["failed_checks"] == [] and not res["blocked_by_gates"]
+    assert "FAIL" not in out and "skip" not in out
+    leaked = _leaks(out, err, json.dumps(res, default=str)) or bool(
+        _files_hold(Path(os.environ["LENS_DATA_DIR"]), TOKEN.encode())
+    )
+    _tally("auth:revoked_mid_run_no_page", "leak" if leaked else "refused")
     assert not leaked
 
 
@@ -636,6 +809,36 @@ def test_lens_eval_run_with_a_bad_token_is_one_line_and_leaks_nothing(tmp_path, 
     assert not (tmp_path / "data" / "runs").exists() and not (tmp_path / "data" / "paging").exists()
     leaked = _leaks(p.stdout, p.stderr) or bool(_files_hold(tmp_path, TOKEN.encode()))
     _tally(f"cli:{case}", "leak" if leaked else "refused")
+    assert not leaked
+
+
+def test_lens_eval_run_with_credentials_revoked_mid_run_is_one_line(tmp_path):
+    """`lens-eval run --source prod` (launched through the code location, as make demo does): the
+    pre-flight passes, 3 queries are answered, then the token is revoked. The terminal shows the
+    progress of the steps that ran and then ONE line on stderr (no FAIL line, no skipped steps,
+    no summary), exit 1, no P0 page, and the token in no output and no file."""
+    new_dagster_home(tmp_path / "dagster_home")  # an instance with its dagster.yaml (no warning on stderr)
+    pager = _PagerReceiver()
+    suites = tmp_path / "suites.parquet"
+    _queries(["a", "b"]).write_parquet(suites)
+    try:
+        with FakeLens(token=TOKEN) as f:
+            f.token = _RevokedAfter(f, 3)
+            env = {"AUTH_TOKEN": TOKEN, "LENS_ENDPOINTS": f.url, "LENS_SUITES": str(suites), "PAGER_URL": pager.url}
+            p = _lens_eval_run(tmp_path, env, "--source", "prod")
+            answered = f.count()
+    finally:
+        pager.close()
+    # stderr may also hold the run process's Python WARNING records (a failed query, the prod
+    # ground-truth note): library logging, not the command's report. The report is one line.
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.startswith("lens-eval:")]
+    assert p.returncode == 1, (p.stdout[-2000:], p.stderr[-2000:])
+    assert answered >= 4 and len(lines) == 1, (p.stdout[-2000:], p.stderr[-3000:])
+    assert lines[0].startswith("lens-eval: error: raw_runs: ") and "refused the credentials" in lines[0]
+    assert not any(w in p.stdout for w in ("FAIL", "skip", "NOT PUBLISHED", "error:", "fingerprint:")), p.stdout
+    assert pager.posts == [] and not (tmp_path / "data" / "paging").exists()
+    leaked = _leaks(p.stdout, p.stderr) or bool(_files_hold(tmp_path, TOKEN.encode()))
+    _tally("cli:revoked_mid_run", "leak" if leaked else "refused")
     assert not leaked
 
 

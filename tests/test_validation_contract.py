@@ -154,6 +154,9 @@ NDJSON_CASES = [
     ("run_id_empty", _set("run_id", ""), "run_id", "run_id is empty or null"),
     ("repo_empty", _set("hits.0.repo", ""), "hits[0].repo", "repo is empty or null"),
     ("path_blank", _set("hits.2.path", " \t"), "hits[2].path", "path is empty or null"),
+    ("why_empty", _set("hits.1.why", []), "hits[].why", "is empty: a non-empty subset of"),
+    ("why_unknown_not_alone", _set("hits.0.why", ["unknown", "lex"]), "hits[].why", "'unknown' must be alone"),
+    ("why_unknown_reason", _set("hits.2.why", ["lex", "magic"]), "hits[].why", "unknown reason"),
 ]
 TIERS = ["canon", "duckdb", "exact"]
 
@@ -201,6 +204,41 @@ def test_ndjson_bad_value_is_refused_with_its_line_on_every_tier(
     where = f"{p}:2: field '{field}': "
     err = _ingest_refused(tmp_path, capsys, case, tier, p, where)
     assert err.startswith(f"lens-eval: error: {where}{message}"), err
+
+
+def test_an_unknown_why_is_accepted_on_every_tier_and_by_the_data_test(tmp_path, records, tier):
+    """The open-source Lens JSON shape reports no reasons: its hits carry why = ["unknown"]
+    (wire.check_oss_result), which every tier ingests as a hit with no reason flag. The data test
+    dbt_hits_why_non_empty takes a system whose hits all have none, and fails one that mixes
+    flagged and flagless hits (a flagless hit where the system reports reasons)."""
+    from dbt_like_checks import run_tests  # lazy: DuckDB, for this test only
+
+    objs = [json.loads(encode_record(r)) for r in records]
+    for o in objs:
+        for h in o["hits"]:
+            h["why"] = ["unknown"]
+    p = _write_ndjson(tmp_path / "x.ndjson", objs)
+    agg, hits = ingest_mod.ingest([p])
+    h = pl.from_arrow(hits)
+    n = sum(len(o["hits"]) for o in objs)
+    flags_off = h.height == n and not h.select(pl.any_horizontal("why_lex", "why_struct", "why_sem").any()).item()
+    a = pl.from_arrow(agg)
+    mix_zero = a.select(pl.sum_horizontal("why_mix_lex", "why_mix_struct", "why_mix_sem").max()).item() == 0
+    hits_path = tmp_path / "hits.parquet"
+    h.write_parquet(hits_path)
+    ok_unknown = run_tests({"hits": hits_path}, tables=["hits"], names=["why_non_empty"])[0].passed
+    # a system that reports reasons, with one flagless hit: the data test fails and names it
+    mixed = pl.concat(
+        [
+            h,
+            h.head(2).with_columns(pl.lit("reasons_sys").alias("system"), pl.lit(True).alias("why_lex")),
+            h.slice(2, 1).with_columns(pl.lit("reasons_sys").alias("system")),
+        ]
+    )
+    mixed.write_parquet(hits_path)
+    bad = run_tests({"hits": hits_path}, tables=["hits"], names=["why_non_empty"])[0]
+    named = not bad.passed and any(r.get("system") == "reasons_sys" for r in bad.sample)
+    assert flags_off and mix_zero and ok_unknown and named, (flags_off, mix_zero, ok_unknown, bad)
 
 
 def _nul_line(objs):
@@ -434,7 +472,34 @@ def _at(df: pl.DataFrame, row: int, **values) -> pl.DataFrame:
 PARQUET_HITS_CASES = [
     ("rank_0", lambda h: _at(h, 7, rank=0), 8, "rank", "rank 0 is not >= 1"),
     ("rank_negative", lambda h: _at(h, 2, rank=-4), 3, "rank", "rank -4 is not >= 1"),
-    ("rank_duplicate", lambda h: _at(h, 10, rank=1), 11, "rank", "duplicate rank 1 for the same (system, qid)"),
+    ("rank_duplicate", lambda h: _at(h, 10, rank=1), 11, "rank", "duplicate rank 1 for the same (run_id, system, qid)"),
+    # issue 18: every row and column of the contract, not only what the metrics read
+    (
+        "rank_duplicate_apart",
+        lambda h: _at(h, 9, qid="q1"),
+        10,
+        "rank",
+        "duplicate rank 1 for the same (run_id, system, qid)",
+    ),
+    ("score_nan", lambda h: _at(h, 4, score=math.nan), 5, "score", "score nan is not a finite number"),
+    (
+        "score_nan_past_the_cut",
+        lambda h: _at(h, 11, rank=60, score=math.nan),
+        12,
+        "score",
+        "score nan is not a finite number",
+    ),
+    ("shard_negative", lambda h: _at(h, 4, shard=-2), 5, "shard", "shard -2 is not >= 0"),
+    ("in_sla_null", lambda h: _at(h, 3, in_sla=None), 4, "in_sla", "in_sla is null"),
+    ("why_sem_null", lambda h: _at(h, 8, why_sem=None), 9, "why_sem", "why_sem is null"),
+    ("path_empty_past_the_cut", lambda h: _at(h, 2, rank=99, path=""), 3, "path", "path is empty or null"),
+    (
+        "shard_text",
+        lambda h: _at(h.with_columns(pl.col("shard").cast(pl.String)), 6, shard="x"),
+        7,
+        "shard",
+        "'x' is not a Int32 (the contract's type of shard)",
+    ),
     ("rank_null", lambda h: _at(h, 4, rank=None), 5, "rank", "rank None is not >= 1"),
     (
         "rank_float",
@@ -491,6 +556,111 @@ def test_parquet_hits_bad_value_is_refused_with_row_and_column(tmp_path, capsys,
     where = lambda paths: f"{paths['hits']}: row {row} column {column}: "  # noqa: E731
     err = _score_parquet(tmp_path, capsys, "score[parquet hits]", case, bad(_hits_df()), _qrels_df(), None, where)
     assert err == f"lens-eval: error: {tmp_path / 'hits.parquet'}: row {row} column {column}: {message}", err
+
+
+@pytest.mark.parametrize("batch_rows", [1, 2, 5, 1 << 18])
+def test_the_parquet_stream_check_holds_across_batches(tmp_path, batch_rows):
+    """`validate.parquet_violation` reads a batch at a time: a clean file passes whatever the
+    batch size (rankings that span batches screened as one), a duplicate rank that spans a
+    batch boundary or stands apart is found, and a bad value of the last batch is named by its
+    row in the file."""
+    from lens_core.common.contracts import HITS_SCHEMA
+    from lens_core.common.validate import parquet_hits_rules, parquet_violation
+
+    p = tmp_path / "h.parquet"
+    cols = [f.name for f in HITS_SCHEMA]
+    unique = (("run_id", "system", "qid"), "rank", "dup {value}")
+
+    def check(df):
+        df.write_parquet(p, row_group_size=3)
+        return parquet_violation(p, parquet_hits_rules(), cols, unique=unique, batch_rows=batch_rows)
+
+    h = _hits_df()
+    assert check(h) is None
+    assert check(_at(h, 3, rank=3)) == (6, "rank", "dup 3")  # sysA q2: 3, 2, 3 -> its third row repeats
+    assert check(_at(h, 2, rank=1)) == (3, "rank", "dup 1")  # sysA q1: 1, 2, 1
+    assert check(_at(h, 9, qid="q1")) == (10, "rank", "dup 1")  # sysB q1 again, apart
+    assert check(_at(h, 11, score=math.nan)) == (12, "score", "score nan is not a finite number")
+
+
+# issue 19, item 4: the stream check decides from row-group statistics where they prove a rule,
+# reads dictionary-encoded strings as their dictionaries and skips key columns constant in a row
+# group; each bad value is still named the same way, whatever the writer did.
+STREAM_CHECK_CASES = [
+    ("rank_0", lambda h: _at(h, 7, rank=0), (8, "rank", "rank 0 is not >= 1")),
+    ("rank_null", lambda h: _at(h, 4, rank=None), (5, "rank", "rank None is not >= 1")),
+    ("rank_duplicate", lambda h: _at(h, 10, rank=1), (11, "rank", "dup 1")),
+    ("rank_duplicate_apart", lambda h: _at(h, 9, qid="q1"), (10, "rank", "dup 1")),
+    ("rank_duplicate_other_run", lambda h: _at(h, 3, run_id="x", qid="q1"), None),
+    ("score_nan", lambda h: _at(h, 4, score=math.nan), (5, "score", "score nan is not a finite number")),
+    ("score_inf", lambda h: _at(h, 11, score=-math.inf), (12, "score", "score -inf is not a finite number")),
+    ("shard_negative", lambda h: _at(h, 4, shard=-2), (5, "shard", "shard -2 is not >= 0")),
+    ("shard_null", lambda h: _at(h, 4, shard=None), None),
+    ("in_sla_null", lambda h: _at(h, 3, in_sla=None), (4, "in_sla", "in_sla is null")),
+    ("why_lex_null", lambda h: _at(h, 11, why_lex=None), (12, "why_lex", "why_lex is null")),
+    ("path_blank", lambda h: _at(h, 2, path=" \t"), (3, "path", "path is empty or null")),
+    ("path_leading_space", lambda h: _at(h, 2, path=" a.py"), None),
+    ("repo_empty", lambda h: _at(h, 6, repo=""), (7, "repo", "repo is empty or null")),
+    ("repo_null", lambda h: _at(h, 6, repo=None), (7, "repo", "repo is empty or null")),
+    ("qid_empty", lambda h: _at(h, 5, qid=""), (6, "qid", "qid is empty or null")),
+    ("system_blank", lambda h: _at(h, 0, system=" "), (1, "system", "system is empty or null")),
+    ("run_id_null", lambda h: _at(h, 11, run_id=None), (12, "run_id", "run_id is empty or null")),
+    ("start_line_0", lambda h: _at(h, 1, start_line=0), (2, "start_line", "start_line 0 is not >= 1")),
+    ("end_line_null", lambda h: _at(h, 1, end_line=None), (2, "end_line", "end_line None is not >= 1")),
+    (
+        "inverted_span",
+        lambda h: _at(h, 9, start_line=12),
+        (10, "end_line", "inverted span: start_line 12 > end_line 9"),
+    ),
+    (
+        "end_line_past_int32",
+        lambda h: _at(h.with_columns(pl.col("end_line").cast(pl.Int64)), 9, end_line=2**31),
+        (10, "end_line", "end_line 2147483648 is past 2^31-1"),
+    ),
+]
+
+
+def _write_pyarrow_dictionary(df: pl.DataFrame, p: Path) -> None:
+    """Strings as Arrow dictionary types (pyarrow keeps them in the file's Arrow schema)."""
+    import pyarrow as pa
+    import pyarrow.parquet as papq
+
+    t = df.to_arrow()
+    strings = (pa.string(), pa.large_string())
+    schema = pa.schema(
+        [(f.name, pa.dictionary(pa.int32(), pa.string()) if f.type in strings else f.type) for f in t.schema]
+    )
+    papq.write_table(t.cast(schema), p, row_group_size=4)
+
+
+def _write_pyarrow_plain(df: pl.DataFrame, p: Path) -> None:
+    import pyarrow.parquet as papq
+
+    papq.write_table(df.to_arrow(), p, use_dictionary=False, row_group_size=7)
+
+
+STREAM_WRITERS = {
+    "polars": lambda df, p: df.write_parquet(p),
+    "polars_groups_of_2": lambda df, p: df.write_parquet(p, row_group_size=2),
+    "no_statistics": lambda df, p: df.write_parquet(p, statistics=False, row_group_size=5),
+    "pyarrow_dictionary_types": _write_pyarrow_dictionary,
+    "pyarrow_plain": _write_pyarrow_plain,
+}
+
+
+@pytest.mark.parametrize("writer", sorted(STREAM_WRITERS))
+@pytest.mark.parametrize("case, bad, expected", STREAM_CHECK_CASES, ids=[c[0] for c in STREAM_CHECK_CASES])
+def test_the_parquet_stream_check_names_every_bad_value_whatever_the_writer(tmp_path, case, bad, expected, writer):
+    from lens_core.common.contracts import HITS_SCHEMA
+    from lens_core.common.validate import parquet_hits_rules, parquet_violation
+
+    p = tmp_path / "h.parquet"
+    STREAM_WRITERS[writer](bad(_hits_df()), p)
+    cols = [f.name for f in HITS_SCHEMA]
+    unique = (("run_id", "system", "qid"), "rank", "dup {value}")
+    for batch_rows in (3, 1 << 18):
+        got = parquet_violation(p, parquet_hits_rules(), cols, unique=unique, batch_rows=batch_rows)
+        assert got == expected, (writer, batch_rows, got)
 
 
 def test_parquet_hits_with_no_rows_is_refused(tmp_path, capsys):

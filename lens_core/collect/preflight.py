@@ -15,7 +15,10 @@ never holds a token; `exit_code` is what `lens-eval run` exits with:
 * `EndpointError` (exit 1): the endpoint cannot be reached at all.
 
 A config or auth error is not a gate failure: the run never starts, so no data gate runs and
-no publication page is sent.
+no publication page is sent. The weekly job runs the same pre-flight as its first step (runs
+launched by a schedule or the UI have no CLI in front of them); `REFUSAL_ERRORS` names the
+exceptions that mean "the run was refused", not "a gate failed": the paging sensor and
+`lens-eval run` page nothing for them and print one line.
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ from pydantic import ValidationError
 from lens_core.collect.client import LensAuthRefused, LensClient, LensUnreachable, check_token, endpoints_from_env
 from lens_core.common.settings import data_source, env_number, load_config, sla_ms
 from lens_core.common.systems import all_systems, check_safe_name
+
+# Class names of the errors that refuse a run (settings, credentials, endpoint, a partition held
+# by another run), as Dagster records them in a step failure (`SerializableErrorInfo.cls_name`).
+REFUSAL_ERRORS = frozenset(
+    {"PreflightError", "ConfigError", "AuthError", "EndpointError", "LensAuthRefused", "PartitionBusy"}
+)
 
 
 class PreflightError(Exception):
@@ -65,8 +74,8 @@ def _one_line(err: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ())) or 'value'}: {e.get('msg')}" for e in err.errors())
 
 
-def _config() -> tuple[str, str, tuple[str, ...]]:
-    src = data_source()
+def _config(source: str | None = None) -> tuple[str, str, tuple[str, ...]]:
+    src = source or data_source()
     cfg = load_config()
     sla_ms()
     env_number("LENS_CLIENT_CONCURRENCY", int, minimum=1)
@@ -100,11 +109,12 @@ def _files() -> None:
             raise ValueError(f"{name}={value.strip()}: no such file")
 
 
-def preflight(*, probe: bool = True, health_attempts: int = 2) -> Preflight:
-    """Check the settings of the run the environment describes; for `prod`, also probe the
-    first endpoint's `/health` with the configured token (`probe=False` skips the probe)."""
+def preflight(*, probe: bool = True, health_attempts: int = 2, source: str | None = None) -> Preflight:
+    """Check the settings of the run the environment describes (`source`: the data source when
+    the caller's resource names one, else `DATA_SOURCE`); for `prod`, also probe the first
+    endpoint's `/health` with the configured token (`probe=False` skips the probe)."""
     try:
-        src, env, names = _config()
+        src, env, names = _config(source)
         token = _tokens(src) if src in ("local", "prod") else None
         if src != "prod":
             return Preflight(src, env, names)

@@ -32,6 +32,7 @@ from lens_core.common.contracts import (
     WIRE_DONE_FIELDS,
     WIRE_HIT_FIELDS,
 )
+from lens_core.common.validate import WHY_UNKNOWN
 
 INT32_MAX = 2**31 - 1
 
@@ -171,9 +172,12 @@ def check_done(obj: dict[str, Any], n: int) -> dict[str, Any]:
     }
 
 
-def check_oss_result(r: Any, i: int, repo: str) -> dict[str, Any]:
+def check_oss_result(r: Any, i: int, repo: str, path_prefix: str = "") -> dict[str, Any]:
     """One `results[i]` of the open-source Lens JSON response -> a one-line span hit ranked
-    by position (`why` unknown, shard unknown)."""
+    by position. That shape reports no reasons: `why` is the sentinel `["unknown"]`
+    (`validate.WHY_UNKNOWN`; never empty, issue 18); the shard is unknown (None). The repo is the
+    result's own `repo`/`repository` when it has one, else `repo`; `path_prefix` is put before
+    `file_path` (a server that indexes a subfolder of the repo: `Lib/` + `json/decoder.py`)."""
     if not isinstance(r, dict):
         raise BadAnswer(f"bad_result:{i}:not an object")
     for field, types in (("file_path", str), ("line_number", int)):
@@ -190,11 +194,11 @@ def check_oss_result(r: Any, i: int, repo: str) -> dict[str, Any]:
     return {
         "rank": i + 1,
         "repo": _text(str(rp), 1, f"{where}.repo"),
-        "path": _text(r["file_path"], 1, f"{where}.file_path"),
+        "path": _text(path_prefix + _text(r["file_path"], 1, f"{where}.file_path"), 1, f"{where}.file_path"),
         "start_line": line,
         "end_line": line,
         "score": _finite(score, 1, f"{where}.score"),
-        "why": [],
+        "why": [WHY_UNKNOWN],
         "shard": None,
     }
 

@@ -53,7 +53,8 @@ def pid_tag() -> str:
     return f"p{os.getpid()}_"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -80,7 +81,7 @@ def sweep_orphans(
         m = _PID_TAG.match(p.name[len(prefix) :])
         try:
             if m:
-                if _alive(int(m.group(1))):
+                if pid_alive(int(m.group(1))):
                     continue
             elif now - p.lstat().st_mtime < LEGACY_ORPHAN_AGE_S:
                 continue

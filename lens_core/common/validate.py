@@ -19,7 +19,15 @@ is refused early instead of being read whole.
 
 A rule is a boolean polars expression that is true on a bad row, with an optional cheap screen
 (an aggregate that is true whenever some row may be bad): clean tables pay for the screens
-only. `first_violation` returns the first bad row in table order.
+only. `first_violation` returns the first bad row in table order. A Parquet input is checked
+whole, streaming (`parquet_violation`: a batch at a time, every row and column of the contract,
+rank uniqueness screened across batches); a hit's `why` is non-empty, or exactly
+`[WHY_UNKNOWN]` where the source reports no reasons (`why_problem`, issue 18).
+
+Why this is one module: every entry point (ingestion's three tiers, `lens-eval score` and
+`ingest`, the TREC readers) must give the same verdict with the same wording, so the rules, the
+streaming readers that apply them to text and Parquet, and the `file:line` / `row N column C`
+error forms live together; split apart, an entry point could drift from the contract unseen.
 """
 
 from __future__ import annotations
@@ -36,10 +44,14 @@ from typing import Iterable, Sequence
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 
 from lens_core.common.tables import SchemaError
 
 MAX_LINE_NUMBER = 2**31 - 1  # line numbers are int32 in every table
+# A hit's `why` when the endpoint reports no reasons (the open-source Lens JSON shape): exactly
+# ["unknown"]; its hits row carries no reason flag. A NDJSON hit's `why` is never empty (issue 18).
+WHY_UNKNOWN = "unknown"
 DEFAULT_GRADES: tuple[int, ...] = (0, 1, 2, 3)
 EPOCH_MS_MAX = 253_402_300_800_000.0  # 10000-01-01T00:00:00Z in epoch milliseconds
 # Bytes a text line of a TREC file may hold (a real one is about 100 bytes).
@@ -337,6 +349,29 @@ def shard_rules() -> list[Rule]:
 # ---------------------------------------------------------------------------------------------
 # Where: the one-line error of each kind of file
 # ---------------------------------------------------------------------------------------------
+def why_problem(why: Sequence[object], reasons: Sequence[str]) -> str | None:
+    """Why a hit's `why` list breaks the contract, or None: a non-empty list of known `reasons`,
+    or exactly `[WHY_UNKNOWN]` (a source that reports no reasons)."""
+    if not why:
+        return f"is empty: a non-empty subset of {list(reasons)} (or [{WHY_UNKNOWN!r}] when not reported)"
+    if WHY_UNKNOWN in why:
+        return None if len(why) == 1 else f"{WHY_UNKNOWN!r} must be alone, got {list(why)}"
+    bad = [w for w in why if w not in reasons]
+    return f"unknown reason(s) {bad}; allowed {list(reasons)}" if bad else None
+
+
+def some_hit_unflagged(flags: Iterable[pa.Array | pa.ChunkedArray]) -> bool:
+    """Whether some hit carries none of the reason flags (the fast ingestion paths then step
+    aside: the exact path tells `[]`, refused, from `["unknown"]`, accepted)."""
+    cols = list(flags)
+    if not cols or not len(cols[0]):
+        return False
+    anyf = cols[0]
+    for c in cols[1:]:
+        anyf = pa.compute.or_(anyf, c)
+    return not pa.compute.all(anyf).as_py()
+
+
 def at_line(path: str | os.PathLike, line: int, msg: str, field: str | None = None) -> SchemaError:
     """A text file's error: `file:line: [field 'f':] msg` (line 1-based)."""
     what = f" field {field!r}:" if field else ""
@@ -346,6 +381,303 @@ def at_line(path: str | os.PathLike, line: int, msg: str, field: str | None = No
 def at_row(path: str | os.PathLike, row: int, column: str, msg: str) -> SchemaError:
     """A Parquet file's error: `file: row N column C: msg` (row 1-based)."""
     return SchemaError(f"{path}: row {row} column {column}: {msg}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming check of a Parquet table: every row, every column of the contract, bounded memory
+# ---------------------------------------------------------------------------------------------
+PARQUET_BATCH_ROWS = 1 << 18  # rows decoded at a time by `parquet_violation`
+HITS_BOOL_COLUMNS = ("why_lex", "why_struct", "why_sem", "in_sla")
+
+
+def parquet_hits_rules() -> list[Rule]:
+    """The row rules of a Parquet hits file, all of them but rank uniqueness (which
+    `parquet_violation` checks across batches): ids, rank, span, finite score, shard >= 0 or
+    null, reason flags and in_sla present."""
+    shard = pl.col("shard")
+    return [
+        *id_rules(("run_id", "system", "qid", "repo", "path")),
+        *rank_rules(("run_id", "system", "qid"), known_unique=True),
+        *span_rules(),
+        *finite_rules(["score"]),
+        Rule("shard", shard < 0, "shard {value} is not >= 0"),
+        *[Rule(c, pl.col(c).is_null(), f"{c} is null") for c in HITS_BOOL_COLUMNS],
+    ]
+
+
+def _duplicate_row(path: Path, keys: Sequence[str], column: str) -> int | None:
+    """The first row (0-based, file order) whose (`keys`, `column`) repeats an earlier row's:
+    DuckDB, with a memory limit (it spills to disk), for a layout the streaming screen could not
+    vouch for."""
+    import tempfile
+
+    import duckdb  # lazy: only for a file whose rankings are not stored in rank order
+
+    part = ", ".join(f'"{k}"' for k in (*keys, column))
+    with tempfile.TemporaryDirectory(prefix="lens-unique-") as tmp:
+        con = duckdb.connect(config={"memory_limit": "512MB", "temp_directory": tmp, "threads": 2})
+        try:
+            row = con.execute(
+                f"SELECT min(rn) FROM (SELECT file_row_number AS rn, row_number() OVER (PARTITION BY {part} "
+                "ORDER BY file_row_number) AS k FROM read_parquet(?, file_row_number = true)) WHERE k > 1",
+                [str(path)],
+            ).fetchone()
+        finally:
+            con.close()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+@functools.lru_cache(maxsize=1)
+def _provable() -> dict[tuple[str, str], tuple[str, Rule]]:
+    """The rules of `parquet_hits_rules` that row-group statistics can prove, by (column,
+    message): (kind, the rule itself). The finite score is not among them (NaN is not in the
+    statistics)."""
+    out: dict[tuple[str, str], tuple[str, Rule]] = {}
+    for r in parquet_hits_rules():
+        m = r.message
+        kind = (
+            "blank"
+            if m == f"{r.column} is empty or null"
+            else "nonnull"
+            if m == f"{r.column} is null"
+            else "min1"
+            if m == f"{r.column} {{value}} is not >= 1"
+            else "min0"
+            if m == f"{r.column} {{value}} is not >= 0"
+            else "max31"
+            if m.endswith("is past 2^31-1")
+            else "inverted"
+            if m.startswith("inverted span")
+            else None
+        )
+        if kind is not None:
+            out[(r.column, m)] = (kind, r)
+    return out
+
+
+def _kind(rule: Rule) -> str | None:
+    """The kind of a rule of `parquet_hits_rules` that statistics can prove ("blank",
+    "nonnull", "min1", "min0", "max31", "inverted"), when `rule` is that rule exactly (the same
+    column, message and expressions); else None."""
+    found = _provable().get((rule.column, rule.message))
+    if found is None:
+        return None
+    kind, ref = found
+    if rule.prepare or (rule.screen is None) != (ref.screen is None) or not ref.bad.meta.eq(rule.bad):
+        return None
+    if rule.screen is not None and not ref.screen.meta.eq(rule.screen):
+        return None
+    return kind
+
+
+def _proven(rule: Rule, stats: dict) -> bool:
+    """Whether a row group's statistics (`stats`: column -> pyarrow Statistics or None) prove
+    that none of its rows breaks `rule`. Only the kinds of `parquet_hits_rules` (`_kind`) are
+    ever proven; a string minimum is a lower bound (also where a writer truncates it), nulls
+    are counted."""
+    kind = _kind(rule)
+    if kind is None:
+        return False
+    s = stats.get(rule.column)
+    if s is None or not s.has_null_count:
+        return False
+
+    def ints(x) -> bool:
+        return x.has_min_max and type(x.min) is int and type(x.max) is int
+
+    if kind == "blank":
+        return s.null_count == 0 and s.has_min_max and isinstance(s.min, str) and s.min >= "!"
+    if kind == "nonnull":
+        return s.null_count == 0
+    if kind == "min1":
+        return s.null_count == 0 and ints(s) and s.min >= 1
+    if kind == "min0":
+        return ints(s) and s.min >= 0
+    if kind == "max31":
+        return ints(s) and s.max <= MAX_LINE_NUMBER
+    o = stats.get("start_line")  # inverted: every start_line <= every end_line
+    return o is not None and ints(o) and ints(s) and o.max <= s.min
+
+
+def _constant(s) -> str | None:
+    """A string column's one value in a row group, when its statistics prove it (no null,
+    min == max), else None."""
+    if s is None or not s.has_null_count or s.null_count or not s.has_min_max:
+        return None
+    return s.min if isinstance(s.min, str) and s.min == s.max else None
+
+
+def _as_polars(batch: pa.RecordBatch, names: Sequence[str]) -> pl.DataFrame:
+    """Columns `names` of a batch as polars reads the file (dictionary columns decoded)."""
+    cols = [batch.column(n) for n in names]
+    cols = [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in cols]
+    return pl.from_arrow(pa.RecordBatch.from_arrays(cols, names=list(names)))
+
+
+def _dictionary_blank(col: pa.Array) -> bool:
+    """The `id_rules` screen for a dictionary-decoded string column: some index is null, or
+    some dictionary value is empty or starts with a byte <= 0x20 (used or not). False: no value
+    of the column is null, empty or blank."""
+    return bool(col.null_count) or maybe_blank(col.dictionary)
+
+
+def _screen_unique_arrow(
+    batch: pa.RecordBatch, consts: dict[str, str], keys: Sequence[str], col: str, starts: set[int], last: list
+) -> bool:
+    """True when `col` is surely unique within `keys` over
+    the batches so far (each key's rows together, `col` rising within them; `last`: [key,
+    value] of the previous batch's last row, updated; `starts`: one 64-bit hash per key,
+    updated). Keys are compared by value (dictionary indices: equal indices are equal values;
+    unequal ones count as a new key, so a dictionary with a value twice can only send the file
+    to the exact check); a key in `consts` is that value on every row. False: check exactly."""
+    n = batch.num_rows
+    rank = batch.column(col)
+    if rank.null_count or not (pa.types.is_integer(rank.type) or pa.types.is_floating(rank.type)):
+        return False
+    v = pl.from_arrow(rank).to_numpy()  # (pyarrow.to_numpy imports pandas)
+    same = np.ones(max(n - 1, 0), dtype=bool)
+    cols = []
+    for k in keys:
+        if k in consts:
+            cols.append(None)
+            continue
+        a = batch.column(k)
+        if a.null_count:
+            return False
+        if pa.types.is_dictionary(a.type):
+            ids = pl.from_arrow(a.indices).to_numpy()
+            same &= ids[1:] == ids[:-1]
+        else:
+            same &= pl.from_arrow(pa.compute.equal(a.slice(1), a.slice(0, n - 1))).to_numpy()
+        cols.append(a)
+
+    def key_rows(rows: np.ndarray) -> pl.DataFrame:  # the keys of `rows`, as strings
+        out = {}
+        for k, a in zip(keys, cols):
+            if a is None:
+                out[k] = pl.Series(k, [consts[k]] * len(rows), pl.String)
+            else:
+                t = a.take(pa.Array.from_buffers(pa.int64(), len(rows), [None, pa.py_buffer(rows.astype(np.int64))]))
+                out[k] = pl.from_arrow(t.cast(t.type.value_type) if pa.types.is_dictionary(t.type) else t)
+        return pl.DataFrame(out).cast(pl.String)
+
+    if not (same <= (v[1:] > v[:-1])).all():  # within a key, col rises
+        return False
+    first = key_rows(np.array([0])).row(0)
+    first_same = last[0] is not None and first == last[0]
+    if first_same and not v[0] > last[1]:
+        return False
+    new = np.concatenate(([not first_same], ~same))
+    heads = key_rows(np.flatnonzero(new)).select(pl.struct(list(keys)).hash()).to_series().to_list()
+    if len(set(heads)) != len(heads) or not starts.isdisjoint(heads):
+        return False
+    starts.update(heads)
+    last[0] = key_rows(np.array([n - 1])).row(0)
+    last[1] = v[-1]
+    return True
+
+
+def parquet_violation(
+    path: str | os.PathLike,
+    rules: Sequence[Rule],
+    columns: Sequence[str],
+    unique: tuple[Sequence[str], str, str] | None = None,
+    batch_rows: int = PARQUET_BATCH_ROWS,
+) -> tuple[int, str, str] | None:
+    """The first row of a Parquet file that breaks the contract: `(row, column, message)` (row
+    1-based), or None. Streaming: `batch_rows` rows at a time, a row group at a time, every
+    row, so memory is bounded by a batch, whatever the file's size. A rule of
+    `parquet_hits_rules` that the row group's column statistics prove (no null and a minimum
+    of at least "!" for an id, no null for a flag, min(rank) >= 1, max(line) <= 2^31-1,
+    min(shard) >= 0, ...) is not evaluated there, and the columns only such rules read are not
+    decoded; the rest are checked row by row, vectorised over Arrow batches (a NaN score is
+    never in the statistics). A string column stored dictionary-encoded is read as its
+    dictionary (the id rule screened on the dictionary's values). A batch where a rule may
+    fire is read again as polars reads the file and checked with every rule and column, so the
+    row, column and message are those of the whole contract. `unique = (keys, column,
+    message)`: `column` unique within `keys` over the whole file, screened as the batches go by
+    (each key's rows together with `column` rising, across batch boundaries: one 64-bit hash
+    kept per key, not per row; a key column constant in a row group by its statistics is not
+    decoded); a file laid out otherwise is checked exactly after the pass, in DuckDB (bounded
+    memory, spills to disk)."""
+    import pyarrow.parquet as papq  # lazy: pyarrow.parquet, for Parquet inputs only
+
+    try:
+        return _parquet_violation(papq, Path(path), rules, list(columns), unique, batch_rows)
+    finally:  # the batches' memory back to the system before the metrics read the file
+        pa.default_memory_pool().release_unused()
+
+
+def _parquet_violation(papq, path: Path, rules, columns, unique, batch_rows) -> tuple[int, str, str] | None:
+    pf = papq.ParquetFile(path)
+    meta = pf.metadata
+    names = [meta.schema.column(j).name for j in range(meta.num_columns)]
+    arrow = pf.schema_arrow
+    strings = {f.name for f in arrow if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)} & set(names)
+    readers: dict[frozenset, papq.ParquetFile] = {frozenset(): pf}
+    offset = 0
+    starts: set[int] = set()
+    last: list = [None, None]  # the previous batch's last row: its key and value
+    exact = False
+    keys, col, _ = unique if unique is not None else ((), "", "")
+    for g in range(meta.num_row_groups):  # a row group at a time, in batches: the reader decodes no more
+        rg = meta.row_group(g)
+        if rg.num_rows == 0:
+            continue
+        stats = {}
+        for c in columns:
+            try:
+                stats[c] = rg.column(names.index(c)).statistics if c in names else None
+            except Exception:  # unreadable statistics: prove nothing from them
+                stats[c] = None
+        open_rules = [r for r in rules if not _proven(r, stats)]
+        consts: dict[str, str] = {}
+        need = set()
+        if unique is not None and not exact:
+            consts = {k: v for k in keys if (v := _constant(stats.get(k))) is not None}
+            need |= {k for k in keys if k not in consts} | {col}
+        dict_cols = frozenset(c for c in strings if c in columns and rg.column(names.index(c)).has_dictionary_page)
+        on_dict = [r for r in open_rules if r.column in dict_cols and _kind(r) == "blank"]
+        rest = [r for r in open_rules if r not in on_dict]
+        rest_cols = [
+            c
+            for c in columns
+            if c
+            in {n for r in rest for e in (r.bad, r.screen, *r.prepare) if e is not None for n in e.meta.root_names()}
+        ]
+        need |= set(rest_cols) | {r.column for r in on_dict}
+        read = [c for c in columns if c in need] + sorted(need - set(columns))
+        if not read:
+            offset += rg.num_rows
+            continue
+        use = dict_cols & set(read)
+        if use not in readers:
+            readers[use] = papq.ParquetFile(path, read_dictionary=sorted(use))
+        for batch in readers[use].iter_batches(batch_size=batch_rows, row_groups=[g], columns=read, use_threads=False):
+            if batch.num_rows == 0:
+                continue
+            suspect = any(_dictionary_blank(batch.column(r.column)) for r in on_dict)
+            if not suspect and rest:
+                try:
+                    suspect = first_violation(_as_polars(batch, rest_cols), rest) is not None
+                except Exception:  # a rule these columns cannot serve: the whole contract decides
+                    suspect = True
+            if suspect:  # the whole contract on this batch, read as polars reads the file
+                full = pl.scan_parquet(path).select(columns).slice(offset, batch.num_rows)
+                full = full.with_columns(pl.col(pl.Categorical).cast(pl.String)).collect()  # Arrow dictionaries
+                v = first_violation(full, rules)
+                if v is not None:
+                    return offset + v.row + 1, v.column, v.message
+            if unique is not None and not exact:
+                exact = not _screen_unique_arrow(batch, consts, keys, col, starts, last)
+            offset += batch.num_rows
+    if exact:
+        keys, col, message = unique
+        row = _duplicate_row(path, keys, col)
+        if row is not None:
+            value = pl.scan_parquet(path).select(col).slice(row, 1).collect()[col][0]
+            return row + 1, col, message.format(value=value)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

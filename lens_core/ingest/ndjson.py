@@ -88,6 +88,7 @@ from lens_core.common.contracts import (
 from lens_core.common.hashing import atomic_path, sha256_file, sha256_hex
 from lens_core.common.tables import ParquetFile, SchemaError, conform, parquet_options, write_parquet
 from lens_core.common.validate import (
+    WHY_UNKNOWN,
     count_newlines,
     finite_rules,
     first_violation,
@@ -97,7 +98,9 @@ from lens_core.common.validate import (
     rank_rules,
     record_rules,
     shard_rules,
+    some_hit_unflagged,
     span_rules,
+    why_problem,
 )
 
 try:  # the C scanner of canonical lines (setup.py builds it; optional: the other paths give the same tables)
@@ -175,9 +178,9 @@ def validate_lines(path: Path, body: bytes | memoryview) -> None:
             if not isinstance(h, dict):
                 raise _fail(path, lineno, f"hits[{j}]", "expected an object")
             _check_obj(path, lineno, h, HIT_FIELD_TYPES, _HIT_REQUIRED, f"hits[{j}].")
-            bad = [w for w in h["why"] if w not in WHY_REASONS]
+            bad = why_problem(h["why"], WHY_REASONS)  # non-empty, or exactly ["unknown"] (issue 18)
             if bad:
-                raise _fail(path, lineno, f"hits[{j}].why", f"unknown reason(s) {bad}; allowed {list(WHY_REASONS)}")
+                raise _fail(path, lineno, f"hits[{j}].why", bad)
         for j, s in enumerate(obj["shards"]):
             if not isinstance(s, dict):
                 raise _fail(path, lineno, f"shards[{j}]", "expected an object")
@@ -722,6 +725,8 @@ def _fast_tables(table: pa.Table | None, declared: int) -> tuple[pa.Table, pa.Ta
     counts = _np(pc.list_value_length(hits_col)).astype(np.int64)
     for r, flag in _why_flags(hits.column("why")).items():
         hits = hits.append_column(f"why_{r}", flag)
+    if some_hit_unflagged(hits.column(f"why_{r}") for r in WHY_REASONS):
+        return None  # an empty why (refused) or none: the exact path names it
     hits = hits.drop_columns(["why"])
     rec = table.drop_columns(["hits"])
     shards = pa.chunked_array(
@@ -762,14 +767,22 @@ def _flatten_hits(path: Path, hits_col: pa.ChunkedArray, body: memoryview) -> tu
         why_flat = pc.list_flatten(why)
         why_hit = pc.list_parent_indices(why).to_numpy()
         known = pc.is_in(why_flat, value_set=reasons).to_numpy(zero_copy_only=False)
-        if not known.all():
-            i = int(np.flatnonzero(~known)[0])
-            raise _fail(
-                path,
-                int(parent[why_hit[i]]) + 1,
-                "hits[].why",
-                f"unknown reason {why_flat[i].as_py()!r}; allowed {list(WHY_REASONS)}",
+        # a reason outside the vocabulary, an empty list, or "unknown" not alone (issue 18)
+        lengths = _np(pc.list_value_length(why).fill_null(0))
+        alone = _np(pc.equal(why_flat, WHY_UNKNOWN).fill_null(False)) & (lengths[why_hit] == 1)
+        bad_el = np.flatnonzero(~known & ~alone)
+        if len(bad_el):
+            i = int(bad_el[0])
+            h, word = int(why_hit[i]), why_flat[i].as_py()
+            msg = (
+                why_problem(why[h].as_py(), WHY_REASONS)
+                if word == WHY_UNKNOWN
+                else f"unknown reason {word!r}; allowed {list(WHY_REASONS)}"
             )
+            raise _fail(path, int(parent[h]) + 1, "hits[].why", msg)
+        empty = np.flatnonzero(lengths == 0)
+        if len(empty):
+            raise _fail(path, int(parent[empty[0]]) + 1, "hits[].why", why_problem([], WHY_REASONS))
         cols = [fields[n] for n in names]
         for reason in WHY_REASONS:
             is_r = pc.equal(why_flat, reason).to_numpy(zero_copy_only=False)
@@ -1161,7 +1174,10 @@ def _canon_tables(chunks: list[list[tuple]], declared: int) -> tuple[pa.Table, p
     if rec.num_rows != declared:
         return None
     counts = _np(rec.column("hits")).astype(np.int64)
-    return rec.drop_columns(["hits"]), pa.Table.from_batches(hitss), counts
+    hits = pa.Table.from_batches(hitss)
+    if some_hit_unflagged(hits.column(f"why_{r}") for r in WHY_REASONS):
+        return None  # an empty why: the exact path refuses it, naming the line
+    return rec.drop_columns(["hits"]), hits, counts
 
 
 class _CanonFile:

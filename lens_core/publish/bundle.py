@@ -50,14 +50,28 @@ from lens_core.common.hashing import (
     atomic_write_json,
     content_hash,
     fingerprint,
+    pid_alive,
     pid_tag,
     sha256_file,
     swap_symlink,
     sweep_orphans,
 )
-from lens_core.decide.gates import GateResult
+from lens_core.decide.battery import primary_comparisons
+from lens_core.decide.gates import (
+    GateResult,
+    calibration_parity_gate,
+    cost_gate,
+    decision_gates,
+    ece_gate,
+    file_credit_gate,
+    flatline_gate,
+    pool_gate,
+    sla_recall_gate,
+    tail_gate,
+)
 from lens_core.measures.metrics import per_query_metrics
-from lens_core.measures.scoring import MEAN_METRICS, slices
+from lens_core.measures.scoring import MEAN_METRICS, score, slices
+from lens_core.stats.compare import compare, decision_seed
 
 KEY_PACKAGES = ("dagster", "polars", "pyarrow", "duckdb", "numpy", "scipy", "scikit-learn", "torch")
 VERIFY_TOLERANCE = 0.001  # ±0.1 pp
@@ -127,8 +141,88 @@ def publish_lock(data_dir: Path):
 def partition_lock(data_dir: Path, partition: str):
     """Serialise the runs of one partition (issue 18): a file lock `locks/run-<partition>.lock`
     under the data dir, held for the whole run; a second run of the same week waits for it."""
+    base = _lock_base(data_dir, partition)
+    return _flock(base.with_name(base.name + ".lock"))
+
+
+def _lock_base(data_dir: Path, partition: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(partition))
-    return _flock(Path(data_dir) / "locks" / f"run-{safe}.lock")
+    return Path(data_dir) / "locks" / f"run-{safe}"
+
+
+class PartitionBusy(RuntimeError):
+    """Another live run holds the partition's lease (`acquire_partition_lease`)."""
+
+
+def lease_owner(run_id: str) -> dict[str, Any]:
+    """The lease record of a run executing in this process."""
+    return {"run_id": run_id, "pid": os.getpid(), "host": platform.node(), "since_ms": int(time.time() * 1000)}
+
+
+def owner_process_alive(owner: dict[str, Any]) -> bool:
+    """The lease owner's process still exists (on this host; one on another host counts as alive)."""
+    if owner.get("host") != platform.node():
+        return True
+    pid = owner.get("pid")
+    return isinstance(pid, int) and pid_alive(pid)
+
+
+def read_partition_lease(data_dir: Path, partition: str) -> dict[str, Any] | None:
+    p = _lock_base(data_dir, partition).with_name(_lock_base(data_dir, partition).name + ".lease.json")
+    try:
+        cur = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    return cur if isinstance(cur, dict) else None
+
+
+def acquire_partition_lease(
+    data_dir: Path,
+    partition: str,
+    owner: dict[str, Any],
+    is_live: Callable[[dict[str, Any]], bool],
+    wait_s: float,
+    poll_s: float = 1.0,
+    on_wait: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any] | None:
+    """Take the lease of `partition` for `owner` (`lease_owner`): a record
+    `locks/run-<partition>.lease.json`, read and written under the flock of
+    `locks/run-<partition>.lease.lock`. A lease survives its step: unlike `partition_lock`
+    (a flock held by one process), it spans the steps of a run, which may be separate processes.
+    It is free when absent, held by the same run (a retried step), or its holder is not live
+    (`is_live(holder)` false: the caller asks its run storage; a finished or failed run frees
+    it). Otherwise wait (`on_wait(holder)` once per holder) up to `wait_s`, then raise
+    `PartitionBusy` naming the holder. Returns the stale holder it replaced, if any."""
+    base = _lock_base(data_dir, partition)
+    path = base.with_name(base.name + ".lease.json")
+    deadline = time.monotonic() + max(0.0, wait_s)
+    told: str | None = None
+    while True:
+        with _flock(base.with_name(base.name + ".lease.lock")):
+            cur = read_partition_lease(data_dir, partition)
+            if cur is None or cur.get("run_id") == owner["run_id"] or not is_live(cur):
+                atomic_write_json(path, owner)
+                return cur if cur is not None and cur.get("run_id") != owner["run_id"] else None
+        if time.monotonic() >= deadline:
+            raise PartitionBusy(
+                f"partition {partition} is held by run {cur.get('run_id')} (pid {cur.get('pid')}, since "
+                f"{_utc(int(cur.get('since_ms') or 0))}): this run waited {wait_s:g}s and does not start"
+            )
+        if on_wait is not None and told != cur.get("run_id"):
+            told = cur.get("run_id")
+            on_wait(cur)
+        time.sleep(poll_s)
+
+
+def release_partition_lease(data_dir: Path, partition: str, run_id: str) -> bool:
+    """Give the lease back when `run_id` holds it (True); another run's lease is left alone."""
+    base = _lock_base(data_dir, partition)
+    with _flock(base.with_name(base.name + ".lease.lock")):
+        cur = read_partition_lease(data_dir, partition)
+        if cur is None or cur.get("run_id") != run_id:
+            return False
+        base.with_name(base.name + ".lease.json").unlink(missing_ok=True)
+        return True
 
 
 def read_published(data_dir: Path) -> dict[str, Any] | None:
@@ -388,7 +482,7 @@ def verify(bundle_dir: Path, data_dir: Path | None = None, tolerance: float = VE
     problems += _check_derived_fields(att, bundle_dir)
     if problems:
         return problems
-    return _rescore(bundle_dir, tolerance)
+    return _rescore(bundle_dir, tolerance, att)
 
 
 def _check_derived_fields(att: dict[str, Any], bundle_dir: Path) -> list[str]:
@@ -440,7 +534,204 @@ def _same_number(a: Any, b: Any) -> bool:
     return math.isclose(fa, fb, rel_tol=1e-9, abs_tol=1e-12)
 
 
-def _rescore(bundle_dir: Path, tolerance: float) -> list[str]:
+def statistics_record(cfg: Any) -> dict[str, Any]:
+    """The attestation's `statistics`: what the week's CIs and p-values were computed with
+    (`cfg`: the loaded config), so that verify re-runs them exactly (issue 18)."""
+    return {
+        "seed": int(cfg.run.seed),
+        "bootstrap_b": int(cfg.run.ci_b),
+        "randomisation_b": int(cfg.run.perm_b),
+        "alpha": float(cfg.run.alpha),
+    }
+
+
+_MAX_LINES = 12  # FAIL lines per re-derived table; the rest counted on one more line
+
+
+def _close(a: Any, b: Any, tolerance: float) -> bool:
+    """Equal within `tolerance`, relative to the magnitude above 1 (latencies are in ms);
+    None/NaN equal only to None/NaN."""
+    na = a is None or (isinstance(a, float) and math.isnan(a))
+    nb = b is None or (isinstance(b, float) and math.isnan(b))
+    if na or nb:
+        return na and nb
+    return abs(float(a) - float(b)) <= tolerance * max(1.0, abs(float(b)))
+
+
+def _capped(lines: list[str], what: str) -> list[str]:
+    if len(lines) <= _MAX_LINES:
+        return lines
+    return [*lines[:_MAX_LINES], f"{what}: {len(lines) - _MAX_LINES} more mismatch(es)"]
+
+
+def _statistics(att: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    st = att.get("statistics")
+    keys = ("seed", "bootstrap_b", "randomisation_b", "alpha")
+    if not isinstance(st, dict) or any(k not in st for k in keys):
+        return (
+            None,
+            "attestation: statistics (seed, bootstrap_b, randomisation_b, alpha) not recorded: CIs and p-values cannot be re-derived",
+        )
+    try:
+        return {k: (float(st[k]) if k == "alpha" else int(st[k])) for k in keys}, None
+    except (TypeError, ValueError):
+        return None, f"attestation: statistics {st!r} are not numbers"
+
+
+def _check_score_cis(bundle_dir: Path, pq: pl.DataFrame, st: dict[str, Any], tolerance: float) -> list[str]:
+    """Every row of scores.parquet re-derived with the attested seed, B and alpha: the means,
+    the bootstrap CIs, the latency percentiles (p50/p95/p99, p99/p95), judged_10 and
+    file_credit, and n. One FAIL line per mismatching value."""
+    p = bundle_dir / BUNDLE_FILES["scores"]
+    if not p.is_file():
+        return []
+    try:
+        sc = pl.read_parquet(p)
+    except Exception as e:  # noqa: BLE001
+        return [f"scores.parquet: unreadable ({e})"]
+    re_sc = score(pq, b=st["bootstrap_b"], seed=st["seed"], alpha=st["alpha"])
+    keys = ["system", "slice", "metric"]
+    j = sc.join(re_sc, on=keys, how="full", suffix="_re", coalesce=True)
+    out = []
+    for r in j.iter_rows(named=True):
+        where = f"scores.parquet: {r['system']} {r['slice']} {r['metric']}"
+        if r.get("n") is None or r.get("n_re") is None:
+            out.append(f"{where}: on one side only ({'bundle' if r.get('n') is not None else 're-derived'})")
+            continue
+        for c in ("mean", "ci_low", "ci_high"):
+            if not _close(r[c], r[f"{c}_re"], tolerance):
+                out.append(f"{where} {c} = {r[c]}, re-derived {r[f'{c}_re']}")
+        if r["n"] != r["n_re"]:
+            out.append(f"{where} n = {r['n']}, re-derived {r['n_re']}")
+    return _capped(out, "scores.parquet")
+
+
+_CMP_NUMBERS = ("delta", "ci_low", "ci_high", "p_value", "p_holm", "sd_diff", "mde")
+
+
+def _check_comparison_stats(bundle_dir: Path, pq: pl.DataFrame, st: dict[str, Any], tolerance: float) -> list[str]:
+    """Every decision of comparisons.parquet re-run (`stats.compare`) with its attested seed
+    (itself re-derived from the week's seed), B and alpha: deltas, CIs, p-values, Holm, n, MDE
+    and status. One FAIL line per mismatching value."""
+    p = bundle_dir / BUNDLE_FILES["comparisons"]
+    if not p.is_file():
+        return []
+    try:
+        cmp = pl.read_parquet(p)
+    except Exception as e:  # noqa: BLE001
+        return [f"comparisons.parquet: unreadable ({e})"]
+    out: list[str] = []
+    for (control, test), grp in cmp.group_by(["control", "test"], maintain_order=True):
+        what = f"comparisons.parquet: {test} vs {control}"
+        seeds = grp["seed"].unique().to_list() if "seed" in grp.columns else []
+        want_seed = decision_seed(st["seed"], control, test)
+        if seeds != [want_seed]:
+            out.append(f"{what}: seed {seeds} != {want_seed} (derived from the attested seed)")
+            continue
+        needed: dict[str, float] = {}
+        if "needed_effect" in grp.columns:
+            for m, v in grp.select("metric", "needed_effect").drop_nulls().iter_rows():
+                needed[m] = min(v, needed.get(m, v))
+        try:
+            re_c = compare(
+                pq,
+                control,
+                test,
+                grp["metric"].unique(maintain_order=True).to_list(),
+                b_ci=st["bootstrap_b"],
+                b_perm=st["randomisation_b"],
+                seed=want_seed,
+                alpha=st["alpha"],
+                needed_effect=needed,
+            )
+        except (ValueError, KeyError) as e:
+            out.append(f"{what}: cannot be re-run ({e})")
+            continue
+        j = grp.join(re_c, on=["slice", "metric"], how="full", suffix="_re", coalesce=True)
+        for r in j.iter_rows(named=True):
+            where = f"{what} {r['slice']} {r['metric']}"
+            if r.get("control") is None or r.get("control_re") is None:
+                out.append(f"{where}: on one side only")
+                continue
+            for c in (c for c in _CMP_NUMBERS if c in grp.columns):
+                if not _close(r[c], r[f"{c}_re"], tolerance):
+                    out.append(f"{where} {c} = {r[c]}, re-derived {r[f'{c}_re']}")
+            for c in (c for c in ("n", "status") if c in grp.columns):
+                if r[c] != r[f"{c}_re"]:
+                    out.append(f"{where} {c} = {r[c]}, re-derived {r[f'{c}_re']}")
+    return _capped(out, "comparisons.parquet")
+
+
+def _read_optional(p: Path) -> pl.DataFrame | None:
+    return pl.read_parquet(p) if p.is_file() else None
+
+
+def _check_gates(att: dict[str, Any], bundle_dir: Path, pq: pl.DataFrame, tolerance: float) -> list[str]:
+    """The gates whose inputs are in the bundle, re-evaluated with the gate functions of
+    `lens_core.decide` over the bundle's tables (pool, ece, power, ci_width, tail, sla_recall,
+    file_credit, flatline, calibration_parity, cost) and compared with the attested results:
+    the value always; passed where the attested threshold is the one configured now. Schema,
+    parity and cfg_hash need the raw runs and a simulator re-run: they are checked by hash."""
+    gates = att.get("gates")
+    systems = att.get("systems")
+    if not isinstance(gates, list) or not isinstance(systems, dict) or not systems:
+        return []
+    sc = _read_optional(bundle_dir / BUNDLE_FILES["scores"])
+    if sc is None:
+        return []
+    cmp = _read_optional(bundle_dir / BUNDLE_FILES["comparisons"])
+    cal = _read_optional(bundle_dir / "calibration" / "calibration.parquet")
+    parity = _read_optional(bundle_dir / "calibration" / "parity.parquet")
+    order = [_system_of(name, info) for name, info in systems.items()]
+    base = next((s for s in order if s.pack == "baseline"), order[0])
+    order = [base, *[s for s in order if s is not base]]
+    source = (att.get("data_source") or {}).get("source") if isinstance(att.get("data_source"), dict) else None
+    redone: list[GateResult] = []
+    redone += pool_gate(sc, None, None)
+    if cal is not None:
+        redone += ece_gate(cal, source)
+    if cmp is not None:
+        redone += decision_gates(cmp, primary_comparisons(order))
+    redone += tail_gate(sc) + sla_recall_gate(sc, base.name, pq) + file_credit_gate(sc) + flatline_gate(pq)
+    if parity is not None:
+        redone += calibration_parity_gate(parity)
+    redone += cost_gate(sc, base.name, pq)
+    attested = {(g.get("name"), g.get("subject") or None): g for g in gates if isinstance(g, dict)}
+    out = []
+    for g in redone:
+        key = (g.name, g.subject or None)
+        a = attested.get(key)
+        where = f"gate {g.name}" + (f"[{g.subject}]" if g.subject else "")
+        if a is None:
+            out.append(f"{where}: re-evaluated from the bundle's data but not in the attestation")
+            continue
+        if not _close(_num_or_none(a.get("value")), _num_or_none(g.value), tolerance):
+            out.append(f"{where}: attested value {a.get('value')}, re-evaluated {g.value}")
+        if str(a.get("threshold")) == str(g.threshold) and bool(a.get("passed")) != bool(g.passed):
+            out.append(f"{where}: attested passed={a.get('passed')}, re-evaluated passed={g.passed}")
+    return _capped(out, "gates")
+
+
+def _num_or_none(v: Any) -> float | None:
+    try:
+        return None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class _System:
+    """What the gate functions read of a system: its name and pack (from the attestation)."""
+
+    name: str
+    pack: str
+
+
+def _system_of(name: str, info: Any) -> _System:
+    return _System(str(name), str(info.get("pack", "")) if isinstance(info, dict) else "")
+
+
+def _rescore(bundle_dir: Path, tolerance: float, att: dict[str, Any] | None = None) -> list[str]:
     """per_query, scores (means), the hero table and comparison deltas re-derived from the
     bundle's own agg / hits / qrels (+ queries) and compared within `tolerance`."""
     problems: list[str] = []
@@ -468,8 +759,19 @@ def _rescore(bundle_dir: Path, tolerance: float) -> list[str]:
             elif abs(a - b) > tolerance:
                 problems.append(f"hero table: {sys_name} {m} = {a:.4f}, re-scored {b:.4f} (|Δ| > {tolerance})")
     problems += _check_per_query(bundle_dir, pq, tolerance)
-    problems += _check_scores(bundle_dir, pq, tolerance)
-    problems += _check_comparisons(bundle_dir, pq, tolerance)
+    has_stats = (bundle_dir / BUNDLE_FILES["scores"]).is_file() or (bundle_dir / BUNDLE_FILES["comparisons"]).is_file()
+    st, missing = _statistics(att) if att is not None and has_stats else (None, None)
+    if st is None:  # the means and deltas alone (and, when the statistics are not attested, one line)
+        problems += _check_scores(bundle_dir, pq, tolerance)
+        problems += _check_comparisons(bundle_dir, pq, tolerance)
+        return [*problems, missing] if missing else problems
+    # issue 18: every attested number that follows from the bundle's data, re-derived (one line per value)
+    try:
+        problems += _check_score_cis(bundle_dir, pq, st, tolerance)
+        problems += _check_comparison_stats(bundle_dir, pq, st, tolerance)
+        problems += _check_gates(att, bundle_dir, pq, tolerance)
+    except Exception as e:  # noqa: BLE001 - a table the re-derivation cannot read is a failure, not a crash
+        problems.append(f"cannot re-derive the attested statistics: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
     return problems
 
 
