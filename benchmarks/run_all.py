@@ -28,12 +28,14 @@ from benchmarks.common import BENCH, fmt_num, row  # noqa: E402
 
 BENCHMARKS: dict[str, str] = {
     "scoring": "benchmarks.bench_scoring",
+    "trec": "benchmarks.bench_trec",  # issue 19: lens-eval trec / score on three shapes
     "statistics": "benchmarks.bench_stats",
     "ingest": "benchmarks.bench_ingest",
     "calibration": "benchmarks.bench_calibration",
     "engine": "benchmarks.bench_engine",
     "weekly": "benchmarks.bench_weekly",
     "aa": "benchmarks.bench_aa",
+    "aa_engine": "benchmarks.bench_aa_engine",  # issue 17: ~15 min (20 engine starts); --only aa_engine
 }
 VERSIONED = (
     "polars",

@@ -7,7 +7,8 @@ shard probe records issued / first_byte / done / cancel timestamps (epoch ms) an
 Python on 2 cores has no natural stragglers, so a seeded straggler model (`StragglerModel`)
 delays a probe, before its first byte, by a real, cooperatively cancellable sleep drawn from a
 Pareto tail (20 ms scale, alpha 1.2, capped at 300 ms) with probability `p` (default 0.04, env
-`LENS_ENGINE_STRAGGLER_P`, 0 disables), seeded by (seed, query key, shard, probe number).
+`LENS_ENGINE_STRAGGLER_P`, 0 disables), seeded by (seed, system name, query key, shard, probe
+number): each system is its own deployment, so an A/A pair draws independent stragglers.
 The coordinator then applies the system's flags to real timings:
 - `tail_hedge`: a shard whose probe has been accepted by its replica but has not sent its first
   byte after min(hedge_delay_ms, 0.1 x p50 of that shard's recent probe latencies; hedge_delay_ms
@@ -34,7 +35,20 @@ spend cap is used (what was searched is kept). Query vectors come from an in-mem
 (its cost counts in lat_ms and cpu_ms, not in the spend cap).
 
 Fusion: weighted reciprocal rank (k0 = 60) of the arms' ranked lists; `why` lists the arms that
-retrieved the hit. Scores are made strictly decreasing (tie-free) in rank order.
+retrieved the hit. Scores are made strictly decreasing (tie-free) in rank order. Arm weights:
+lex 1.0; struct 1.5 for a structural template, `exact_def_weight` (default 0.5) when the query
+names code (`names_code`) and the structural arm's top hit is the definition of a query
+identifier (`Engine.exact_definition`), else 0.5; sem 1.0.
+
+Knobs of issue 17 (optional knobs: hashed only when not at their default; see
+docs/spec_notes/issue17-planted.md):
+- `exact_def_weight` (0.5): the structural arm's weight when it found the definition a code
+  query names (the planted improvement runs 2.0: the definition outranks functions that merely
+  mention the name).
+- `struct_arm` (True): False = the structural arm is neither run nor fused (no `n=`/`c=`/`k=`
+  matching, no structural confidence, no structural TA bound).
+- `lex_drop_top` (False): True = the planted bug: the merged lexical list loses its best hit (an
+  off-by-one slice), which also feeds the router's confidence.
 
 Why this is one module: the reference engine's query path (lexical, structural and dense arms, shards, fusion, the tail-taming stop) is one object whose arms share the index handles.
 """
@@ -110,11 +124,16 @@ class StragglerModel:
             raise ValueError(f"LENS_ENGINE_STRAGGLER_P={raw!r}: must be in [0, 1]")
         return cls(p=p, seed=int(os.environ.get("LENS_ENGINE_STRAGGLER_SEED", "0")))
 
-    def delay_ms(self, key: str, shard: int, probe_no: int) -> float:
+    def delay_ms(self, key: str, shard: int, probe_no: int, system: str = "") -> float:
+        """The delay of one probe. `system` names the deployment that serves it: two systems
+        (an A/A pair included) run on different replicas, so their straggler draws are
+        independent (issue 17: with one draw per query for every system, the A/A pair saw the
+        same stragglers and its noise floor was understated)."""
         p = self.primary_p.get(shard, self.p) if probe_no == 0 else self.p
         if p <= 0:
             return 0.0
-        h = sha256_hex(f"{self.seed}:{key}:{shard}:{probe_no}".encode())
+        where = f"{system}:" if system else ""
+        h = sha256_hex(f"{self.seed}:{where}{key}:{shard}:{probe_no}".encode())
         u1 = int(h[:13], 16) / 16**13
         u2 = int(h[13:26], 16) / 16**13
         if u1 >= p:
@@ -161,6 +180,13 @@ def struct_query(q: str) -> tuple[dict[str, float], bool]:
 _CODE_TOKEN = re.compile(r"_|[a-z][A-Z]|[A-Za-z][0-9]")
 
 
+def names_code(q: str) -> bool:
+    """A query that *is* code rather than a sentence mentioning it: one identifier, or only
+    identifiers with `_`, camelCase or digits (`read_file`, `getHTTPResponse mimeType`)."""
+    toks = identifiers(q)
+    return len(toks) == 1 or bool(toks) and all(_CODE_TOKEN.search(t) for t in toks)
+
+
 def code_like(q: str) -> bool:
     """A query that names code: a single identifier, or one with `_`, camelCase or digits."""
     toks = identifiers(q)
@@ -179,6 +205,7 @@ class Plan:
     st_qw: np.ndarray
     template: bool
     code_like: bool
+    names_code: bool
     system: SystemConfig
     max_mult: float
 
@@ -212,6 +239,9 @@ class Probe:
             "cancel_ts": None if self.cancel_ts is None else round(self.cancel_ts, 3),
             "status": self.status,
         }
+
+
+_EMPTY = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
 
 
 def _top(docs: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -321,7 +351,10 @@ class Engine:
         lex_ids, lex_qw = self.index.lex.query_vector(term_counts(bag))
         qseq = [self.index.lex.vocab[t] for t in stream if t in self.index.lex.vocab]
         st_terms, template = struct_query(q)
-        st_ids, st_qw = self.index.struct.query_vector(st_terms)
+        if system.struct_arm:
+            st_ids, st_qw = self.index.struct.query_vector(st_terms)
+        else:  # the structural arm is off: no terms, no upper bound, no list, no confidence
+            st_ids, st_qw = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         max_mult = (
             max(system.phrase_boost, 1.0) * (1.0 + max(system.proximity_weight, 0.0) * PROX_SCALE)
             if len(set(qseq)) >= 2
@@ -339,6 +372,7 @@ class Engine:
             st_qw=st_qw,
             template=template,
             code_like=code_like(q),
+            names_code=names_code(q),
             system=system,
             max_mult=max_mult,
         )
@@ -369,7 +403,7 @@ class Engine:
         probe.accepted_perf = time.perf_counter()
         c0 = time.thread_time()
         try:
-            delay = self.straggler.delay_ms(key, probe.shard, probe.probe_no)
+            delay = self.straggler.delay_ms(key, probe.shard, probe.probe_no, plan.system.name)
             if delay > 0 and probe.cancel.wait(delay / 1000.0):
                 return
             if probe.cancel.is_set():
@@ -378,7 +412,7 @@ class Engine:
             probe.lex = self._lex_shard(probe.shard, plan)
             if probe.cancel.is_set():
                 return
-            probe.struct = self._struct_shard(probe.shard, plan)
+            probe.struct = self._struct_shard(probe.shard, plan) if plan.system.struct_arm else _EMPTY
             probe.done_perf = time.perf_counter()
             probe.done_ts = _now_ms()
         except Exception as e:  # reported as status error, never raised into the pool
@@ -526,10 +560,15 @@ class Engine:
 
         # merge phase-1 arms
         lex_list = self._merge([w.lex for w in winners.values()], max(k, 50))
+        if system.lex_drop_top:  # the planted bug: an off-by-one slice loses the best lexical hit
+            lex_list = (lex_list[0][1:], lex_list[1][1:])
         st_list = self._merge([w.struct for w in winners.values()], max(k, 50))
         conf = self.lexical_confidence(plan, lex_list, st_list)
-        arms_out = {"lex": lex_list, "struct": st_list}
-        weights = {"lex": ARM_WEIGHTS["lex"], "struct": ARM_WEIGHTS["struct_template" if plan.template else "struct"]}
+        arms_out = {"lex": lex_list}
+        weights = {"lex": ARM_WEIGHTS["lex"]}
+        if system.struct_arm:
+            arms_out["struct"] = st_list
+            weights["struct"] = self.struct_weight(plan, st_list)
         dense_probes = 0
         upshift = False
         if (
@@ -620,6 +659,38 @@ class Engine:
         x = self.lts_features(winners, pending, plan, ub_lex, elapsed_ms)
         return _sigmoid(float(LTS_COEF @ x)) >= 0.5
 
+    # -- fusion weights --------------------------------------------------------------------------
+    def exact_definition(self, plan: Plan, st_list) -> bool:
+        """Whether a code-like, non-template query's top structural hit is the definition of a
+        query identifier: its name (the `n=` term) equals one of the query's identifiers."""
+        sdocs, _ = st_list
+        if plan.template or not plan.code_like or not sdocs.size or not plan.st_ids.size:
+            return False
+        inv = self.index.struct.vocab.get("n=" + self.index.units[int(sdocs[0])].name.lower())
+        return inv is not None and bool(np.isin(inv, plan.st_ids))
+
+    def struct_weight(self, plan: Plan, st_list) -> float:
+        """The structural arm's fusion weight: `struct_template` for a template query; the
+        system's `exact_def_weight` when the arm found the definition of the identifier the
+        query names (`exact_definition`); else `struct`.
+
+        Why the exact-definition weight: for a query that names code, the lexical arm ranks
+        every function that *mentions* the name (callers, wrappers, a `_name` helper's public
+        twin `name`) by BM25, and a short definition is often out-scored by a long caller; the
+        structural arm's `n=` field matches only the function *defined* with that name. At the
+        default weight (0.5) a definition at structural rank 1 and lexical rank 2 loses to the
+        lexical rank-1 caller; trusting the arm that found the definition fixes that ranking
+        without touching queries where no definition matched."""
+        if plan.template:
+            return ARM_WEIGHTS["struct_template"]
+        if (
+            plan.system.exact_def_weight != ARM_WEIGHTS["struct"]
+            and plan.names_code
+            and self.exact_definition(plan, st_list)
+        ):
+            return float(plan.system.exact_def_weight)
+        return ARM_WEIGHTS["struct"]
+
     # -- router ----------------------------------------------------------------------------------
     def lexical_confidence(self, plan: Plan, lex_list, st_list) -> float:
         """Confidence in [0, 1] that the lexical/structural answer is right.
@@ -645,15 +716,12 @@ class Engine:
         st_conf = 0.0
         sdocs, _ = st_list
         if sdocs.size and plan.st_ids.size:
-            row = self.index.struct.weights[int(sdocs[0])]
-            present = np.isin(plan.st_ids, row.indices)
             if plan.template:
+                row = self.index.struct.weights[int(sdocs[0])]
+                present = np.isin(plan.st_ids, row.indices)
                 st_conf = 0.95 * float(plan.st_qw[present].sum() / max(plan.st_qw.sum(), 1e-9))
-            elif plan.code_like:
-                name = "n=" + self.index.units[int(sdocs[0])].name.lower()
-                inv = self.index.struct.vocab.get(name)
-                if inv is not None and inv in set(plan.st_ids[present].tolist()):
-                    st_conf = 0.9
+            elif self.exact_definition(plan, st_list):
+                st_conf = 0.9
         return float(min(1.0, max(lex_conf, st_conf)))
 
     def _dense(

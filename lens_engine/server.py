@@ -23,7 +23,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
-from lens_core.common.systems import SystemConfig, all_systems
+from lens_core.common.systems import SystemConfig, engine_systems
 from lens_engine.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ def make_server(
     engine: Engine, host: str = "127.0.0.1", port: int = 0, systems: list[SystemConfig] | None = None, workers: int = 1
 ) -> LensServer:
     if systems is None:
-        systems = all_systems(full_grid=True)
+        systems = engine_systems()
     return LensServer((host, port), engine, {s.name: s for s in systems}, workers=workers)
 
 

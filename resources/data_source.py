@@ -17,6 +17,11 @@ differs.
   the identifier (1143) and structural (1852) suites are capped at 150 each: 847 queries x 9
   systems = ~7600 HTTP queries, ~80 queries/s at concurrency 4 against the engine's two worker
   processes on 2 cores, so the warm weekly run fits in 3 minutes. `LENS_MAX_PER_SUITE=0` runs every query (~3500 per system).
+* `collect_week()` (issue 17): every system of the week over the same queries, INTERLEAVED
+  (`lens_core.collect.interleave`: per block of `collect.block` queries the systems' order is
+  shuffled with a recorded seed; one shared pool of `concurrency` workers), each raw run
+  streamed to its file. `collect.interleave: false` (or `sim`) collects one system after
+  another through `collect()`; the simulator's runs are unchanged.
 * `collect()`: `collect_run` against an `EngineServer` started lazily on the first call and
   stopped by `teardown_after_execution` (Dagster calls it after the run's last step, also when a
   step failed) or by `close()` / the context manager outside Dagster. Dagster's in-process
@@ -38,20 +43,27 @@ differs.
 
 An endpoint that cannot be reached fails `collect()` with ONE `LensUnreachable` message.
 `describe()` never contains a token: endpoints are printed without credentials.
+
+Why this is one module: it is the one Dagster resource that answers the assets' three questions
+(which queries, what did each system answer, what to attest) for the three sources; the suite
+caps, the query-file reading and the engine's lifecycle exist only to answer them, and the
+sources share their clients, their settings and the engine they start.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import dagster as dg
 import polars as pl
 from pydantic import Field, PrivateAttr
 
 from lens_core.collect.client import LensClient, LensUnreachable, collect_run, endpoints_from_env
+from lens_core.collect.interleave import build_clients, collect_interleaved, derive_seed
 from lens_core.collect.rawruns import write_raw_run
 from lens_core.common.contracts import GROUND_TRUTH_SCHEMA, QUERIES_SCHEMA
 from lens_core.common.hashing import sha256_hex
@@ -278,6 +290,14 @@ class LensDataSource(dg.ConfigurableResource):
         return q, g
 
     # -- the client ---------------------------------------------------------------------------
+    @staticmethod
+    def _token(src: str) -> str | None:
+        """`local`: what the engine checks (`LENS_ENGINE_TOKEN`) or else `AUTH_TOKEN`; `prod`:
+        `AUTH_TOKEN`. Never logged."""
+        if src == "local":
+            return os.environ.get("LENS_ENGINE_TOKEN") or os.environ.get("AUTH_TOKEN") or None
+        return os.environ.get("AUTH_TOKEN") or None
+
     def client(self, k: int | None = None) -> LensClient:
         """The Lens client of `local` (starting the engine if needed) or `prod`."""
         src = self.resolved_source()
@@ -286,14 +306,14 @@ class LensDataSource(dg.ConfigurableResource):
             srv = self._ensure_server()
             key = ("local", srv.endpoint, k)
             endpoint = srv.endpoint
-            token = os.environ.get("LENS_ENGINE_TOKEN") or os.environ.get("AUTH_TOKEN") or None
+            token = self._token(src)
         elif src == "prod":
             eps = endpoints_from_env()
             if not eps:
                 raise ValueError("DATA_SOURCE=prod needs LENS_ENDPOINTS (comma-separated Lens base URLs)")
             endpoint = eps[0]
             key = ("prod", endpoint, k)
-            token = os.environ.get("AUTH_TOKEN") or None
+            token = self._token(src)
         else:
             raise ValueError(f"DATA_SOURCE={src}: the simulator has no client")
         c = self._clients.get(key)
@@ -310,6 +330,46 @@ class LensDataSource(dg.ConfigurableResource):
             )
             self._clients[key] = c
         return c
+
+    def system_client(self, system: SystemConfig, k: int | None = None) -> LensClient:
+        """The client of one system: `client(k)` for a system on the default endpoint with the
+        default response shape, else one client per (endpoint, repo, path_prefix)."""
+        base = self.client(k)
+        if not (system.endpoint or system.repo or system.path_prefix):
+            return base
+        src = self.resolved_source()
+        # the raw default URL (the printable `base.endpoint` drops any user:password@)
+        default = self._server.endpoint if src == "local" else endpoints_from_env()[0]
+        endpoint = system.endpoint or default
+        key = (src, endpoint, base.k, system.repo, system.path_prefix)
+        c = self._clients.get(key)
+        if c is None:
+            token = self._token(src)  # the same credentials as the default client
+            c = LensClient(
+                endpoint,
+                token=token,
+                sla_ms=self.resolved_sla_ms(),
+                k=base.k,
+                seed=base.seed,
+                concurrency=self.resolved_concurrency(),
+                hedge=self.hedge,
+                repo=system.repo,
+                path_prefix=system.path_prefix,
+            )
+            self._clients[key] = c
+        return c
+
+    def _engine_exited(self, what: str) -> LensUnreachable | None:
+        """`local`: the engine died under us -> the message that says so (None otherwise)."""
+        srv = self._server
+        if self.resolved_source() == "local" and srv is not None and srv.wait_exited(5.0):
+            self._server = None
+            srv.stop()
+            return LensUnreachable(
+                f"the reference engine (log {srv.log_path}) is no longer running "
+                f"(it exited while serving {what}):\n{srv.log_tail()}"
+            )
+        return None
 
     # -- the three questions -------------------------------------------------------------------
     def suites(self) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -332,18 +392,80 @@ class LensDataSource(dg.ConfigurableResource):
         src = self.resolved_source()
         if src == "sim":
             return self._simulator().run(system, run_id, queries, self.resolved_sla_ms(), k, t0_ms)
-        client = self.client(k)
+        client = self.system_client(system, k)
         try:
-            return collect_run(client, queries, system.name, run_id, cfg_hash=system.cfg_hash, progress=True)
+            return collect_run(
+                client, queries, system.name, run_id, cfg_hash=system.cfg_hash, progress=True, extra=system.params
+            )
         except LensUnreachable:
-            srv = self._server
-            if src == "local" and srv is not None and srv.wait_exited(5.0):
-                self._server = None
-                srv.stop()
-                raise LensUnreachable(
-                    f"the reference engine (log {srv.log_path}) is no longer running "
-                    f"(it exited while serving {system.name}):\n{srv.log_tail()}"
-                ) from None
+            died = self._engine_exited(system.name)
+            if died is not None:
+                raise died from None
+            raise
+
+    def collect_week(
+        self,
+        systems: Sequence[SystemConfig],
+        queries: pl.DataFrame,
+        run_id: str,
+        t0_ms: float,
+        k: int,
+        paths: Mapping[str, Path],
+        *,
+        interleave: bool | None = None,
+    ) -> dict[str, Any]:
+        """Collect every system of the week and write each raw run to `paths[name]`.
+
+        `local`/`prod`: interleaved (`collect.interleave`, default true; `interleave` overrides
+        it): every system answers the same query close in time, sharing one pool of the client
+        concurrency, in an order shuffled per block of `collect.block` queries with the seed
+        `collect.seed` (default: derived from `run.seed` and the run id). `sim`, or interleave
+        off: one system after another through `collect()` (the simulator's runs are unchanged).
+
+        Returns {order, seed, block, concurrency, systems: {name: {path, sha256, records,
+        errors}}} (`order`: interleaved | sequential; seed/block None when sequential)."""
+        src = self.resolved_source()
+        cfg = load_config()
+        spec = cfg.collect
+        on = spec.interleave if interleave is None else interleave
+        if src == "sim" or not on:
+            infos: dict[str, Any] = {}
+            for i, system in enumerate(systems, start=1):
+                t = time.monotonic()
+                records = self.collect(system, queries, run_id, t0_ms, k)
+                info = write_raw_run(paths[system.name], records)
+                info["errors"] = sum(1 for r in records if r["error"])
+                infos[system.name] = info
+                log.info(
+                    "[%d/%d] %s: %d queries, %d errors, %.1fs",
+                    i,
+                    len(systems),
+                    system.name,
+                    info["records"],
+                    info["errors"],
+                    time.monotonic() - t,
+                )
+            conc = None if src == "sim" else self.resolved_concurrency()
+            return {"order": "sequential", "seed": None, "block": None, "concurrency": conc, "systems": infos}
+        seed = spec.seed if spec.seed is not None else derive_seed(cfg.run.seed or 0, run_id)
+        clients = build_clients(systems, lambda s: self.system_client(s, k))
+        try:
+            return collect_interleaved(
+                systems,
+                clients,
+                queries,
+                run_id,
+                paths,
+                block=spec.block,
+                seed=seed,
+                concurrency=self.resolved_concurrency(),
+                window=spec.window,
+                progress=True,
+            )
+        except LensUnreachable:
+            died = self._engine_exited(f"{len(systems)} systems interleaved")
+            if died is not None:
+                raise died from None
             raise
 
     def source_roots(self) -> dict[str, tuple[Path, str]]:

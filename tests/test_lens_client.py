@@ -303,10 +303,11 @@ def test_oss_json_reader_maps_results_to_one_line_spans():
         assert [h["rank"] for h in res.hits] == [1, 2, 3]  # rank by order, cut at k
         for h in res.hits:
             assert h["repo"] == "myrepo" and h["start_line"] == h["end_line"]
-            assert h["why"] == [] and h["shard"] is None and isinstance(h["score"], float)
+            assert h["why"] == ["unknown"] and h["shard"] is None and isinstance(h["score"], float)
         assert res.lat_ms == pytest.approx(res.client_ms) and res.shards == []
         recs = collect_run(client, _queries(["a", "b"]), "oss_lens", "r", progress=False, cfg_hash="cafe")
-        assert all(r["cfg_hash"] == "cafe" and len(r["hits"]) == 3 for r in recs)
+        # the JSON shape reports no cfg_hash: recorded as unknown, never as the project's
+        assert all(r["cfg_hash"] == "unknown" and len(r["hits"]) == 3 for r in recs)
         assert LensClient(f.url).repo == "127.0.0.1"  # default repo: the endpoint host
 
 

@@ -29,7 +29,8 @@ What it does:
   first has not finished; the first complete answer wins and the other probe is cancelled
   (its socket is shut down, which the server sees as a disconnect).
 * The open-source Lens JSON response (`{"results":[{file_path, line_number, score}]}`) is read
-  too: each result becomes a one-line span, `why` unknown (`[]`), shard unknown (`None`).
+  too: each result becomes a one-line span, `why` the sentinel `["unknown"]`, shard unknown
+  (`None`); `repo` and `path_prefix` (constructor) name the repo and the path's prefix.
 * The token never reaches `repr()`, logs, exception messages or returned records: every
   string that leaves the client goes through `_redact`.
 
@@ -273,6 +274,7 @@ class LensClient:
         hedge_max_delay_ms: float = 6.0,
         max_backoff_ms: float = 2000.0,
         repo: str | None = None,
+        path_prefix: str = "",
         seed: int = 0,
         health_cap_s: float = 5.0,
     ):
@@ -304,7 +306,10 @@ class LensClient:
         self.hard_cap_ms = hard_cap_ms
         self.hedge_delay_ms = hedge_delay_ms
         self.hedge_max_delay_ms = float(hedge_max_delay_ms)
-        self.repo = repo or self._host
+        self.repo = repo or self._host  # the OSS JSON shape: a result's repo when it names none
+        if not isinstance(path_prefix, str) or "\x00" in path_prefix:
+            raise ValueError("LensClient: path_prefix must be a string without NUL")
+        self.path_prefix = path_prefix  # ... and what goes before its file_path
         self.seed = int(seed)
         self.health_cap_s = float(health_cap_s)
         self._recent: deque[float] = deque(maxlen=256)
@@ -570,7 +575,7 @@ class LensClient:
         results = obj.get("results") if isinstance(obj, dict) else None
         if not isinstance(results, list):
             raise BadAnswer("bad_line:1:missing results")
-        hits = [check_oss_result(r, i, self.repo) for i, r in enumerate(results[: self.k])]
+        hits = [check_oss_result(r, i, self.repo, self.path_prefix) for i, r in enumerate(results[: self.k])]
         return _Outcome("ok", None, hits=hits, shards=[], cost=dict(EMPTY_COST), cfg_hash=None, lat_ms=None)
 
     # -- hedging ------------------------------------------------------------------------------
@@ -797,7 +802,9 @@ def _record(
     values = {
         "run_id": run_id,
         "system": system,
-        "cfg_hash": res.cfg_hash or cfg_hash or UNKNOWN_CFG_HASH,
+        # what the engine reported (issue 17: reconciled against the declaration by the
+        # cfg_hash gate); an engine that reports none is recorded as unknown, never as ours
+        "cfg_hash": res.cfg_hash or UNKNOWN_CFG_HASH,
         "qid": qid,
         "suite": suite,
         "intent": intent,
@@ -821,6 +828,109 @@ def _record(
     return {k: values[k] for k in RECORD_KEYS}
 
 
+def query_rows(queries: Any) -> list[tuple[str, str, str, str, str]]:
+    """The checked (qid, text, suite, intent, language) rows of a query table (shared with
+    `interleave`)."""
+    return _query_rows(queries)
+
+
+class Breaker:
+    """The run-level circuit breaker of one endpoint (shared by `collect_run` and
+    `interleave`): when the first `first_n` finished queries against it ALL failed with
+    connection errors (or all got 401/403), the run fails with one `LensUnreachable`
+    (`LensAuthRefused`) instead of recording thousands of identical failures. With
+    `auth_streak` > 0 it also trips when that many queries in a row got 401/403 after some were
+    answered (credentials revoked mid-run: the interleaved collection, where every system has
+    been answered before the revocation, needs it). Thread-safe; `observe()` returns the tripped
+    exception once it trips (and on every later call)."""
+
+    def __init__(self, client: LensClient, first_n: int, auth_streak: int = 0):
+        self.client = client
+        self.first_n = max(0, int(first_n))
+        self.auth_streak = max(0, int(auth_streak))
+        self.finished = self.conn_fail = self.auth_fail = self.streak = 0
+        self.tripped: LensUnreachable | None = None
+        self._lock = threading.Lock()
+
+    def observe(self, res: QueryResult) -> LensUnreachable | None:
+        with self._lock:
+            self.finished += 1
+            refused = bool(res.error and res.error.startswith(("http_4xx:401:", "http_4xx:403:")))
+            self.conn_fail += bool(res.error and res.error.startswith("conn_"))
+            self.auth_fail += refused
+            self.streak = self.streak + 1 if refused else 0
+            if self.auth_streak and self.streak >= self.auth_streak and self.tripped is None:
+                self.tripped = LensAuthRefused(
+                    f"{self.client.endpoint} refused the credentials: the last {self.streak} queries all "
+                    f"failed with HTTP 401/403 (last: {res.error}); check AUTH_TOKEN"
+                )
+            n = self.first_n
+            if n > 0 and self.finished == n and self.tripped is None:
+                if self.conn_fail == n:
+                    self.tripped = LensUnreachable(
+                        f"cannot reach {self.client.endpoint}: the first {n} queries "
+                        f"all failed with connection errors (last: {res.error})"
+                    )
+                elif self.auth_fail == n:
+                    self.tripped = LensAuthRefused(
+                        f"{self.client.endpoint} refused the credentials: the first {n} queries all "
+                        f"failed with HTTP 401/403 (last: {res.error}); check AUTH_TOKEN"
+                    )
+            return self.tripped
+
+    def error(self) -> LensUnreachable:
+        """The tripped exception, redacted, ready to raise."""
+        assert self.tripped is not None
+        return type(self.tripped)(self.client._redact(str(self.tripped)))
+
+
+def search_isolated(
+    client: LensClient, qid: str, text: str, system: str, extra: dict[str, str] | None = None
+) -> QueryResult:
+    """`client.search()` that never raises: a client bug fails this query only (recorded as
+    `client_error:<type>`, its wall time as `lat_ms`)."""
+    t_q = time.monotonic()
+    try:
+        return client.search(qid, text, system, extra=extra or None)
+    except Exception as exc:  # noqa: BLE001 - one query's failure never ends the run
+        ms = (time.monotonic() - t_q) * 1000.0
+        res = QueryResult(
+            qid, [], [], dict(EMPTY_COST), None, ms, ms, client._redact(f"client_error:{type(exc).__name__}"), 1, True
+        )
+        res.req_ts = time.time() * 1000.0 - ms
+        return res
+
+
+def final_record(
+    client: LensClient, run_id: str, system: str, row: tuple, res: QueryResult, ts: float, cfg_hash: str | None = None
+) -> tuple[dict[str, Any], QueryResult]:
+    """The raw-run record of one answered query, with the last line of defence: a record that
+    does not pass `wire.record_problem` becomes a failed query (the file is still written).
+    Returns (record, the result as recorded)."""
+    rec = _record(run_id, system, row, res, client.sla_ms, ts, cfg_hash)
+    problem = record_problem(rec)
+    if problem is not None:
+        log.warning("qid=%s: answer not recordable (%s); recorded as a failed query", res.qid, problem)
+        res = dataclasses.replace(
+            res, hits=[], shards=[], cost=dict(EMPTY_COST), lat_ms=res.client_ms, error=client._redact(problem)
+        )
+        rec = _record(run_id, system, row, res, client.sla_ms, ts if math.isfinite(ts) else res.req_ts, cfg_hash)
+    return rec, res
+
+
+def sidecar_row(res: QueryResult) -> dict[str, Any]:
+    """The client-side facts of one query that are not part of the raw record."""
+    return {
+        "qid": res.qid,
+        "client_ms": res.client_ms,
+        "attempts": res.attempts,
+        "late": res.late,
+        "hedged": res.hedged,
+        "hedge_cancelled": res.hedge_cancelled,
+        "error": res.error,
+    }
+
+
 def collect_run(
     client: LensClient,
     queries: Any,
@@ -833,18 +943,24 @@ def collect_run(
     check_health: bool = True,
     unreachable_after: int = 8,
     sidecar: list[dict[str, Any]] | None = None,
+    extra: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every query of `queries` (polars DataFrame: qid, text, suite, intent, language)
     against `client` for `system` and return raw-run records in query order.
 
     * `concurrency` worker threads; output order = input order.
     * `req_ts_fn()` (epoch ms) is called when a query is issued; default: wall clock.
-    * `cfg_hash`: what to record when the server reports none (OSS JSON, failed queries);
-      otherwise the server's `done.cfg_hash` is recorded.
+    * `cfg_hash`: the project's cfg_hash of `system` (for messages); the record holds what the
+      server reported in `done.cfg_hash`, `unknown` when it reports none (OSS JSON, failed
+      queries), so the cfg_hash gate can reconcile the two (issue 17).
+    * `extra`: the system's declared query parameters, sent with every `/search`.
     * Fails fast with one `LensUnreachable` when `/health` cannot be reached, or when the
       first `unreachable_after` finished queries all failed with connection errors.
     * `sidecar`, when given, is filled (in query order) with the client-side facts that are
       not part of the raw record: qid, client_ms, attempts, late, hedged, hedge_cancelled.
+
+    One system at a time: `lens_core.collect.interleave` collects every system of a week over
+    the same queries interleaved (the same per-query work, breaker and records).
     """
     rows = _query_rows(queries)
     if check_health:
@@ -852,52 +968,17 @@ def collect_run(
     n = len(rows)
     results: list[tuple[QueryResult, float] | None] = [None] * n
     stop = threading.Event()
-
-    breaker: dict[str, Any] = {"finished": 0, "conn_fail": 0, "auth_fail": 0, "tripped": None}
-    breaker_lock = threading.Lock()
-    first_n = min(unreachable_after, n)
+    breaker = Breaker(client, min(unreachable_after, n))
 
     def work(i: int) -> tuple[int, QueryResult | None, float]:
         if stop.is_set():
             return i, None, 0.0
         qid, text = rows[i][0], rows[i][1]
         ts = req_ts_fn() if req_ts_fn is not None else None
-        t_q = time.monotonic()
-        try:
-            res = client.search(qid, text, system)
-        except Exception as exc:  # noqa: BLE001 - one query's failure never ends the run
-            ms = (time.monotonic() - t_q) * 1000.0
-            res = QueryResult(
-                qid,
-                [],
-                [],
-                dict(EMPTY_COST),
-                None,
-                ms,
-                ms,
-                client._redact(f"client_error:{type(exc).__name__}"),
-                1,
-                True,
-            )
-            res.req_ts = time.time() * 1000.0 - ms
+        res = search_isolated(client, qid, text, system, extra)
         # circuit breaker, decided in the workers so no more queries start once it trips
-        with breaker_lock:
-            breaker["finished"] += 1
-            breaker["conn_fail"] += bool(res.error and res.error.startswith("conn_"))
-            breaker["auth_fail"] += bool(res.error and res.error.startswith(("http_4xx:401:", "http_4xx:403:")))
-            if first_n > 0 and breaker["finished"] == first_n and breaker["tripped"] is None:
-                if breaker["conn_fail"] == first_n:
-                    breaker["tripped"] = LensUnreachable(
-                        f"cannot reach {client.endpoint}: the first {first_n} queries "
-                        f"all failed with connection errors (last: {res.error})"
-                    )
-                elif breaker["auth_fail"] == first_n:
-                    breaker["tripped"] = LensAuthRefused(
-                        f"{client.endpoint} refused the credentials: the first {first_n} queries all "
-                        f"failed with HTTP 401/403 (last: {res.error}); check AUTH_TOKEN"
-                    )
-                if breaker["tripped"] is not None:
-                    stop.set()
+        if breaker.observe(res) is not None:
+            stop.set()
         return i, res, float(ts if ts is not None else res.req_ts)
 
     bar = None
@@ -914,9 +995,8 @@ def collect_run(
         futures = [pool.submit(work, i) for i in range(n)]
         for fut in as_completed(futures):
             i, res, ts = fut.result()
-            if breaker["tripped"] is not None:
-                tripped = breaker["tripped"]
-                raise type(tripped)(client._redact(str(tripped)))
+            if breaker.tripped is not None:
+                raise breaker.error()
             if res is None:
                 continue
             results[i] = (res, ts)
@@ -946,27 +1026,10 @@ def collect_run(
     for row, item in zip(rows, results):
         assert item is not None
         res, ts = item
-        rec = _record(run_id, system, row, res, client.sla_ms, ts, cfg_hash)
-        problem = record_problem(rec)
-        if problem is not None:  # the last line of defence: this query fails, the file is written
-            log.warning("qid=%s: answer not recordable (%s); recorded as a failed query", res.qid, problem)
-            errors += res.error is None
-            res = dataclasses.replace(
-                res, hits=[], shards=[], cost=dict(EMPTY_COST), lat_ms=res.client_ms, error=client._redact(problem)
-            )
-            rec = _record(run_id, system, row, res, client.sla_ms, ts if math.isfinite(ts) else res.req_ts, cfg_hash)
+        rec, recorded = final_record(client, run_id, system, row, res, ts, cfg_hash)
+        errors += res.error is None and recorded.error is not None
         records.append(rec)
         if sidecar is not None:
-            sidecar.append(
-                {
-                    "qid": res.qid,
-                    "client_ms": res.client_ms,
-                    "attempts": res.attempts,
-                    "late": res.late,
-                    "hedged": res.hedged,
-                    "hedge_cancelled": res.hedge_cancelled,
-                    "error": res.error,
-                }
-            )
+            sidecar.append(sidecar_row(recorded))
     log.info("lens %s: %d queries, %d errors, %d late (client stats %s)", system, n, errors, late, client.stats)
     return records

@@ -4,13 +4,20 @@ Layout: `$LENS_DATA_DIR/runs/<env>/<run_id>/<system>.ndjson`. Each line is a rec
 fields of `contracts.RAW_RECORD_SCHEMA`; the last line is the trailer
 `{"type": "done", "records": N}` so that a truncated file (a stream with no `done`) is told
 apart from a short run. Files are written atomically and their sha256 recorded.
+
+`RawRunWriter` streams a file record by record (the interleaved collection writes every system's
+file as its records become contiguous, so no run is held in memory whole); `write_raw_run` is
+the same writer over an iterable. Either way the file appears under its name only when complete
+(a temporary name beside it, then one rename: `hashing.atomic_path`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
+from sys import exc_info as sys_exc_info
 from typing import Any, Iterable
 
 from lens_core.common.contracts import RAW_TRAILER_TYPE
@@ -57,16 +64,70 @@ def encode_record(record: dict[str, Any]) -> str:
     return json.dumps(ordered, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+class RawRunWriter:
+    """One raw-run file written record by record: `write()` each record in order, then
+    `commit()` (trailer, rename into place, sha256) or `abort()` (the temporary file is removed,
+    an earlier file of the same name is left as it was). Usable as a context manager: an
+    exception inside the block aborts."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.records = 0
+        self._stack = contextlib.ExitStack()
+        tmp = self._stack.enter_context(atomic_path(self.path))
+        try:
+            self._f = self._stack.enter_context(open(tmp, "w", encoding="utf-8", newline="\n"))
+        except BaseException:
+            self._stack.__exit__(*sys_exc_info())
+            raise
+        self._open = True
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self._open:
+            raise ValueError(f"raw-run writer for {self.path.name} is closed")
+        line = encode_record(record)
+        self._f.write(line)
+        self._f.write("\n")
+        self.records += 1
+
+    def commit(self) -> dict[str, Any]:
+        """Write the trailer and put the file in place; return {path, sha256, records}."""
+        if not self._open:
+            raise ValueError(f"raw-run writer for {self.path.name} is closed")
+        self._open = False
+        try:
+            self._f.write(json.dumps({"type": RAW_TRAILER_TYPE, "records": self.records}, separators=(",", ":")))
+            self._f.write("\n")
+        except BaseException:
+            self._stack.__exit__(*sys_exc_info())
+            raise
+        self._stack.close()  # closes the file, then renames it into place
+        return {"path": str(self.path), "sha256": sha256_file(self.path), "records": self.records}
+
+    def abort(self) -> None:
+        """Drop the temporary file (idempotent; a no-op after commit)."""
+        if self._open:
+            self._open = False
+            err = RuntimeError(f"raw run {self.path.name} aborted")
+            self._stack.__exit__(RuntimeError, err, None)
+
+    def __enter__(self) -> "RawRunWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif self._open:
+            self.commit()
+
+
 def write_raw_run(path: Path, records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Write records plus the trailer atomically; return {path, sha256, records}."""
-    path = Path(path)
-    n = 0
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            for rec in records:
-                f.write(encode_record(rec))
-                f.write("\n")
-                n += 1
-            f.write(json.dumps({"type": RAW_TRAILER_TYPE, "records": n}, separators=(",", ":")))
-            f.write("\n")
-    return {"path": str(path), "sha256": sha256_file(path), "records": n}
+    writer = RawRunWriter(path)
+    try:
+        for rec in records:
+            writer.write(rec)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.commit()

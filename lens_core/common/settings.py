@@ -96,7 +96,10 @@ class DeltaRule(_Strict):
 
 
 class LatencyRule(_Strict):
-    kind: Literal["latency"]
+    """score(metric) of the variant − the baseline's <= max_delta (or relative <= max_rel);
+    `vs_baseline` is the same rule for a metric that is not a latency (e.g. file_credit)."""
+
+    kind: Literal["latency", "vs_baseline"]
     metric: str
     max_delta: float | None = None
     max_rel: float | None = None
@@ -200,15 +203,40 @@ class CanarySpec(_Strict):
     aa_sla_margin: float | None = None
     aa_calib_margin_ms: float | None = None
     aa_ndcg_margin: float | None = None
+    window_sizing: str | None = None
+    window_power: float | None = None
     seed: int | None = None
 
 
 class LoadTestSpec(_Strict):
+    """QPS@SLA (SPEC §8, issue 17): the baseline and every arm with a `qps` promotion rule are
+    measured in ONE load test, their requests interleaved at each offered rate (each arm at that
+    rate). An arm that sustains none of `rates` gets the grid extended downward (halving) down to
+    `min_rate`, within its own time cap `max_extend_s`. `seed` orders the arms' requests (None: `run.seed`)."""
+
     queries: int = 200
     rates: tuple[float, ...] = (10, 20, 40, 80)
     duration_s: float = 2.5
     max_requests: int = 200
     max_total_s: float = 30
+    min_rate: float = Field(default=1.25, gt=0)
+    min_requests: int = Field(default=20, ge=1)
+    max_extend_s: float = Field(default=45, gt=0)
+    seed: int | None = None
+
+
+class CollectSpec(_Strict):
+    """How `local`/`prod` collect a week's raw runs (SPEC §2, issue 17). `interleave`: every
+    system answers the same query close in time (blocks of `block` queries, the systems' order
+    shuffled per block with `seed`; None: derived from `run.seed` and the run id), all
+    (query, system) requests served by one shared pool of the client's concurrency. `window`:
+    the most requests issued ahead of the oldest unfinished one (bounds the records buffered to
+    keep each file in query order; 0: 64 x concurrency)."""
+
+    interleave: bool = True
+    block: int = Field(default=1, ge=1)
+    seed: int | None = None
+    window: int = Field(default=0, ge=0)
 
 
 class MonitoringSpec(_Strict):
@@ -231,8 +259,32 @@ class JudgingSpec(_Strict):
     queue_cap_per_query: int = Field(default=20, ge=1)
 
 
+class DeclaredSystem(_Strict):
+    """One system a team declares (issue 17): what the evaluation queries and how."""
+
+    name: str
+    role: Literal["baseline", "aa", "candidate", "tail"]
+    pack: str | None = None  # the hero pack of a candidate
+    endpoint: str | None = None  # base URL; default: the first of LENS_ENDPOINTS
+    params: dict[str, Union[str, int, float, bool]] = Field(default_factory=dict)  # sent with every /search
+    cfg_hash: str | None = None  # what the engine must report, when it reports one
+    repo: str | None = None  # the JSON shape's repo (default: the endpoint's host)
+    path_prefix: str = ""  # prefixed to the JSON shape's file paths
+    canary: bool = False  # also run through the canary ladder on its own
+
+    @model_validator(mode="after")
+    def _pack_for_candidates(self) -> "DeclaredSystem":
+        if self.role == "candidate" and not self.pack:
+            raise ValueError(f"system {self.name!r}: a candidate needs `pack` (the hero pack it competes in)")
+        if self.role != "candidate" and self.pack:
+            raise ValueError(f"system {self.name!r}: `pack` is for candidates (role is {self.role})")
+        return self
+
+
 class LensConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # Declared systems (issue 17); None: the reference engine's, generated from baseline/packs/tail_taming
+    systems: list[DeclaredSystem] | None = None
     baseline: dict[str, Any]
     packs: dict[str, PackSpec]
     tail_taming: dict[str, Any]
@@ -245,6 +297,7 @@ class LensConfig(BaseModel):
     stats: StatsSpec = Field(default_factory=StatsSpec)
     canary: CanarySpec = Field(default_factory=CanarySpec)
     load_test: LoadTestSpec = Field(default_factory=LoadTestSpec)
+    collect: CollectSpec = Field(default_factory=CollectSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     judging: JudgingSpec = Field(default_factory=JudgingSpec)
     owners: dict[str, list[str]] = Field(default_factory=dict)

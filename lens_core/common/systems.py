@@ -1,8 +1,21 @@
-"""Systems under evaluation: the baseline, the hero-pack variants and the tail-taming arm (SPEC §8).
+"""Systems under evaluation: declared in config, or generated for the reference engine (SPEC §8).
 
-A system is a named configuration of the engine knobs. Its `cfg_hash` is the first 16 hex of the
-sha256 of the canonical JSON of its knobs (the name is not part of the hash, so two names of
-the same configuration, e.g. an A/A pair, share a cfg_hash).
+A system is what one arm of the evaluation queries: a name, a role (`baseline`, `aa` twin,
+`candidate` of a hero pack, `tail` arm), the endpoint it is served from, the query parameters it
+sends with every `/search`, and the `cfg_hash` the engine is expected to report (issue 17).
+
+Two ways to say which systems a week evaluates:
+
+* `systems:` in the config (a team's own engine): each entry is declared explicitly. Its
+  project `cfg_hash` is the hash of its `params` (the name, endpoint and role are not part of
+  it, so an A/A twin declared with its baseline's params shares its hash).
+* no `systems:` (the reference engine, `lens_engine`): the declaration is generated from
+  `baseline`, `packs` and `tail_taming`: each system is a named configuration of the engine
+  knobs, and its `cfg_hash` is the hash of its knobs, which is what the reference engine reports.
+
+`cfg_hash` is the first 16 hex of the sha256 of the canonical JSON of the configuration.
+Optional knobs (`OPTIONAL_KNOBS`) enter the hash only when they differ from their default, so
+adding a knob does not change the hash of any existing configuration.
 """
 
 from __future__ import annotations
@@ -30,6 +43,16 @@ KNOBS: tuple[str, ...] = (
     "ta_stop",
     "lts_stop",
 )
+# Knobs added after the first release: hashed only when they differ from their default (so every
+# configuration that does not use them keeps its cfg_hash).
+OPTIONAL_KNOBS: dict[str, Any] = {
+    "struct_arm": True,
+    "exact_def_weight": 0.5,
+    "lex_drop_top": False,
+}
+ROLES: tuple[str, ...] = ("baseline", "aa", "candidate", "tail")
+# `pack` of the systems whose role is not `candidate` (what decisions and gates key on)
+ROLE_PACK = {"baseline": "baseline", "aa": "aa", "tail": "tail_taming"}
 
 
 # A name that becomes a path component (a system's raw-run file, the run's env folder): letters,
@@ -67,17 +90,37 @@ class SystemConfig(BaseModel):
     hedge_delay_ms: float = 6.0
     ta_stop: bool = False
     lts_stop: bool = False
+    struct_arm: bool = True
+    exact_def_weight: float = 0.5
+    lex_drop_top: bool = False
+    # -- the declaration (issue 17); defaults describe a reference-engine system --------------
+    endpoint: str | None = Field(None, description="base URL; None: the data source's default endpoint")
+    params: dict[str, str] = Field(default_factory=dict, description="query parameters sent with every /search")
+    expected_cfg_hash: str | None = Field(None, description="the cfg_hash the engine must report (None: not checked)")
+    repo: str | None = Field(None, description="repo of the JSON shape's hits (default: the endpoint's host)")
+    path_prefix: str = Field("", description="prefix of the JSON shape's file paths")
+    canary: bool = Field(False, description="also run this system through the canary ladder on its own")
+    declared: bool = Field(False, description="declared in `systems:` (params define it) rather than generated")
 
     @field_validator("name")
     @classmethod
     def _path_safe(cls, v: str) -> str:
         return check_safe_name(v, "system name")
 
+    @property
+    def role(self) -> str:
+        return next((r for r, p in ROLE_PACK.items() if p == self.pack), "candidate")
+
     def knobs(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in KNOBS}
+        out = {k: getattr(self, k) for k in KNOBS}
+        out.update({k: getattr(self, k) for k, d in OPTIONAL_KNOBS.items() if getattr(self, k) != d})
+        return out
 
     @property
     def cfg_hash(self) -> str:
+        """The project's cfg_hash: of the declared params, or of the reference engine's knobs."""
+        if self.declared:
+            return cfg_hash({"params": dict(sorted(self.params.items()))})
         return cfg_hash(self.knobs())
 
 
@@ -121,11 +164,15 @@ def pack_variants(pack: str, full_grid: bool, config: LensConfig | None = None) 
     else:
         deltas = [dict(d) for d in spec.demo]
     out = []
-    for delta in deltas:
-        unknown = set(delta) - set(KNOBS)
+    for entry in deltas:
+        # a demo entry may also name the variant and ask for its own canary (issue 17: the
+        # reference engine's planted improvement and regression)
+        delta = {k: v for k, v in entry.items() if k not in ("name", "canary")}
+        unknown = set(delta) - set(KNOBS) - set(OPTIONAL_KNOBS)
         if unknown:
             raise ValueError(f"pack {pack}: unknown knob(s) {sorted(unknown)} in config")
-        fields = {**base, **delta, "name": _variant_name(pack, delta), "pack": pack}
+        name = entry.get("name") or _variant_name(pack, delta)
+        fields = {**base, **delta, "name": name, "pack": pack, "canary": bool(entry.get("canary", False))}
         out.append(SystemConfig(**fields))
     return out
 
@@ -145,6 +192,8 @@ def all_systems(
     A/A pair that gives the noise floor (SPEC §5).
     """
     config = config or load_config()
+    if config.systems is not None:
+        return declared_systems(config, include_tail=include_tail, include_aa=include_aa)
     base = baseline(config)
     systems = [base]
     if include_aa:
@@ -157,6 +206,52 @@ def all_systems(
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate system names: {names}")
     return systems
+
+
+def declared_systems(
+    config: LensConfig | None = None, include_tail: bool = True, include_aa: bool = True
+) -> list[SystemConfig]:
+    """The systems of `systems:` in the config, baseline first (issue 17)."""
+    config = config or load_config()
+    decl = config.systems or []
+    out: list[SystemConfig] = []
+    for d in decl:
+        if d.role == "tail" and not include_tail or d.role == "aa" and not include_aa:
+            continue
+        pack = d.pack if d.role == "candidate" else ROLE_PACK[d.role]
+        out.append(
+            SystemConfig(
+                name=d.name,
+                pack=pack,
+                endpoint=d.endpoint,
+                params={str(k): str(v) for k, v in d.params.items()},
+                expected_cfg_hash=d.cfg_hash,
+                repo=d.repo,
+                path_prefix=d.path_prefix,
+                canary=d.canary,
+                declared=True,
+            )
+        )
+    bases = [s for s in out if s.role == "baseline"]
+    if len(bases) != 1:
+        raise ValueError(f"systems: exactly one system must have role baseline (found {len(bases)})")
+    if sum(s.role == "aa" for s in out) > 1:
+        raise ValueError("systems: at most one system may have role aa (the A/A twin)")
+    names = [s.name for s in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"systems: duplicate system names: {names}")
+    return [bases[0]] + [s for s in out if s.role != "baseline"]
+
+
+def engine_systems(config: LensConfig | None = None) -> list[SystemConfig]:
+    """Every configuration the reference engine serves: the full grids and the demo entries
+    (which may name variants outside the grid, e.g. the planted ones)."""
+    config = config or load_config()
+    out: dict[str, SystemConfig] = {}
+    for full in (True, False):
+        for s in all_systems(full_grid=full, config=config.model_copy(update={"systems": None})):
+            out.setdefault(s.name, s)
+    return list(out.values())
 
 
 def systems_by_name(systems: list[SystemConfig]) -> dict[str, SystemConfig]:

@@ -17,6 +17,7 @@ from lens_core.common.systems import SystemConfig
 from lens_core.decide.gates import (
     GateResult,
     calibration_parity_gate,
+    cfg_hash_gate,
     cost_gate,
     decision_gates,
     ece_gate,
@@ -46,6 +47,7 @@ GATE_NAMES = (
     "flatline",
     "calibration_parity",
     "cost",
+    "cfg_hash",
 )
 GATE_SUMMARY_SCHEMA = {
     "gate": pl.String,
@@ -114,8 +116,14 @@ def evaluate_gates(
         + ece_gate(calibration, source)
         + decision_gates(comparisons, primary_comparisons(systems))
     )
-    gates += tail_gate(scores) + sla_recall_gate(scores, base) + file_credit_gate(scores) + flatline_gate(per_query)
-    gates += calibration_parity_gate(calibration_parity) + cost_gate(scores, base)
+    gates += (
+        tail_gate(scores)
+        + sla_recall_gate(scores, base, per_query)
+        + file_credit_gate(scores)
+        + flatline_gate(per_query)
+    )
+    gates += calibration_parity_gate(calibration_parity) + cost_gate(scores, base, per_query)
+    gates += cfg_hash_gate(agg, systems)
     return gates
 
 

@@ -26,6 +26,17 @@ Windows
 -------
 Count windows (default): consecutive blocks of `window_queries` (200) queries of the stream.
 Time windows: `window_minutes` (15 in production) of `ts` from the stream's first query.
+Per-step replay (`window_sizing: per_step`, count windows; issue 17): the embedded default
+replays shadow pairs of one suite, so a single pass cut into fixed windows leaves the 5% step
+with a handful of test-routed queries per window (`insufficient`, the ladder never moves).
+Instead every step replays the whole suite (in an order seeded by the step), cut into windows
+sized from the A/A noise floor: a window needs n = ((aa_z + z_power)·sd_q / aa_sla_margin)²
+test-routed queries (`window_test_queries`: an SLA-Recall@50 drop of one margin turns it red
+with probability `window_power`), so at a step routing share s of the queries the window is
+n / s queries, at least `window_queries` and at most suite / windows_per_step
+(`step_window_queries`), so every step reaches its windows within its replay. The size used
+is in `steps.window_queries`; where the cap binds, the window's tolerance (which scales with
+1/√n_test) is wider and its row shows n_test.
 The last, possibly incomplete window is not judged (a time stream's last window is always
 dropped: nothing says it is complete). Windows are judged at the step's pct: the test-routed
 queries (bucket < pct) are `n_test`, the others `n_control`.
@@ -146,6 +157,7 @@ STEPS_SCHEMA: dict[str, pl.DataType] = {
     "red_windows": pl.Int64,
     "decision": pl.String,
     "reason": pl.String,
+    "window_queries": pl.Int64,
 }
 WINDOWS_SCHEMA: dict[str, pl.DataType] = {
     "phase": pl.String,
@@ -218,6 +230,12 @@ class CanaryConfig:
     aa_sla_margin: float = 0.05
     aa_calib_margin_ms: float = 0.25
     aa_ndcg_margin: float = 0.05
+    # `fixed`: one pass over the stream in `window_queries` windows for the whole ladder.
+    # `per_step` (count windows only): the replay of shadow pairs re-plays the suite at every
+    # step, in a step-specific order, with windows sized from the A/A noise floor (issue 17;
+    # see `step_window_queries`).
+    window_sizing: str = "fixed"
+    window_power: float = 0.8
     seed: int = 20260104
 
     def __post_init__(self) -> None:
@@ -236,6 +254,10 @@ class CanaryConfig:
                 raise ValueError(f"canary {name}={getattr(self, name)}: expected > 0 (an equivalence margin)")
         if not 0 < float(self.aa_alpha) < 1:
             raise ValueError(f"canary aa_alpha={self.aa_alpha}: expected (0, 1)")
+        if self.window_sizing not in ("fixed", "per_step"):
+            raise ValueError(f"canary window_sizing={self.window_sizing!r}: expected 'fixed' or 'per_step'")
+        if not 0 < float(self.window_power) < 1:
+            raise ValueError(f"canary window_power={self.window_power}: expected (0, 1)")
         if self.sla_tolerance not in ("aa", "none"):
             raise ValueError(f"canary sla_tolerance={self.sla_tolerance!r}: expected 'aa' or 'none'")
         for name in (
@@ -447,7 +469,16 @@ def _ts_ms(s: pl.Series) -> pl.Series:
     raise ValueError(f"queries: column ts must be epoch ms or a Datetime, got {s.dtype}")
 
 
-def _prepare(queries: pl.DataFrame, labels: pl.DataFrame, cfg: CanaryConfig, what: str) -> _Prepared:
+def _prepare(
+    queries: pl.DataFrame,
+    labels: pl.DataFrame,
+    cfg: CanaryConfig,
+    what: str,
+    window_queries: int | None = None,
+    order_key: str | None = None,
+) -> _Prepared:
+    """`window_queries` overrides the config's count window; `order_key` replays the stream in
+    the order of sha256(order_key/qid) instead of the stream order (a per-step replay)."""
     _need(queries, QUERY_COLUMNS, what)
     if labels is None:
         raise ValueError(
@@ -501,12 +532,19 @@ def _prepare(queries: pl.DataFrame, labels: pl.DataFrame, cfg: CanaryConfig, wha
         starts = {k: t0 + k * width for k in judged}
         ends = {k: t0 + (k + 1) * width for k in judged}
     else:
-        w = w.with_columns(pl.min_horizontal("_row", "_row_t").alias("_first")).sort("_first")
+        wq = int(window_queries or cfg.window_queries)
+        if order_key is None:
+            w = w.with_columns(pl.min_horizontal("_row", "_row_t").alias("_first")).sort("_first")
+        else:
+            digest = [hashlib.sha256(f"{order_key}/{q}".encode()).digest()[:8] for q in w["qid"].to_list()]
+            w = w.with_columns(pl.Series("_first", [int.from_bytes(d, "big") for d in digest], pl.UInt64)).sort(
+                "_first", "qid"
+            )
         n = w.height
-        win = (np.arange(n) // cfg.window_queries).astype(np.int64)
-        judged = list(range(n // cfg.window_queries))
-        starts = {k: k * cfg.window_queries for k in judged}
-        ends = {k: (k + 1) * cfg.window_queries for k in judged}
+        win = (np.arange(n) // wq).astype(np.int64)
+        judged = list(range(n // wq))
+        starts = {k: k * wq for k in judged}
+        ends = {k: (k + 1) * wq for k in judged}
     bucket = repo_buckets(w["repo"])
     c = {m: w[m].cast(pl.Float64).to_numpy() for m in METRIC_COLUMNS}
     t = {m: w[f"{m}_t"].cast(pl.Float64).to_numpy() for m in METRIC_COLUMNS}
@@ -698,8 +736,31 @@ class _Recorder:
         )
 
 
-def _step_row(phase, step, pct, rows: list[dict], decision: str, reason: str) -> dict:
+def window_test_queries(sd_q: float, cfg: CanaryConfig) -> int:
+    """Test-routed queries a window needs so that an SLA-Recall@50 drop of one A/A margin
+    (`aa_sla_margin`) turns it red with probability `window_power`: the window's tolerance is
+    z·sd_q/√n, so n >= ((z + z_power)·sd_q / margin)², at least `min_test_queries`."""
+    z_pow = NormalDist().inv_cdf(float(cfg.window_power))
+    n = math.ceil(((float(cfg.aa_z) + z_pow) * float(sd_q) / float(cfg.aa_sla_margin)) ** 2)
+    return max(int(cfg.min_test_queries), n)
+
+
+def step_window_queries(share: float, n_needed: int, n_stream: int, cfg: CanaryConfig) -> int:
+    """Window size (queries of the replayed stream) at a step that routes `share` of the
+    queries to the test arm: enough for `n_needed` test-routed queries per window, at least
+    `window_queries`, and at most n_stream / windows_per_step (so the step can reach its
+    green windows within one replay of the suite; a window then sees fewer test queries than
+    needed and judges with a wider tolerance, which its row shows)."""
+    want = math.ceil(n_needed / share) if share > 0 else n_stream
+    cap = max(1, n_stream // int(cfg.windows_per_step))
+    return int(min(max(want, int(cfg.window_queries)), cap))
+
+
+def _step_row(
+    phase, step, pct, rows: list[dict], decision: str, reason: str, window_queries: int | None = None
+) -> dict:
     return {
+        "window_queries": window_queries,
         "phase": phase,
         "step": step,
         "pct": pct,
@@ -779,7 +840,7 @@ def _run_aa(p: _Prepared, cfg: CanaryConfig, rec: _Recorder) -> tuple[bool, floa
         f"{len(deltas)} windows; mean SLA Δ {noise['sla_mean_delta']:+.4f}"
     )
     if broken:
-        rec.steps.append(_step_row(PHASE_AA, 0, pct, rows, HOLD, broken))
+        rec.steps.append(_step_row(PHASE_AA, 0, pct, rows, HOLD, broken, cfg.window_queries))
         rec.decide(
             PHASE_AA,
             0,
@@ -791,7 +852,7 @@ def _run_aa(p: _Prepared, cfg: CanaryConfig, rec: _Recorder) -> tuple[bool, floa
             f"{broken}; the ladder does not start. {floor_txt}",
         )
         return False, sd_q, noise
-    rec.steps.append(_step_row(PHASE_AA, 0, pct, rows, ADVANCE, floor_txt))
+    rec.steps.append(_step_row(PHASE_AA, 0, pct, rows, ADVANCE, floor_txt, cfg.window_queries))
     rec.decide(
         PHASE_AA,
         0,
@@ -821,12 +882,40 @@ def run_ladder(
             *rec.frames(), final_pct=0, reverted=False, completed=False, aa_passed=False, noise_floor=noise
         )
 
+    per_step = cfg.window_sizing == "per_step" and cfg.window_minutes is None
+    n_stream = ab.window.size
+    n_needed = window_test_queries(sd_q, cfg)
+    noise["window_test_queries_needed"] = n_needed
+    sizes: dict[int, int] = {}
+
+    def step_pass(step_i: int, pct: int):
+        """(prepared stream, its judged windows) for a step: the one shared pass (`fixed`), or
+        the step's own replay with windows sized for its routed share (`per_step`)."""
+        if not per_step:
+            sizes[step_i] = int(cfg.window_queries)
+            return ab, shared
+        wq = step_window_queries(float(np.mean(ab.bucket < pct)), n_needed, n_stream, cfg)
+        sizes[step_i] = wq
+        p = _prepare(stream.queries, stream.labels, cfg, "queries", window_queries=wq, order_key=f"{cfg.seed}/{pct}")
+        return p, iter(p.bounds)
+
+    shared = iter(ab.bounds)
     step_i, pct = 0, cfg.ladder[0]
     rows: list[dict] = []
     greens = streak = 0
     reverted = completed = False
-    for b in ab.bounds:
-        r = _judge_window(ab, b, pct, cfg, sd_q, PHASE_AB, step_i + 1)
+    offset = 0  # window ids and positions continue across a per-step replay
+    p_step, bounds = step_pass(step_i, pct)
+    while True:
+        b = next(bounds, None)
+        if b is None:
+            break
+        if per_step:
+            k, lo, hi, start, end = b
+            r = _judge_window(p_step, b, pct, cfg, sd_q, PHASE_AB, step_i + 1)
+            r.update(window=offset + k, start=step_i * n_stream + start, end=step_i * n_stream + end)
+        else:
+            r = _judge_window(ab, b, pct, cfg, sd_q, PHASE_AB, step_i + 1)
         rec.windows.append(r)
         rows.append(r)
         step = step_i + 1
@@ -854,7 +943,7 @@ def run_ladder(
                         details["page_error"] = f"{type(e).__name__}: {e}"
                 reason = f"{streak} consecutive red windows: {r['reason']}"
                 rec.decide(PHASE_AB, step, r["window"], r["end"], REVERT, pct, 0, reason, paged)
-                rec.steps.append(_step_row(PHASE_AB, step, pct, rows, REVERT, reason))
+                rec.steps.append(_step_row(PHASE_AB, step, pct, rows, REVERT, reason, sizes.get(step_i)))
                 reverted, pct = True, 0
                 break
             rec.decide(
@@ -876,14 +965,17 @@ def run_ladder(
                 if last_step:
                     reason = f"{greens} green windows at {pct}%: ladder complete"
                     rec.decide(PHASE_AB, step, r["window"], r["end"], COMPLETE, pct, pct, reason)
-                    rec.steps.append(_step_row(PHASE_AB, step, pct, rows, COMPLETE, reason))
+                    rec.steps.append(_step_row(PHASE_AB, step, pct, rows, COMPLETE, reason, sizes.get(step_i)))
                     completed = True
                     break
                 nxt = cfg.ladder[step_i + 1]
                 reason = f"{greens} green windows at {pct}%"
                 rec.decide(PHASE_AB, step, r["window"], r["end"], ADVANCE, pct, nxt, reason)
-                rec.steps.append(_step_row(PHASE_AB, step, pct, rows, ADVANCE, reason))
+                rec.steps.append(_step_row(PHASE_AB, step, pct, rows, ADVANCE, reason, sizes.get(step_i)))
                 step_i, pct, rows, greens, streak = step_i + 1, nxt, [], 0, 0
+                if per_step:
+                    offset = r["window"] + 1
+                    p_step, bounds = step_pass(step_i, pct)
         else:
             rec.decide(
                 PHASE_AB, step_i + 1, r["window"], r["end"], HOLD, pct, pct, f"insufficient evidence: {r['reason']}"
@@ -893,6 +985,7 @@ def run_ladder(
         reason = (
             f"stream exhausted at {pct}% after {len(rows)} window(s) of this step "
             f"({greens}/{cfg.windows_per_step} green)"
+            + (f"; windows of {sizes.get(step_i)} queries" if per_step else "")
         )
         rec.decide(
             PHASE_AB,
@@ -904,7 +997,7 @@ def run_ladder(
             pct,
             reason,
         )
-        rec.steps.append(_step_row(PHASE_AB, step_i + 1, pct, rows, HOLD, reason))
+        rec.steps.append(_step_row(PHASE_AB, step_i + 1, pct, rows, HOLD, reason, sizes.get(step_i)))
     return CanaryResult(
         *rec.frames(), final_pct=pct, reverted=reverted, completed=completed, aa_passed=True, noise_floor=noise
     )

@@ -15,6 +15,7 @@ import polars as pl
 
 from lens_core.common.contracts import SLICE_ALL
 from lens_core.common.settings import GateSpec, load_config
+from lens_core.stats.bootstrap import paired_delta_ci
 
 
 @dataclass
@@ -114,6 +115,54 @@ def pool_gate(
     ]
 
 
+UNKNOWN_CFG = "unknown"  # what the raw record holds when the engine reported no cfg_hash
+
+
+def cfg_hash_gate(agg: pl.DataFrame | None, systems) -> list[GateResult]:
+    """Reconcile the configuration each system's engine reported (agg.cfg_hash, per answered
+    query) with its declaration (issue 17). Per system: fails when the engine reported more
+    than one cfg_hash within the run (its configuration changed mid-run), or when the system
+    declares an expected cfg_hash and the engine reported another; passes, saying so, when the
+    engine reports none (the JSON shape) or when nothing is declared to compare with.
+    Value: the number of distinct reported cfg_hash values."""
+    if agg is None or agg.height == 0:
+        return [_missing("cfg_hash", "agg")]
+    seen = (
+        agg.filter(pl.col("cfg_hash") != UNKNOWN_CFG)
+        .group_by("system")
+        .agg(pl.col("cfg_hash").unique().sort().alias("h"), pl.len().alias("n"))
+    )
+    reported = {r["system"]: r["h"] for r in seen.iter_rows(named=True)}
+    out = []
+    for s in systems:
+        hs = reported.get(s.name, [])
+        expected = s.expected_cfg_hash
+        if len(hs) > 1:
+            ok, why = (
+                False,
+                (
+                    f"the engine reported {len(hs)} configurations within the run ({', '.join(hs[:4])}): "
+                    "the system changed while it was being measured"
+                ),
+            )
+        elif not hs:
+            ok, why = True, f"the engine reports no cfg_hash; the project's hash of the declaration is {s.cfg_hash}"
+        elif expected and hs[0] != expected:
+            ok, why = (
+                False,
+                (
+                    f"the engine reported cfg_hash {hs[0]} but the declaration expects {expected}: the endpoint "
+                    "serves another configuration than the one declared (fix the endpoint or the declared cfg_hash)"
+                ),
+            )
+        elif expected:
+            ok, why = True, f"reported cfg_hash {hs[0]} = declared"
+        else:
+            ok, why = True, f"reported cfg_hash {hs[0]} (no expected cfg_hash declared)"
+        out.append(gate_result("cfg_hash", float(len(hs)), ok, why, s.name))
+    return out
+
+
 def flatline_gate(per_query: pl.DataFrame | None) -> list[GateResult]:
     thr = gate_config("flatline").threshold
     if per_query is None or per_query.height == 0:
@@ -148,8 +197,18 @@ def tail_gate(scores: pl.DataFrame | None) -> list[GateResult]:
 
 
 def _vs_baseline(
-    name: str, scores: pl.DataFrame | None, metric: str, baseline: str, relative: bool, higher_is_better: bool
+    name: str,
+    scores: pl.DataFrame | None,
+    metric: str,
+    baseline: str,
+    relative: bool,
+    higher_is_better: bool,
+    per_query: pl.DataFrame | None = None,
 ) -> list[GateResult]:
+    """Each system's Δ of `metric` vs the baseline against the gate's threshold. With
+    `per_query`, judged on the paired bootstrap CI of the Δ (issue 17): the gate guards against
+    a regression, so it fails only when the regression is shown (the whole CI beyond the
+    threshold); identical systems differ by noise, and a point estimate failed half of them."""
     thr = gate_config(name).threshold
     if scores is None or scores.height == 0:
         return [_missing(name, "scores")]
@@ -157,30 +216,35 @@ def _vs_baseline(
     if baseline not in vals:
         return [_missing(name, f"{metric} of baseline {baseline}")]
     base = vals[baseline]
+    run = load_config().run
     out = []
     for s, v in sorted(vals.items()):
         if s == baseline:
             continue
         delta = (v - base) / base if relative and base else v - base
-        ok = delta >= thr if higher_is_better else delta <= thr
-        out.append(
-            gate_result(
-                name,
-                delta,
-                ok,
-                f"{metric} Δ vs {baseline} = {delta:+.4f} ({'>=' if higher_is_better else '<='} {thr})",
-                s,
-            )
-        )
+        ci = paired_delta_ci(per_query, s, baseline, metric, relative=relative, b=run.ci_b, seed=run.seed)
+        op = ">=" if higher_is_better else "<="
+        if ci is None:
+            ok = delta >= thr if higher_is_better else delta <= thr
+            how = ""
+        else:
+            _, lo, hi = ci
+            ok = hi >= thr if higher_is_better else lo <= thr
+            how = f", CI [{lo:+.4f}, {hi:+.4f}]: " + ("not shown beyond the threshold" if ok else "shown beyond it")
+        out.append(gate_result(name, delta, ok, f"{metric} Δ vs {baseline} = {delta:+.4f} ({op} {thr}){how}", s))
     return out
 
 
-def sla_recall_gate(scores: pl.DataFrame | None, baseline: str) -> list[GateResult]:
-    return _vs_baseline("sla_recall", scores, "sla_recall_50", baseline, relative=False, higher_is_better=True)
+def sla_recall_gate(
+    scores: pl.DataFrame | None, baseline: str, per_query: pl.DataFrame | None = None
+) -> list[GateResult]:
+    return _vs_baseline(
+        "sla_recall", scores, "sla_recall_50", baseline, relative=False, higher_is_better=True, per_query=per_query
+    )
 
 
-def cost_gate(scores: pl.DataFrame | None, baseline: str) -> list[GateResult]:
-    return _vs_baseline("cost", scores, "cpu_ms", baseline, relative=True, higher_is_better=False)
+def cost_gate(scores: pl.DataFrame | None, baseline: str, per_query: pl.DataFrame | None = None) -> list[GateResult]:
+    return _vs_baseline("cost", scores, "cpu_ms", baseline, relative=True, higher_is_better=False, per_query=per_query)
 
 
 def calibration_released(source: str | None = None) -> bool:

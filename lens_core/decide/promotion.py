@@ -17,6 +17,7 @@ from lens_core.common.contracts import SLICE_ALL
 from lens_core.common.settings import load_config
 from lens_core.common.systems import SystemConfig
 from lens_core.decide.gates import GateResult
+from lens_core.stats.bootstrap import paired_delta_ci
 
 RULES_SCHEMA = {
     "pack": pl.String,
@@ -83,6 +84,74 @@ def _rule(
     }
 
 
+def _judge_vs_baseline(bound: float, d: float, ci: tuple[float, float, float] | None) -> tuple[bool, str]:
+    """A vs-baseline rule `Δ <= bound` judged on the paired CI (issue 17). A rule that demands an
+    improvement (bound < 0) passes only when it is shown: the CI's upper end <= bound. A rule that
+    guards against a regression (bound >= 0) fails only when the regression is shown: the CI's
+    lower end > bound (identical systems differ by noise, and a point estimate would fail half
+    of them). Without a CI the point estimate decides."""
+    if ci is None:
+        return d <= bound, "point estimate (no per-query CI)"
+    _, lo, hi = ci
+    if bound < 0:
+        return hi <= bound, f"CI [{lo:+.4g}, {hi:+.4g}]: improvement {'shown' if hi <= bound else 'not shown'}"
+    return not lo > bound, f"CI [{lo:+.4g}, {hi:+.4g}]: {'worse beyond the bound' if lo > bound else 'not shown worse'}"
+
+
+def qps_rule(
+    pack: str,
+    variant: SystemConfig,
+    baseline: str,
+    min_rel: float,
+    qps: dict[str, float] | None,
+    lowest: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The `qps` rule (issue 17): QPS@SLA Δ% of `variant` vs the baseline, both measured in the
+    same interleaved load test. A baseline that sustains no rate (QPS@SLA 0, after the grid was
+    extended downward to `lowest[baseline]`, default the configured floor `load_test.min_rate`)
+    makes Δ% undefined; that is said, never folded into a silent fail:
+
+    * the variant sustains a rate where the baseline sustains none: an improvement, PASS
+      (value None, the detail names both);
+    * neither sustains any rate: no improvement shown, FAIL with that reason;
+    * not measured (no endpoint): FAIL, "not measured"."""
+    name = f"QPS@SLA Δ% >= {min_rel:+.0%}"
+    threshold = f">= {min_rel}"
+    a, base = (qps or {}).get(variant.name), (qps or {}).get(baseline)
+    if a is None or base is None:
+        return _rule(
+            pack, variant, name, None, threshold, False, "QPS@SLA not measured (needs a load test against an endpoint)"
+        )
+    if base <= 0:
+        floor = (lowest or {}).get(baseline)
+        if floor is None:
+            floor = load_config().load_test.min_rate
+        if a > 0:
+            return _rule(
+                pack,
+                variant,
+                name,
+                None,
+                threshold,
+                True,
+                f"baseline sustains no rate down to {floor:g} qps; test sustains {a:g} qps: Δ% from 0 is "
+                "undefined; sustaining a rate where the baseline sustains none is an improvement (pass)",
+            )
+        low_a = (lowest or {}).get(variant.name, floor)
+        return _rule(
+            pack,
+            variant,
+            name,
+            None,
+            threshold,
+            False,
+            f"neither sustains any rate: baseline none down to {floor:g} qps, test none down to {low_a:g} qps: "
+            "Δ% from 0 is undefined and no improvement is shown (fail)",
+        )
+    rel = (a - base) / base
+    return _rule(pack, variant, name, rel, threshold, rel >= min_rel, f"{a:.1f} vs {base:.1f} qps")
+
+
 def evaluate_rules(
     pack: str,
     variants: list[SystemConfig],
@@ -92,7 +161,13 @@ def evaluate_rules(
     agg: pl.DataFrame,
     gates: list[GateResult],
     qps: dict[str, float] | None = None,
+    per_query: pl.DataFrame | None = None,
+    qps_lowest: dict[str, float] | None = None,
 ) -> pl.DataFrame:
+    """Each rule of `pack` for each variant vs the baseline. With `per_query`, the vs-baseline
+    rules (`latency` / `vs_baseline` kinds) on lat_p95, lat_p99, cpu_ms and file_credit are
+    judged on the paired bootstrap CI of the Δ (see `_judge_vs_baseline`)."""
+    run = load_config().run
     spec = load_config().promotion.get(pack)
     if spec is None:
         raise KeyError(f"no promotion rules for pack {pack!r} under `promotion:` in the config")
@@ -117,7 +192,15 @@ def evaluate_rules(
                 row = c.row(0, named=True)
                 n_ok = row["n"] >= r.min_n
                 d = row["delta"]
-                ok = d is not None and d >= r.min and n_ok
+                hi = row.get("ci_high")
+                if r.min > 0 or hi is None:
+                    # an improvement the pack demands: the point estimate must reach it (the
+                    # power gate says whether the comparison could see it)
+                    ok = d is not None and d >= r.min and n_ok
+                else:
+                    # a guard against a regression (issue 17): fails when the regression is
+                    # shown (the CI lies below the bound), not when noise moves the estimate
+                    ok = d is not None and hi >= r.min and n_ok
                 detail = (
                     f"Δ {d:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}], p_holm {row['p_holm']:.3g}, n {row['n']}"
                     if d is not None and row["ci_low"] is not None
@@ -126,37 +209,20 @@ def evaluate_rules(
                 if not n_ok:
                     detail += f" (needs n >= {r.min_n})"
                 rows.append(_rule(pack, v, name, d, f">= {r.min}", ok, detail))
-            elif kind == "latency":
+            elif kind in ("latency", "vs_baseline"):
                 a, base = _score(scores, v.name, r.metric), _score(scores, b, r.metric)
                 if a is None or base is None:
                     rows.append(_rule(pack, v, f"{r.metric} vs baseline", None, "", False, "metric missing"))
                     continue
-                if r.max_rel is not None:
-                    rel = (a - base) / base if base else float("inf")
-                    rows.append(
-                        _rule(
-                            pack,
-                            v,
-                            f"{r.metric} Δ% <= {r.max_rel:+.0%}",
-                            rel,
-                            f"<= {r.max_rel}",
-                            rel <= r.max_rel,
-                            f"{a:.2f} vs {base:.2f}",
-                        )
-                    )
-                else:
-                    d = a - base
-                    rows.append(
-                        _rule(
-                            pack,
-                            v,
-                            f"{r.metric} Δ <= {r.max_delta:+g}",
-                            d,
-                            f"<= {r.max_delta}",
-                            d <= r.max_delta,
-                            f"{a:.2f} vs {base:.2f}",
-                        )
-                    )
+                relative = r.max_rel is not None
+                bound = float(r.max_rel if relative else r.max_delta)
+                d = ((a - base) / base if base else float("inf")) if relative else a - base
+                ci = paired_delta_ci(
+                    per_query, v.name, b, r.metric, relative=relative, b=run.ci_b, seed=run.seed, alpha=run.alpha
+                )
+                ok, how = _judge_vs_baseline(bound, d, ci)
+                name = f"{r.metric} Δ% <= {bound:+.0%}" if relative else f"{r.metric} Δ <= {bound:+g}"
+                rows.append(_rule(pack, v, name, d, f"<= {bound}", ok, f"{a:.4g} vs {base:.4g} (Δ {d:+.4g}); {how}"))
             elif kind == "value":
                 a = _score(scores, v.name, r.metric)
                 rows.append(
@@ -217,32 +283,7 @@ def evaluate_rules(
                 detail = "; ".join(f"{g.status}: {g.reason}" for g in mine) or f"gate {r.gate} not evaluated"
                 rows.append(_rule(pack, v, f"gate {r.gate}", mine[0].value if mine else None, "pass", ok, detail))
             elif kind == "qps":
-                a, base = (qps or {}).get(v.name), (qps or {}).get(b)
-                if a is None or base is None or base <= 0:
-                    rows.append(
-                        _rule(
-                            pack,
-                            v,
-                            f"QPS@SLA Δ% >= {r.min_rel:+.0%}",
-                            None,
-                            f">= {r.min_rel}",
-                            False,
-                            "QPS@SLA not measured (needs a load test against an endpoint)",
-                        )
-                    )
-                else:
-                    rel = (a - base) / base
-                    rows.append(
-                        _rule(
-                            pack,
-                            v,
-                            f"QPS@SLA Δ% >= {r.min_rel:+.0%}",
-                            rel,
-                            f">= {r.min_rel}",
-                            rel >= r.min_rel,
-                            f"{a:.1f} vs {base:.1f} qps",
-                        )
-                    )
+                rows.append(qps_rule(pack, v, b, r.min_rel, qps, qps_lowest))
             else:
                 raise ValueError(f"pack {pack}: unknown rule kind {kind!r}")
     return pl.DataFrame(rows, schema=RULES_SCHEMA)

@@ -100,9 +100,14 @@ def summary_lines(v: Verdict, max_failed: int = 8) -> list[str]:
     else:
         out.append("  failed gates: none")
     for r in v.heroes.to_dicts():
-        out.append(
-            f"  hero {r['pack']}: {r['hero']}" + ("" if r["hero"] != "none" else f" ({one_line(r['reason'], 100)})")
+        # the tail-taming arm is an A/B of one arm against the baseline, not a pack with a hero
+        label = "tail A/B" if r["pack"] == "tail_taming" else f"hero {r['pack']}"
+        value = (
+            r["hero"]
+            if r["pack"] != "tail_taming"
+            else ("promoted " + r["hero"] if r["hero"] != "none" else "not promoted")
         )
+        out.append(f"  {label}: {value}" + ("" if r["hero"] != "none" else f" ({one_line(r['reason'], 100)})"))
     for r in v.canary.to_dicts():
         out.append(f"  canary {r['test']}: {r['path']}")
     out.append(f"  {v.aa}")
