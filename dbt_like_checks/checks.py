@@ -3,6 +3,10 @@
 `build_dbt_like_checks` makes, for each table of the spec that has an asset key, one
 `multi_asset_check` whose specs are that table's tests: the UI shows one check per test
 (`dbt_<table>_<test>`), attached to the table's asset, blocking when its severity is `error`.
+Each evaluation's description is one line that starts with its status and partition
+(`fail (week 2026-11-08): 3 failing row(s) -- ...`); its metadata carries `partition`,
+`status` and `subjects` (the rows judged). A test with no row to judge (an empty table, or an
+empty `where` subset) is `insufficient`: a WARN failure, never a pass, and it does not block.
 All the tests of a table run in one step on one DuckDB connection; the op can be subset, so a
 single check can be run on its own.
 
@@ -55,8 +59,21 @@ def sample_markdown(sample: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def partition_label(partition_keys: Sequence[str | None]) -> str | None:
+    """The run's partition as one string: the key, `first..last (n)` for a range, None if unpartitioned."""
+    keys = [k for k in partition_keys if k is not None]
+    if not keys:
+        return None
+    return keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]} ({len(keys)})"
+
+
 def result_metadata(r: TestResult, partition_keys: Sequence[str | None]) -> dict[str, Any]:
+    label = partition_label(partition_keys)
     md: dict[str, Any] = {
+        # what the evaluation is about: its partition and its status (insufficient is never pass)
+        "partition": label or "unpartitioned",
+        "status": r.status,
+        "subjects": r.subjects if r.subjects is not None else dg.MetadataValue.text("n/a"),
         "kind": r.kind,
         "severity": r.severity,
         "failing_rows": r.failing_rows,
@@ -65,9 +82,6 @@ def result_metadata(r: TestResult, partition_keys: Sequence[str | None]) -> dict
         "paths": dg.MetadataValue.json(list(r.paths)),
         "elapsed_ms": r.elapsed_ms,
     }
-    keys = [k for k in partition_keys if k is not None]
-    if keys:
-        md["partition"] = keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]} ({len(keys)})"
     if r.error:
         md["error"] = dg.MetadataValue.text(r.error)
     return md
@@ -123,29 +137,49 @@ def merge_partition_results(runs: Sequence[tuple[str | None, Sequence[TestResult
                 error="; ".join(errors) or None,
                 paths=tuple(p for _, r in per for p in r.paths),
                 elapsed_ms=round(sum(r.elapsed_ms for _, r in per), 3),
+                # insufficient only when no partition had a row to judge
+                subjects=None if any(r.subjects is None for _, r in per) else sum(r.subjects or 0 for _, r in per),
             )
         )
     return merged
 
 
 def _severity(result: TestResult) -> dg.AssetCheckSeverity:
+    # nothing to judge is a WARN failure whatever the test's severity: not green, does not block
+    if result.status == "insufficient":
+        return dg.AssetCheckSeverity.WARN
     return dg.AssetCheckSeverity.ERROR if result.severity == "error" else dg.AssetCheckSeverity.WARN
 
 
-def to_check_result(r: TestResult, asset_key: dg.AssetKey, partition_keys: Sequence[str | None]) -> dg.AssetCheckResult:
-    if r.error:
-        desc = f"{r.description} -- FAILED to run: {r.error}"
-    elif r.passed:
-        desc = r.description
+def _one_line(text: str, limit: int = 400) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def check_description(r: TestResult, partition_keys: Sequence[str | None]) -> str:
+    """One line, status and partition first: `fail (week 2026-11-08): 3 failing row(s): <test>`."""
+    label = partition_label(partition_keys)
+    where = f" (week {label})" if label else " (unpartitioned)"
+    status = r.status
+    if status == "error":
+        head = f"FAILED to run{where}: {r.error}"
+    elif status == "fail":
+        head = f"fail{where}: {r.failing_rows} failing row(s)"
+    elif status == "insufficient":
+        head = f"insufficient{where}: no rows of {r.table} to judge (not a pass; does not block)"
     else:
-        desc = f"{r.description} -- {r.failing_rows} failing row(s)"
+        head = f"pass{where}: {r.subjects} row(s) judged" if r.subjects is not None else f"pass{where}"
+    return _one_line(f"{head} -- {r.description}")
+
+
+def to_check_result(r: TestResult, asset_key: dg.AssetKey, partition_keys: Sequence[str | None]) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         asset_key=asset_key,
         check_name=r.check_name,
-        passed=r.passed,
+        passed=r.status == "pass",
         severity=_severity(r),
         metadata=result_metadata(r, partition_keys),
-        description=desc[:2000],
+        description=check_description(r, partition_keys),
     )
 
 
@@ -156,6 +190,7 @@ def _table_checks(
     table_path_fn: TablePathFn,
     spec: Spec,
     link_related: bool,
+    partitions_def: dg.PartitionsDefinition | None = None,
 ) -> dg.AssetChecksDefinition:
     tests = spec.tables[table].tests
     specs = []
@@ -175,6 +210,7 @@ def _table_checks(
                 description=describe_test(test),
                 blocking=test.severity == "error",
                 additional_deps=deps or None,
+                partitions_def=partitions_def,
                 metadata={
                     "dbt_like_test": test.test_name,
                     "kind": test.kind,
@@ -206,9 +242,12 @@ def _table_checks(
             runs.append((key, run_tests(paths, spec, tables=[table], names=names)))
         results = runs[0][1] if len(runs) == 1 else merge_partition_results(runs)
         failed = [r for r in results if not r.passed]
+        thin = [r for r in results if r.status == "insufficient"]
         context.log.info(
-            f"dbt-like tests of {table} (partition {keys}): {len(results) - len(failed)}/{len(results)} passed"
+            f"dbt-like tests of {table} (partition {partition_label(keys) or 'none'}): "
+            f"{sum(r.status == 'pass' for r in results)}/{len(results)} passed"
             + (f"; failed: {', '.join(r.name for r in failed)}" if failed else "")
+            + (f"; insufficient (no rows): {', '.join(r.name for r in thin)}" if thin else "")
         )
         for r in results:
             yield to_check_result(r, asset_key, keys)
@@ -222,6 +261,7 @@ def build_dbt_like_checks(
     spec: Spec | None = None,
     *,
     link_related: bool = True,
+    partitions_def: dg.PartitionsDefinition | None = None,
 ) -> list[dg.AssetChecksDefinition]:
     """Asset checks for the declared tests of every table that has an asset key.
 
@@ -230,13 +270,15 @@ def build_dbt_like_checks(
     With `link_related`, a table's checks also depend on the tables their relationships/covers/
     sql tests read (so in a run materialising both, the checks wait for both files); turn it off
     if a related table is downstream of the checked one and blocking would create a cycle.
+    `partitions_def` (the tables' own, e.g. the weekly partitions) makes the checks partitioned:
+    each evaluation of a one-partition run then carries its partition, which the UI shows.
     """
     spec = spec or load_spec()
     keys = {
         t: dg.AssetKey.from_coercible(k) if not isinstance(k, dg.AssetKey) else k for t, k in table_asset_keys.items()
     }
     return [
-        _table_checks(t, keys[t], keys, table_path_fn, spec, link_related)
+        _table_checks(t, keys[t], keys, table_path_fn, spec, link_related, partitions_def)
         for t in spec.tables
         if t in keys and spec.tables[t].tests
     ]

@@ -630,10 +630,26 @@ class TestResult:
     description: str = ""
     paths: tuple[str, ...] = field(default_factory=tuple)
     elapsed_ms: float = 0.0
+    # rows the test judged (the tested table, after its `where`); None for row_count tests (the
+    # count is what they judge) and when the test could not run
+    subjects: int | None = None
 
     @property
     def check_name(self) -> str:
         return check_name(self.table, self.name)
+
+    @property
+    def status(self) -> str:
+        """error (it could not run) | fail (failing rows) | insufficient (no rows to judge: not a
+        pass, never green) | pass. `passed` is the rule (no failing rows); the status is what a
+        reader is shown, as for the gates (lens_core.decide.gate_view)."""
+        if self.error:
+            return "error"
+        if not self.passed:
+            return "fail"
+        if self.subjects == 0:
+            return "insufficient"
+        return "pass"
 
     @property
     def blocking(self) -> bool:
@@ -780,6 +796,7 @@ def run_tests(
             t0 = time.perf_counter()
             error = None
             failing = 0
+            subjects: int | None = None
             sample: list[dict[str, Any]] = []
             for t in (table, *test.refs()):
                 err = ensure(t)
@@ -793,6 +810,10 @@ def run_tests(
                     failing = int(con.execute(f"SELECT count(*) FROM (\n{sql}\n) AS failing").fetchall()[0][0])
                     if failing:
                         sample = _fetch_dicts(con, f"SELECT * FROM (\n{sql}\n) AS failing LIMIT {int(sample_limit)}")
+                    if test.kind != "row_count":
+                        subjects = int(
+                            con.execute(f"SELECT count(*) FROM ({_src(table, test.where)})").fetchall()[0][0]
+                        )
             except Exception as err:  # binder errors (missing column in an expression), type errors
                 error = f"{type(err).__name__}: {err}"
             passed = error is None and failing == 0
@@ -810,6 +831,7 @@ def run_tests(
                     description=describe_test(test),
                     paths=view_paths.get(table, ()),
                     elapsed_ms=round((time.perf_counter() - t0) * 1000, 3),
+                    subjects=subjects if error is None else None,
                 )
             )
     finally:
@@ -882,4 +904,5 @@ def summarize(results: Sequence[TestResult]) -> dict[str, Any]:
         "passed": sum(r.passed for r in results),
         "failed_error": sum((not r.passed) and r.severity == "error" for r in results),
         "failed_warn": sum((not r.passed) and r.severity == "warn" for r in results),
+        "insufficient": sum(r.status == "insufficient" for r in results),
     }

@@ -1,8 +1,11 @@
-"""UI metadata helpers: row counts, column schema, headline tables, markdown previews."""
+"""UI metadata helpers: row counts, column schema (with each column's description from
+`contracts.COLUMN_DOCS`), headline tables, markdown previews, embedded PNGs (CI whiskers) and
+links."""
 
 from __future__ import annotations
 
 import base64
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +13,35 @@ import dagster as dg
 import polars as pl
 import pyarrow as pa
 
+from lens_core.common.contracts import COLUMN_DOCS
+from lens_core.monitor.monitoring import plot_ci_whiskers
+
 
 def column_schema(schema: pa.Schema | pl.Schema) -> dg.TableSchema:
+    """The table's columns with their types and descriptions (contracts.COLUMN_DOCS)."""
     if isinstance(schema, pa.Schema):
-        cols = [dg.TableColumn(name=f.name, type=str(f.type)) for f in schema]
+        named = [(f.name, str(f.type)) for f in schema]
     else:
-        cols = [dg.TableColumn(name=n, type=str(t)) for n, t in schema.items()]
-    return dg.TableSchema(columns=cols)
+        named = [(n, str(t)) for n, t in schema.items()]
+    return dg.TableSchema(columns=[dg.TableColumn(name=n, type=t, description=COLUMN_DOCS.get(n)) for n, t in named])
+
+
+def file_url(path: str | Path) -> dg.MetadataValue:
+    """A clickable link to a local file (the UI renders a url entry as a link; a path entry is
+    only copyable text)."""
+    return dg.MetadataValue.url(Path(path).absolute().as_uri())
+
+
+def ci_whiskers_markdown(scores: pl.DataFrame, title: str = "", metrics: tuple[str, ...] | None = None) -> str:
+    """Each system's headline metrics with their 95% CIs (slice all) as an embedded PNG; a line
+    saying why when there are no scores."""
+    kw = {"metrics": metrics} if metrics else {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="lens-whiskers-") as tmp:
+            png = plot_ci_whiskers(scores, Path(tmp) / "ci_whiskers.png", title=title, **kw)
+            return png_markdown(png, "95% CI whiskers")
+    except (ValueError, KeyError, pl.exceptions.PolarsError) as err:
+        return f"_no CI whiskers: {err}_"
 
 
 def markdown_table(df: pl.DataFrame, max_rows: int = 20, float_fmt: str = "{:.4f}") -> str:

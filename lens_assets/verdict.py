@@ -9,6 +9,7 @@ import dagster as dg
 import polars as pl
 
 from lens_assets.common import GROUP, OWNERS_EVAL, current_systems, weekly_partitions
+from lens_assets.metadata import file_url
 from lens_core.common.settings import data_dir, load_config
 from lens_core.common.tables import read_parquet
 from lens_core.decide.canary import aa_equivalence_per_query, canary_config
@@ -120,12 +121,18 @@ def release_verdict(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     if outcome is not None and outcome.bundle:
         md["bundle"] = dg.MetadataValue.path(outcome.bundle)
     if outcome is not None and outcome.site:
-        md["site"] = dg.MetadataValue.path(outcome.site)
+        md["site"] = file_url(outcome.site)  # a link the UI renders clickable
+    # an older week refused publication (no --allow-older) is a plain refusal, not a page (issue 18)
+    refused = outcome is not None and not v.published and bool(outcome.refused) and not outcome.failed_blocking
     check = dg.AssetCheckResult(
         check_name=PUBLISHED_CHECK,
         passed=v.published,
-        severity=dg.AssetCheckSeverity.ERROR,
+        severity=dg.AssetCheckSeverity.WARN if refused else dg.AssetCheckSeverity.ERROR,
         description=v.headline,
-        metadata={"partition": pk, "why": dg.MetadataValue.text(v.why)},
+        metadata={
+            "partition": pk,
+            "why": dg.MetadataValue.text(v.why),
+            **({"refused": outcome.refused} if refused else {}),
+        },
     )
     return dg.MaterializeResult(metadata=md, check_results=[check])

@@ -69,7 +69,7 @@ def _source_md(implied: str, used: str, fallback: bool) -> dict:
     pool=POOL,
     description="Nightly hero monitoring: each pack's leading variant (best nDCG@10) vs the baseline on the "
     "latest weekly per-query table, paired deltas of nDCG@10 and SLA-Recall@50 with CIs "
-    "(lens_core.stats.compare.compare). Writes monitoring/hero_monitoring/<date>/.",
+    "(lens_core.stats.compare.compare). Writes `monitoring/hero_monitoring/<date>/`.",
     check_specs=[
         dg.AssetCheckSpec(
             "heroes_not_below_baseline",
@@ -134,7 +134,7 @@ def hero_monitor(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     pool=POOL,
     description="Nightly micro-suites: per suite >= 800 queries (all when a suite is smaller, reported), "
     "stratified by intent x language, seeded by the date. Writes "
-    "monitoring/micro_suite_refresh/<date>/micro_suites.parquet.",
+    "`monitoring/micro_suite_refresh/<date>/micro_suites.parquet`.",
     check_specs=[
         dg.AssetCheckSpec(
             "micro_suite_size",
@@ -199,7 +199,7 @@ def micro_suites(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     pool=POOL,
     description="Nightly idempotency proof: re-ingest the latest weekly partition's raw runs (after checking "
     "their sha256 against the manifest) into agg/hits and compare bytes and sha256 with the "
-    "stored tables. Writes monitoring/parquet_regeneration/<date>/.",
+    "stored tables. Writes `monitoring/parquet_regeneration/<date>/`.",
     check_specs=[
         dg.AssetCheckSpec(
             "regeneration_identical",
@@ -262,7 +262,7 @@ def parquet_regeneration(context: dg.AssetExecutionContext) -> dg.MaterializeRes
     partitions_def=daily_partitions,
     pool=POOL,
     description="Nightly CI whiskers: per-system nDCG@10 and SLA-Recall@50 with 95% CIs from the latest "
-    "scores, as a PNG (monitoring/ci_whiskers/<date>/ci_whiskers.png) shown in the metadata.",
+    "scores, as a PNG (`monitoring/ci_whiskers/<date>/ci_whiskers.png`) shown in the metadata.",
 )
 def ci_whiskers(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     implied, used, fallback = _weekly_for(context, ("scores",))
@@ -316,7 +316,7 @@ def load_drift_history(before: str) -> list[dict]:
     description="Sunday drift pack over the week's labelled hits: ECE, adaptive ECE, debiased ECE, Brier, "
     "merged-bin share (calibrators fitted per cell, held-out half) and the clamp rate of the "
     "previous week's calibrators refitted on this week, per system and overall, each with a "
-    "trend plot across stored weeks. Writes monitoring/drift_pack/<partition>/.",
+    "trend plot across stored weeks. Writes `monitoring/drift_pack/<partition>/`.",
     check_specs=[
         dg.AssetCheckSpec(
             "calibration_drift",
@@ -391,7 +391,7 @@ def drift_pack(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     deps=["hits", "qrels", "query_suites"],
     description="Sunday calibrator parity suite (SPEC §6): every calibrator of the week, round-tripped through "
     "its JSON export, vs scikit-learn refitted on the same rows: max|Δ| <= 1e-6, |ΔECE| <= 1e-4. "
-    "Writes monitoring/calibrator_parity/<partition>/.",
+    "Writes `monitoring/calibrator_parity/<partition>/`.",
     check_specs=[
         dg.AssetCheckSpec(
             "calibrator_parity",
@@ -450,7 +450,7 @@ def calibrator_parity(context: dg.AssetExecutionContext) -> dg.MaterializeResult
     pool=POOL,
     deps=["pool"],
     description="Sunday pool audit: pool membership of this week vs the previous week's partition, per system "
-    "and overall: added, removed, kept, Jaccard. Writes monitoring/pool_audit/<partition>/.",
+    "and overall: added, removed, kept, Jaccard. Writes `monitoring/pool_audit/<partition>/`.",
 )
 def pool_audit(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     pk = context.partition_key
@@ -490,7 +490,7 @@ def pool_audit(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     deps=["scores", "per_query"],
     description="Sunday tripwires from the week's scores and per-query table (lens_core.decide.gates): "
     "file_credit > 5% and flatline Var(nDCG@10) == 0, per system. "
-    "Writes monitoring/tripwires/<partition>/.",
+    "Writes `monitoring/tripwires/<partition>/`.",
     check_specs=[
         dg.AssetCheckSpec("tripwires", asset="tripwires", description="No system trips file_credit (> 5%) or flatline.")
     ],

@@ -1,21 +1,34 @@
 """The continuous rows of SPEC §13: little work per tick, page through the `pager` resource.
 
-* `hero_health` — schedule `*/5 9-18 * * 1-5` US/Eastern: reads the published hero table (one
-  small CSV) and the pointer; pages per problem; launches no run (the tick's skip reason says
-  what it saw). Open incidents persist in `$LENS_DATA_DIR/monitoring/hero_health/state.json`.
-* `gate_monitor` — sensor every 15 minutes: reads the latest check evaluations from the
-  instance (no recompute) and the latest release_bundle materialisation; one incident per group
-  with red ERROR checks, one per missed weekly run. State in the sensor cursor.
+Who pages what (one owner per concern, issue 23):
+
+* a failed ERROR asset check -> `page_on_failed_checks` (lens_assets/paging_sensor.py): one
+  incident per check, to the asset's owners, resolved when the check passes again;
+* the week's release did not happen -> `weekly_run_monitor` (here);
+* the published bundle is red, tampered or trips a tripwire -> `emergency_tripwire` (here);
+* the published hero table is stale or out of its gates -> `hero_health_schedule` (here).
+
+* `hero_health_schedule` — schedule `*/5 9-18 * * 1-5` US/Eastern: reads the published hero
+  table (one small CSV) and the pointer; pages per problem; launches no run (the tick's skip
+  reason says what it saw). Open incidents persist in
+  `$LENS_DATA_DIR/monitoring/hero_health/state.json`. (`hero_monitoring_schedule` is the
+  nightly run of `hero_monitoring_job`; this one only reads.)
+* `weekly_run_monitor` — sensor every 15 minutes: the latest release_bundle materialisation; one
+  incident per missed weekly run (no release_bundle for the week by Sunday 08:00). Its tick line
+  also counts the red ERROR checks per group (a view: their pages are page_on_failed_checks').
 * `emergency_tripwire` — sensor every minute: published pointer / attestation / red gates;
   artifact hashes and file_credit/flatline on the published tables only when the bundle's
-  signature changed since the last tick (kept in the cursor).
+  signature changed since the last tick.
 
 Every page has a dedup key; a key is triggered once while red and resolved once when green.
-A webhook that is down (`trigger`/`resolve` return False) is retried next tick.
+A webhook that is down (`trigger`/`resolve` return False) is retried next tick. Cursors stay
+small (the open dedup keys and a short signature digest): what a sensor saw is in its tick's
+message, the emergency tripwire's cached problems in `monitoring/emergency_tripwire/state.json`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime, timezone
 from typing import Any
@@ -75,8 +88,10 @@ def _hero_health(context: dg.ScheduleEvaluationContext):
     return dg.SkipReason(f"hero health {now.isoformat()}: {_report(log, problems)} (no run launched)")
 
 
-hero_health = dg.ScheduleDefinition(
-    name="hero_health",
+HERO_HEALTH_SCHEDULE = "hero_health_schedule"
+
+hero_health_schedule = dg.ScheduleDefinition(
+    name=HERO_HEALTH_SCHEDULE,
     cron_schedule=HERO_HEALTH_CRON,
     execution_timezone=TZ,
     execution_fn=_hero_health,
@@ -85,7 +100,7 @@ hero_health = dg.ScheduleDefinition(
     default_status=default_schedule_status(),
     description="Hero health every 5 minutes, weekdays 09:00-18:55 US/Eastern: published bundle present and "
     "fresh, per-system tail ratio and file-only credit within gates; pages the pager resource. "
-    "Launches no run.",
+    "Launches no run (hero_monitoring_schedule is the nightly run of hero_monitoring_job).",
 )
 
 
@@ -126,32 +141,56 @@ def _latest_release_partition(instance: dg.DagsterInstance) -> str | None:
     return ev.dagster_event.partition if ev and ev.dagster_event else None
 
 
+def red_error_checks_by_group(evals: list[dict[str, Any]]) -> dict[str, int]:
+    """Red ERROR checks per group among the latest evaluations (a view for the tick line; the
+    pages are page_on_failed_checks')."""
+    return {p.component: len(p.details.get("red", [])) for p in M.gate_problems(evals)}
+
+
+WEEKLY_RUN_MONITOR = "weekly_run_monitor"
+
+
 @dg.sensor(
-    name="gate_monitor",
+    name=WEEKLY_RUN_MONITOR,
     minimum_interval_seconds=GATE_MONITOR_INTERVAL_S,
     required_resource_keys={"pager"},
     default_status=default_sensor_status(),
-    description="Every 15 minutes: latest check evaluations from the instance; pages one incident per "
-    "group with red ERROR checks and one per missed weekly run; resolves on green.",
+    description="Every 15 minutes: pages once when a week has no release_bundle by Sunday 08:00 US/Eastern "
+    "(the weekly run was missed) and resolves when it lands. Failed checks are paged per check by "
+    "page_on_failed_checks; this tick's line only counts them per group.",
 )
-def gate_monitor(context: dg.SensorEvaluationContext):
+def weekly_run_monitor(context: dg.SensorEvaluationContext):
     cur = _cursor(context.cursor)
     graph = context.repository_def.asset_graph
-    evals = latest_check_evaluations(context.instance, graph)
-    problems = M.gate_problems(evals)
+    problems = []
     if graph.has(dg.AssetKey("release_bundle")):
         missed = M.missed_weekly_run(datetime.now(timezone.utc), _latest_release_partition(context.instance))
         if missed:
             problems.append(missed)
-    trigger, resolve = page_functions(context.resources.pager, "lens/gate_monitor")
+    evals = latest_check_evaluations(context.instance, graph)
+    red = red_error_checks_by_group(evals)
+    trigger, resolve = page_functions(context.resources.pager, "lens/weekly_run_monitor")
     open_now, log = M.reconcile(cur.get("open", []), problems, trigger, resolve)
-    context.update_cursor(json.dumps({"open": sorted(open_now), "checks": len(evals)}))
-    return dg.SkipReason(f"gate monitor: {len(evals)} check evaluation(s); {_report(log, problems)}")
+    context.update_cursor(json.dumps({"open": sorted(open_now)}, separators=(",", ":")))
+    view = ", ".join(f"{g}: {n}" for g, n in sorted(red.items())) or "none"
+    return dg.SkipReason(
+        f"weekly run monitor: {_report(log, problems)}; red ERROR checks by group "
+        f"(paged by page_on_failed_checks): {view}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # emergency tripwire (sensor)
 # ---------------------------------------------------------------------------------------------
+def emergency_tripwire_state_path():
+    return data_dir() / "monitoring" / "emergency_tripwire" / "state.json"
+
+
+def _digest(sig: Any) -> str:
+    """A short digest of the published bundle's signature (what the cursor keeps)."""
+    return hashlib.sha256(json.dumps(sig, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 @dg.sensor(
     name="emergency_tripwire",
     minimum_interval_seconds=EMERGENCY_INTERVAL_S,
@@ -164,23 +203,24 @@ def gate_monitor(context: dg.SensorEvaluationContext):
 def emergency_tripwire(context: dg.SensorEvaluationContext):
     cur = _cursor(context.cursor)
     shallow, sig = M.emergency_checks(data_dir(), deep=False)
-    deep = sig != cur.get("sig")
+    state_path = emergency_tripwire_state_path()
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    # re-check deeply when the bundle changed, or when the cached deep problems are not there
+    deep = _digest(sig) != cur.get("sig") or state.get("sig") != cur.get("sig")
     if deep:
         full, sig = M.emergency_checks(data_dir(), deep=True)
         seen = {p.key for p in shallow}
         deep_only = [p for p in full if p.key not in seen]
+        cached = json.loads(json.dumps([p.as_dict() for p in deep_only], default=str))
+        atomic_write_json(state_path, {"sig": _digest(sig), "deep_problems": cached})
     else:
-        deep_only = [M.Problem(**{**d, "owners": tuple(d.get("owners", ()))}) for d in cur.get("deep_problems", [])]
+        deep_only = [M.Problem(**{**d, "owners": tuple(d.get("owners", ()))}) for d in state.get("deep_problems", [])]
     problems = shallow + deep_only
     trigger, resolve = page_functions(context.resources.pager, "lens/emergency_tripwire")
     open_now, log = M.reconcile(cur.get("open", []), problems, trigger, resolve)
-    context.update_cursor(
-        json.dumps(
-            {"open": sorted(open_now), "sig": sig, "deep_problems": [p.as_dict() for p in deep_only]}, default=str
-        )
-    )
+    context.update_cursor(json.dumps({"open": sorted(open_now), "sig": _digest(sig)}, separators=(",", ":")))
     return dg.SkipReason(f"emergency tripwire ({'deep' if deep else 'cached'}): {_report(log, problems)}")
 
 
-SENSORS = [gate_monitor, emergency_tripwire]
-CONTINUOUS_SCHEDULES = [hero_health]
+SENSORS = [weekly_run_monitor, emergency_tripwire]
+CONTINUOUS_SCHEDULES = [hero_health_schedule]

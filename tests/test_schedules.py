@@ -85,15 +85,15 @@ def _window(pdef, pk):
 # ------------------------------------------------------------------------------------------- table
 def test_every_spec_row_has_a_schedule_in_us_eastern(repo):
     names = {s.name for s in repo.schedule_defs}
-    assert {r.schedule for r in J.SCHEDULE_TABLE} | {"hero_health"} <= names
+    assert {r.schedule for r in J.SCHEDULE_TABLE} | {"hero_health_schedule"} <= names
     for r in J.SCHEDULE_TABLE:
         s = repo.get_schedule_def(r.schedule)
         assert (s.cron_schedule, s.execution_timezone, s.job_name) == (r.cron, "US/Eastern", r.job)
         repo.get_job(r.job)  # resolves
-    hh = repo.get_schedule_def("hero_health")
+    hh = repo.get_schedule_def("hero_health_schedule")
     assert (hh.cron_schedule, hh.execution_timezone) == ("*/5 9-18 * * 1-5", "US/Eastern")
-    assert {s.name for s in repo.sensor_defs} >= {"gate_monitor", "emergency_tripwire"}
-    assert repo.get_sensor_def("gate_monitor").minimum_interval_seconds == 900
+    assert {s.name for s in repo.sensor_defs} >= {"weekly_run_monitor", "emergency_tripwire"}
+    assert repo.get_sensor_def("weekly_run_monitor").minimum_interval_seconds == 900
     assert repo.get_sensor_def("emergency_tripwire").minimum_interval_seconds == 60
     md = J.schedule_table_markdown()
     assert all(r.schedule in md and r.cron in md for r in J.SCHEDULE_TABLE)
@@ -345,33 +345,49 @@ def stub_asset():
     )
 
 
-def test_gate_monitor_pages_once_and_resolves(monkeypatch):
-    defs = dg.Definitions(assets=[stub_asset], sensors=[MON.gate_monitor], resources={"pager": FakePager()})
+def test_weekly_run_monitor_pages_a_missed_week_once_and_leaves_checks_to_the_paging_sensor(monkeypatch):
+    """One owner per concern (issue 23): a red ERROR check is page_on_failed_checks' page (this
+    sensor only counts it in its tick line); a missed weekly run is this sensor's, paged once while
+    missed and resolved when release_bundle lands."""
+
+    @dg.asset(name="release_bundle")
+    def stub_release():
+        return None
+
+    defs = dg.Definitions(
+        assets=[stub_asset, stub_release], sensors=[MON.weekly_run_monitor], resources={"pager": FakePager()}
+    )
     pager = FakePager()
+    latest = {"partition": "9999-12-31"}
+    monkeypatch.setattr(MON, "_latest_release_partition", lambda instance: latest["partition"])
     with dg.DagsterInstance.ephemeral() as inst:
 
         def tick(cursor):
             ctx = dg.build_sensor_context(instance=inst, cursor=cursor, definitions=defs, resources={"pager": pager})
-            res = MON.gate_monitor.evaluate_tick(ctx)
-            assert not res.run_requests and "gate monitor" in res.skip_message
-            return res.cursor
+            res = MON.weekly_run_monitor.evaluate_tick(ctx)
+            assert not res.run_requests and "weekly run monitor" in res.skip_message
+            assert len(res.cursor) < 200  # compact: the open dedup keys only
+            return res.cursor, res.skip_message
 
-        c = tick(None)
-        assert pager.events == []  # nothing evaluated yet: nothing to page
+        c, _ = tick(None)
         STATE["pass"] = False
         dg.materialize([stub_asset], instance=inst, raise_on_error=False)
-        c = tick(c)
-        assert pager.events == [("trigger", "lens/gate_monitor/stubgrp", "critical")]
-        c = tick(c)
-        assert len(pager.events) == 1  # still red: no second page
-        STATE["pass"] = True
-        dg.materialize([stub_asset], instance=inst)
+        c, msg = tick(c)
+        assert pager.events == [] and "stubgrp: 1" in msg  # the check's page is not this sensor's
+        latest["partition"] = None  # no weekly run stored: missed
+        c, _ = tick(c)
+        assert len(pager.events) == 1 and pager.events[0][0] == "trigger"
+        key = pager.events[0][1]
+        assert key.startswith("lens/gate_monitor/weekly_run/")
+        c, _ = tick(c)
+        assert len(pager.events) == 1  # still missed: no second page
+        latest["partition"] = "9999-12-31"
         pager.up = False
-        c = tick(c)  # webhook down: stays open, retried
-        assert json.loads(c)["open"] == ["lens/gate_monitor/stubgrp"]
+        c, _ = tick(c)  # webhook down: stays open, retried
+        assert json.loads(c)["open"] == [key]
         pager.up = True
-        c = tick(c)
-        assert pager.events[-1] == ("resolve", "lens/gate_monitor/stubgrp") and json.loads(c)["open"] == []
+        c, _ = tick(c)
+        assert pager.events[-1] == ("resolve", key) and json.loads(c)["open"] == []
 
 
 def _bundle(root: Path, tail=1.5, age_days=0.0, now: datetime | None = None):
@@ -454,7 +470,7 @@ def test_hero_health_schedule(data_dir):
     pager = FakePager()
     tick_time = et(2026, 11, 24, 10, 5)
     _bundle(data_dir, tail=2.6, age_days=9, now=tick_time)
-    sched = MON.hero_health
+    sched = MON.hero_health_schedule
     for _ in range(2):
         ctx = dg.build_schedule_context(scheduled_execution_time=tick_time, resources={"pager": pager})
         res = sched.evaluate_tick(ctx)

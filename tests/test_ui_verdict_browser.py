@@ -87,3 +87,29 @@ def test_gate_check_names_its_partition(demo_ui):
     text = wait_text(drv, ["Partition", f"(week {PARTITION})"])
     assert re.search(rf"\bPartition\s*\n\s*{PARTITION}\b", text), text[:2500]  # the evaluation's field
     drv.save_screenshot(str(artifacts_dir() / "dagster_gate_check.png"))
+
+
+def test_the_bundle_site_is_a_link(demo_ui):
+    """release_verdict's `site` entry is a link the UI renders (a file:// url, not copy-only text)."""
+    from selenium.webdriver.common.by import By
+
+    drv = demo_ui["drv"]
+    drv.get(f"{demo_ui['base']}/assets/release_verdict")
+    wait_text(drv, ["site", "verdict"])
+    links = [a.get_attribute("href") or "" for a in drv.find_elements(By.CSS_SELECTOR, "a[href^='file://']")]
+    assert any(h.endswith("/index.html") for h in links), links
+
+
+def test_a_data_test_check_names_its_partition_and_status(demo_ui):
+    drv = demo_ui["drv"]
+    drv.get(f"{demo_ui['base']}/assets/hits?view=checks&checkDetail=dbt_hits_unique_key")
+    text = wait_text(drv, ["Partition", f"(week {PARTITION})"])
+    assert re.search(rf"\bPartition\s*\n\s*{PARTITION}\b", text), text[:2500]
+    assert re.search(rf"\b(pass|fail|insufficient) \(week {PARTITION}\)", text), text[:2500]
+
+
+def test_a_placeholder_in_a_description_survives_markdown(demo_ui):
+    """`lvm/checkpoints/<variant>/` in backticks renders as written (bare, markdown ate it)."""
+    drv = demo_ui["drv"]
+    drv.get(f"{demo_ui['base']}/assets/lvm_checkpoints")
+    wait_text(drv, ["lvm/checkpoints/<variant>/"])

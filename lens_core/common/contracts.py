@@ -2,6 +2,10 @@
 
 Writers, readers, the schema guard, the bundle and the tests import these; nobody retypes a
 column name. Types are Arrow types because Parquet is the storage format.
+
+Why this is one module: a column's name, its type and what it means (`COLUMN_DOCS`, shown as
+the column descriptions in the UI) are one fact of the contract; split over modules, a renamed
+or added column would be changed in one place and not the other.
 """
 
 from __future__ import annotations
@@ -372,3 +376,204 @@ def schema_markdown(schema: pa.Schema) -> str:
     lines = ["| column | type |", "| --- | --- |"]
     lines += [f"| {f.name} | {f.type} |" for f in schema]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Column documentation (issue 23): what each column means, one entry per column name, shown as
+# the column descriptions of every table asset (`dagster/column_schema`). A name means one thing
+# everywhere; where tables use it for different subjects, the entry says so per table. The CI
+# bound columns of the hero table and the per-reason columns are derived from their base entry.
+# ---------------------------------------------------------------------------------------------
+_METRIC_DOCS: dict[str, str] = {
+    "ndcg_10": "nDCG@10 with span credit: graded gain of the top 10 hits over the ideal ranking (SPEC §4)",
+    "recall_50": "Recall@50: share of the query's relevant spans found in the top 50 hits",
+    "sla_recall_50": "SLA-Recall@50: Recall@50 counting only hits returned within the SLA (a late hit earns nothing)",
+    "mrr_10": "MRR@10: 1 / rank of the first relevant hit in the top 10, 0 if none",
+    "success_1": "Success@1: 1 when the first hit is relevant, else 0",
+    "success_5": "Success@5: 1 when a relevant hit is in the top 5, else 0",
+    "success_10": "Success@10: 1 when a relevant hit is in the top 10, else 0",
+    "lat_p50": "median latency of the system's queries, ms",
+    "lat_p95": "95th percentile latency of the system's queries, ms",
+    "lat_p99": "99th percentile latency of the system's queries, ms",
+    "p99_p95": "tail ratio p99 / p95 latency (the tail gate)",
+    "within_sla": "answered within the SLA (per query: true/1; aggregated: the share of queries)",
+    "judged_10": "share of the top 10 hits that have a relevance label (pool depth check: judged@10)",
+    "file_credit": "share of the gain earned only at file level (right file, wrong span) in the top 10",
+    "failed": "the query failed (error set or an invalid answer): 1, else 0; aggregated: the share",
+    "probes": "index probes the engine reported for the query (cost)",
+    "cpu_ms": "CPU time the engine reported for the query, ms (cost)",
+}
+_WHY_DOCS: dict[str, str] = {
+    "lex": "lexical (token) match",
+    "struct": "structural (symbol / definition) match",
+    "sem": "semantic (embedding) match",
+}
+COLUMN_DOCS: dict[str, str] = {
+    **_METRIC_DOCS,
+    # identity of a run, a system, a query
+    "run_id": "the collection run the row belongs to",
+    "system": "the evaluated system (a declared system or a hero-pack grid point)",
+    "systems": "the systems whose top-k contributed this pooled span",
+    "pack": "the hero pack of the system (lexical, router, ann, tail_taming, aa, or the baseline)",
+    "cfg_hash": "16-hex hash of the system's configuration as the engine reported it (SPEC §8)",
+    "qid": "query id, unique within the week's suites",
+    "query": "the query text shown to the judge",
+    "text": "the query text",
+    "suite": "the query suite the query belongs to",
+    "intent": "the query's intent (e.g. nl, identifier): a slice dimension",
+    "language": "the programming language the query targets: a slice dimension",
+    "slice": "`all`, or `dimension=value` for one intent, language or suite",
+    "metric": "the metric's column name (ndcg_10, sla_recall_50, lat_p99, ...)",
+    # a raw run and its aggregate
+    "req_ts": "when the request was sent (UTC)",
+    "sla_ms": "the latency SLA the query was run under, ms",
+    "lat_ms": "end-to-end latency of the query, ms (null when it failed)",
+    "n_hits": "hits returned for the query",
+    "n_hits_in_sla": "hits returned within the SLA",
+    "shards_total": "shards the query was fanned out to",
+    "shards_timed_out": "shards that timed out for the query",
+    "hedged": "a hedged (duplicate) shard request was sent for the query",
+    "error": "why the query failed (null when it succeeded)",
+    "hits": "the query's ranked hits as the engine answered them (raw record)",
+    "shards": "per shard: probe id, timestamps and status (raw record)",
+    "cost": "the engine's cost report: probes and cpu_ms (raw record)",
+    "attestation_sha256": "sha256 of the raw NDJSON file the row was ingested from",
+    "records": "query records in the raw NDJSON file",
+    "errors": "failed queries in the raw NDJSON file",
+    "sha256": "sha256 of the file",
+    "collection": "how the systems were collected: sequential, or interleaved (one seeded order of all "
+    "(query, system) tasks, so every system sees the same conditions)",
+    "block": "interleaved collection: queries per block; each block's system order is shuffled (null: sequential)",
+    "concurrency": "requests in flight at once during collection",
+    # a hit, a span
+    "rank": "1-based rank of the hit in the system's answer",
+    "best_rank": "the best rank any system gave the span",
+    "repo": "repository of the span",
+    "path": "file path of the span within its repository (raw_runs: the NDJSON file)",
+    "start_line": "first line of the span (1-based, inclusive)",
+    "end_line": "last line of the span (inclusive)",
+    "score": "the engine's score for the hit",
+    "shard": "the shard that returned the hit",
+    "in_sla": "the hit arrived within the SLA",
+    "code": "the span's code as shown to the judge",
+    # labels
+    "rel": "graded relevance of the span (0 = not relevant; higher is more relevant)",
+    "source": "where the label comes from (simulator / engine ground truth, a human qrels file, ...)",
+    "n_systems": "systems that returned the span in their top k",
+    "priority": "judging priority (higher first: shallow ranks of many systems)",
+    "contributed": "pool spans the system contributed",
+    "unique_contributed": "pool spans only this system contributed",
+    "judged_share": "share of the system's pooled spans that carry a label",
+    # per-query diagnostics
+    "n_hits_10": "hits in the top 10",
+    "judged_hits_10": "labelled hits in the top 10",
+    "span_gain_10": "gain earned at span level in the top 10 (what nDCG@10 counts)",
+    "file_gain_10": "gain the top 10 would earn at file level (right file, any span)",
+    # scores and comparisons
+    "mean": "the metric's mean over queries (latency metrics: the percentile)",
+    "ci_low": "lower bound of the 95% paired percentile bootstrap CI",
+    "ci_high": "upper bound of the 95% paired percentile bootstrap CI",
+    "n": "queries behind the figure (comparisons: paired queries)",
+    "n_queries": "queries behind the row",
+    "control": "the control system of the paired comparison",
+    "test": "the test system (comparisons) or the canary test arm (canary tables)",
+    "delta": "test − control mean of the metric over paired queries",
+    "p_value": "paired permutation test p-value",
+    "p_holm": "p-value after Holm's correction over the week's family of tests",
+    "sd_diff": "standard deviation of the per-query differences",
+    "mde": "minimum detectable effect at the configured power and α",
+    "seed": "an RNG seed (comparisons: the decision's 64-bit seed, from the config seed and the pair; "
+    "raw_runs: the seed of the interleaved order)",
+    "needed_effect": "the effect the decision must be able to detect (the metric's margin)",
+    "power_ok": "the MDE is within the needed effect (the comparison is powered)",
+    # gates, rules, heroes
+    "gate": "the gate's name (calibration: the ECE gate threshold the cell is judged against)",
+    "subject": "what the gate judged: a system, a decision, a table or a calibration cell",
+    "value": "the measured value the gate or rule judged",
+    "threshold": "the threshold it is judged against",
+    "blocking": "a failure blocks publication (ERROR) rather than warning (WARN)",
+    "passed": "the row passed (insufficient rows do not block: see status)",
+    "status": "what a reader is shown: pass | fail | insufficient (never pass for too little data); "
+    "comparisons: ok | insufficient_n | no_overlap | zero_variance; canary windows: green | red | ...",
+    "reason": "why, in one line",
+    "owner": "the owner paged when it fails",
+    "rule": "the promotion rule",
+    "detail": "how the rule's value was reached",
+    "hero": "the pack's promoted system (null: none was promoted)",
+    "calibration_version": "version of the calibrators the hero was judged with",
+    # calibration
+    "level": "the cell level the calibrator was fitted at (cell, system×intent, system: back-off)",
+    "calibrator": "the calibrator used for the cell (system|intent|language, `*` = backed off)",
+    "calibrator_version": "content hash of the calibrator",
+    "version": "content hash of the calibrator export",
+    "n_fit": "labels in the fit half",
+    "n_eval": "held-out labels the ECE is measured on",
+    "n_pos_eval": "relevant held-out labels",
+    "n_dropped": "labels dropped (non-finite confidence)",
+    "n_scores": "confidences compared between the two exports",
+    "ece": "expected calibration error on held-out labels",
+    "adaptive_ece": "ECE with equal-mass bins",
+    "debiased_ece": "ECE with the binning bias subtracted",
+    "brier": "Brier score of the calibrated confidences",
+    "merged_bin_share": "share of isotonic bins merged (flat steps)",
+    "noise_floor": "95th percentile of the ECE a perfectly calibrated cell shows with this many labels",
+    "labels_needed": "held-out labels needed for the noise floor to fall under the gate",
+    "max_abs_diff": "largest absolute difference of the two exports' confidences",
+    "ece_diff": "difference of the two exports' ECE",
+    # canary
+    "phase": "canary phase: aa (the A/A start) or ab",
+    "step": "index of the ramp step",
+    "pct": "share of traffic routed to the test arm, %",
+    "window": "index of the judging window",
+    "windows": "windows judged in the step",
+    "window_queries": "queries per judging window of the step",
+    "start_window": "first window of the step",
+    "end_window": "last window of the step",
+    "green_windows": "green windows in the step",
+    "red_windows": "red windows in the step",
+    "start": "window start (epoch ms)",
+    "end": "window end (epoch ms)",
+    "at": "when the decision was taken (epoch ms)",
+    "seq": "order of the decision",
+    "action": "the decision: advance | hold | revert",
+    "decision": "how the step ended: advance | hold | revert",
+    "from_pct": "traffic share before the decision, %",
+    "to_pct": "traffic share after the decision, %",
+    "paged": "the decision paged the owners",
+    "n_control": "control queries in the window",
+    "n_test": "test queries in the window",
+    "calib_p99_ms": "p99 latency of the calibrated path in the window, ms",
+    "calib_p99_threshold": "its limit, ms",
+    "calib_p99_passed": "within its limit",
+    "ece_threshold": "the ECE gate of the window",
+    "ece_noise_floor": "the window's ECE noise floor",
+    "ece_labels": "labels behind the window's ECE",
+    "ece_status": "pass | fail | insufficient of the window's ECE",
+    "ece_passed": "the window's ECE is within its gate",
+    "conf_shift": "shift of mean confidence between the arms",
+    "conf_shift_threshold": "its limit",
+    "conf_shift_passed": "within its limit",
+    "sla_recall_delta": "test − control SLA-Recall@50 in the window",
+    "sla_recall_threshold": "the largest drop allowed",
+    "sla_recall_passed": "within its limit",
+    "lat_p99_control": "control p99 latency in the window, ms",
+    "lat_p99_test": "test p99 latency in the window, ms",
+    "red": "the window is red (a guard failed)",
+    # load test
+    "qps_at_sla": "highest offered rate (queries/s) whose p99 stayed within the SLA",
+    "requests": "requests sent by the load test",
+    "stopped": "why the load test stopped",
+    "rates": "what the load test measured at each offered rate (JSON)",
+    # LVM
+    "model": "the LVM checkpoint evaluated",
+    "lane": "the evaluation lane",
+    "k": "cut-off of Hit@k",
+    "hit": "Hit@k: share of queries whose target is in the top k",
+    "n_candidates": "candidates ranked per query",
+    "p95_ms": "95th percentile latency per query, ms",
+}
+COLUMN_DOCS.update({f"why_{r}": f"the engine said the hit is a {d}" for r, d in _WHY_DOCS.items()})
+COLUMN_DOCS.update({f"why_mix_{r}": f"share of the query's hits with a {d}" for r, d in _WHY_DOCS.items()})
+for _m in HERO_TABLE_METRICS:
+    COLUMN_DOCS[f"{_m}_ci_low"] = f"lower bound of the 95% bootstrap CI of {_m}"
+    COLUMN_DOCS[f"{_m}_ci_high"] = f"upper bound of the 95% bootstrap CI of {_m}"
