@@ -15,11 +15,12 @@ export TOKENIZERS_PARALLELISM := false
 install: $(STAMP)
 
 # torch is installed first and pinned: an unpinned torch pulls GBs of CUDA packages.
-# setup.py builds the C scanner of raw-run lines (lens_core/ingest/_canonscan.c): a change to either reinstalls.
-$(STAMP): pyproject.toml setup.py lens_core/ingest/_canonscan.c
+# setup.py builds the C scanner of raw-run lines (lens_core/ingest/_canonscan.c) and the TREC reader of
+# `lens-eval trec` (lens_core/measures/_trecscan.c): a change to any of them reinstalls.
+$(STAMP): pyproject.toml setup.py lens_core/ingest/_canonscan.c lens_core/measures/_trecscan.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,engine]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,engine,postgres]'
 	@touch $(STAMP)
 
 # The instance config serialises the Lens jobs (DST spring-forward pile-up, schedules/README.md).

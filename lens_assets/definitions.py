@@ -14,6 +14,7 @@ from lens_assets.release import release_bundle
 from lens_assets.verdict import release_verdict
 from resources.data_source import LensDataSource
 from resources.io_manager import ParquetIOManager, staging_table_path
+from resources.launch import lens_step_executor
 from resources.paging import DEFAULT_PAGER
 
 DBT_TABLES = ("agg", "hits", "pool", "qrels", "per_query", "scores")
@@ -23,12 +24,15 @@ def _table_path(table: str, partition_key: str | None) -> Path:
     return Path(staging_table_path(table, partition_key).path)
 
 
-dbt_checks = build_dbt_like_checks({t: dg.AssetKey(t) for t in DBT_TABLES}, _table_path)
+dbt_checks = build_dbt_like_checks(
+    {t: dg.AssetKey(t) for t in DBT_TABLES}, _table_path, partitions_def=weekly_partitions
+)
 
 weekly_lens_job = dg.define_asset_job(
     "weekly_lens_job",
     selection=dg.AssetSelection.groups("lens", "engine"),
     partitions_def=weekly_partitions,
+    executor_def=lens_step_executor,  # one process per step (issue 22)
     description="The weekly Lens run: collect -> judge -> score -> compare -> calibrate -> gate -> attest -> "
     "publish on green -> the week's verdict (release_verdict).",
 )

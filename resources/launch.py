@@ -4,13 +4,36 @@ job, in the Overview timeline and in the partition status, like a run started fr
 schedule; `execute_in_process` runs have no origin.
 
 The run goes straight to the instance's run launcher (not the queue: `make demo` starts no
-daemon), runs its steps in one process (`in_process` executor: one import of the code location,
-not one per step), and its events are read back from the instance's event log as they arrive
-(progress lines). Dagster's own `dagster job launch` does the same through the run queue.
+daemon), and its events are read back from the instance's event log as they arrive (progress
+lines). Dagster's own `dagster job launch` does the same through the run queue. The weekly job
+runs its steps on `lens_step_executor` (issue 22): one process per step, at most
+`LENS_MAX_CONCURRENT_STEPS` at a time (default: the cores, at most 4), forked from a forkserver
+that imported the code location's packages once, so a step does not pay that import again; the
+same executor serves `dagster job execute`, the schedules and the UI, and the run config may pick
+`execution: {config: {in_process: {}}}` or another `max_concurrent`. Other jobs (`STEP_PROCESS_JOBS`
+lists the ones on that executor) are launched with the `in_process` executor (one import of the
+code location, not one per step). `lens-eval run --in-process` never launches: it executes here.
+
+The weekly job's own guard (issue 18), for every run whatever launched it (`lens-eval run`, a
+schedule, the UI): `weekly_run_guard` is the first thing its first asset does. It runs the
+pre-flight (`lens_core.collect.preflight`: settings, system names, token, `/health`) and then
+takes the partition's lease (`lens_core.publish.bundle.acquire_partition_lease`), which
+`release_weekly_partition` gives back when `release_bundle` has finished (a run that fails
+before frees it too: a lease whose run is finished in the instance, or whose process is gone,
+is stale). A second run of the same partition waits for the lease (`LENS_PARTITION_WAIT_S`,
+default 6 h), then fails with one line. A refusal tags the run `lens/refused=<error class>`, so
+the paging sensor treats it as a refused run, never as a red gate (no P0).
+
+Why a lease and not Dagster's `tag_concurrency_limits`: those apply only to runs that go through
+the QueuedRunCoordinator (the daemon), not to `lens-eval run` (which launches straight to the
+run launcher, or executes in-process) nor to an instance without that dagster.yaml; the lease
+holds whatever started the run, on any instance, and shares its data dir with `partition_lock`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +44,26 @@ from dagster._core.definitions.selector import JobSubsetSelector
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
+from lens_core.collect.preflight import PreflightError, preflight
+from lens_core.common.settings import data_dir, env_number
+from lens_core.publish.bundle import (
+    PartitionBusy,
+    acquire_partition_lease,
+    lease_owner,
+    owner_process_alive,
+    release_partition_lease,
+)
+
 WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"  # the repo root's
 LOCATION = "lens_pipeline"  # workspace.yaml
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+STEPS_ENV = "LENS_MAX_CONCURRENT_STEPS"  # step processes of one run at a time (lens_step_executor)
+STEP_PROCESS_JOBS = frozenset({"weekly_lens_job"})  # the jobs defined with executor_def=lens_step_executor
+# What the forkserver imports once per run (the code location's heavy part), before it forks each step.
+STEP_PRELOAD = ["lens_assets", "lvm_assets", "schedules", "lens_assets.paging_sensor"]
+REFUSED_TAG = "lens/refused"  # set on a run the guard refused: the class name of the refusal
+LEASE_WAIT_ENV = "LENS_PARTITION_WAIT_S"
+DEFAULT_LEASE_WAIT_S = 6 * 3600.0
 
 
 @dataclass
@@ -56,8 +96,9 @@ class CodeLocation:
     def __enter__(self) -> CodeLocation:
         target = WorkspaceFileTarget(paths=[str(self.workspace)])
         # the code server's own INFO lines (start, stop) and import warnings stay out of the terminal
-        self._process = WorkspaceProcessContext(self.instance, target, code_server_log_level="ERROR")
-        self._process.__enter__()
+        with _stderr_to(data_dir() / "logs" / "code_server.log"):  # the code server starts here: see _stderr_to
+            self._process = WorkspaceProcessContext(self.instance, target, code_server_log_level="ERROR")
+            self._process.__enter__()
         self.ctx = self._process.create_request_context()
         err = self.ctx.get_code_location_error(LOCATION)
         if err is not None:
@@ -84,7 +125,7 @@ class CodeLocation:
         `on_start(steps, run_id)` once the run exists; `on_entry(event_log_entry)` for each event
         as it is stored."""
         instance, location, repo = self.instance, self.location, self.repo
-        config = {**IN_PROCESS, **(run_config or {})}
+        config = {**({} if job_name in STEP_PROCESS_JOBS else IN_PROCESS), **(run_config or {})}
         assets = frozenset(dg.AssetKey(a) for a in asset_selection) if asset_selection else None
         remote_job = location.get_job(
             JobSubsetSelector(
@@ -130,6 +171,68 @@ class CodeLocation:
         )
 
 
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    """The code server started in this block, the runs it launches and their step processes
+    inherit stderr = `path`: each step process of the multiprocess executor prints a DEBUG line
+    from Dagster's default console logger whatever the run's logger config, which would break the
+    one-line-per-step progress; what the runs log is in the event log, read back here."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as f:
+            os.dup2(f.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def max_concurrent_steps() -> int:
+    """`LENS_MAX_CONCURRENT_STEPS`, or one step process per core, at most 4 (each holds a copy of
+    its step's tables: docs/deploy.md has the sizing)."""
+    return int(env_number(STEPS_ENV, int, minimum=1, default=min(4, os.cpu_count() or 1)))
+
+
+def _step_executor_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The run config of `lens_step_executor` -> that of Dagster's multi_or_in_process executor,
+    resolved where the run's config is (the run worker too): the concurrency from the environment."""
+    if "in_process" in cfg:
+        return {"in_process": {}}
+    mp = cfg["multiprocess"]
+    start = {"forkserver": {"preload_modules": STEP_PRELOAD}} if "forkserver" in mp["start_method"] else {"spawn": {}}
+    return {"multiprocess": {"max_concurrent": mp["max_concurrent"] or max_concurrent_steps(), "start_method": start}}
+
+
+lens_step_executor = dg.multi_or_in_process_executor.configured(
+    _step_executor_config,
+    name="lens_step_executor",
+    config_schema=dg.Field(
+        dg.Selector(
+            {
+                "multiprocess": dg.Field(
+                    {
+                        "max_concurrent": dg.Field(
+                            dg.Noneable(int),
+                            default_value=None,
+                            description=f"default: ${STEPS_ENV}, else cores (<= 4)",
+                        ),
+                        "start_method": dg.Field(
+                            dg.Selector({"forkserver": {}, "spawn": {}}),
+                            default_value={"forkserver": {}},
+                            description="forkserver: the code location imported once per run, then forked per step",
+                        ),
+                    }
+                ),
+                "in_process": dg.Field({}),
+            }
+        ),
+        default_value={"multiprocess": {}},
+    ),
+    description="One process per step, at most $LENS_MAX_CONCURRENT_STEPS at a time (issue 22).",
+)
+
+
 def launch_job(instance: dg.DagsterInstance, job_name: str, *args: Any, **kwargs: Any) -> LaunchedRun:
     """One run of `job_name` through the code location (see `CodeLocation.launch`)."""
     with CodeLocation(instance) as loc:
@@ -153,3 +256,57 @@ def _follow(instance: dg.DagsterInstance, run_id: str, on_entry, poll_s: float) 
         if finished:  # everything stored before the run finished has been read
             return entries
         time.sleep(poll_s)
+
+
+# ----------------------------------------------------------------------------------------------
+# The weekly job's guard: pre-flight, then the partition's lease
+# ----------------------------------------------------------------------------------------------
+def _tag_refused(context, cls_name: str) -> None:
+    with contextlib.suppress(Exception):  # a tag is a courtesy to the sensor; the step fails anyway
+        context.instance.add_run_tags(context.run_id, {REFUSED_TAG: cls_name})
+
+
+def run_is_live(instance: dg.DagsterInstance, owner: dict[str, Any]) -> bool:
+    """Whether the run holding a lease still runs: its status in `instance` when the instance
+    knows it; otherwise (another instance, an ephemeral one) whether its process is alive,
+    except for this very process, whose earlier in-process run is over."""
+    run = instance.get_run_by_id(str(owner.get("run_id") or ""))
+    if run is not None:
+        return not run.is_finished
+    if owner.get("pid") == os.getpid():
+        return False
+    return owner_process_alive(owner)
+
+
+def weekly_run_guard(context, source: str | None = None) -> None:
+    """The first step of every weekly run: the pre-flight, then the partition's lease. A refusal
+    raises (the step fails with one line, the token never in it) and tags the run."""
+    try:
+        preflight(source=source or None)
+    except PreflightError as e:
+        _tag_refused(context, type(e).__name__)
+        raise  # the step failure holds the one line
+    pk = context.partition_key
+    wait_s = env_number(LEASE_WAIT_ENV, float, minimum=0.0, default=DEFAULT_LEASE_WAIT_S)
+    try:
+        stale = acquire_partition_lease(
+            data_dir(),
+            pk,
+            lease_owner(context.run_id),
+            lambda owner: run_is_live(context.instance, owner),
+            wait_s,
+            poll_s=min(1.0, max(0.05, wait_s / 20)),
+            on_wait=lambda owner: context.log.warning(
+                f"partition {pk} is held by run {owner.get('run_id')}: waiting for it (up to {wait_s:g}s)"
+            ),
+        )
+    except PartitionBusy as e:
+        _tag_refused(context, type(e).__name__)
+        raise
+    if stale is not None:
+        context.log.info(f"partition {pk}: took over the lease of finished run {stale.get('run_id')}")
+
+
+def release_weekly_partition(context) -> bool:
+    """Give back this run's lease of its partition (the end of release_bundle)."""
+    return release_partition_lease(data_dir(), context.partition_key, context.run_id)

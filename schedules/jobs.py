@@ -24,6 +24,7 @@ import dagster as dg
 from lens_assets.common import weekly_partitions
 from lens_core.common.calendar import TZ, local_date, weekly_partition_for
 from lens_core.common.settings import data_source, load_config
+from lvm_core.settings import PROFILE_TAG as LVM_PROFILE_TAG
 from schedules import assets as A
 from schedules.common import (
     PRIORITY_TAG,
@@ -227,6 +228,7 @@ def run_request_for(row: Row, tick) -> dg.RunRequest:
         tags[WEEKLY_PARTITION_TAG] = pk
         return dg.RunRequest(run_key=f"{row.job}:{pk}", partition_key=pk, tags=tags)
     if row.kind == "lvm":
+        tags[LVM_PROFILE_TAG] = "full"  # the LVM's full profile (issue 21): whole corpus, context 100/500
         return dg.RunRequest(run_key=f"{row.job}:{local_date(tick)}", tags=tags)
     raise ValueError(f"schedule row {row.schedule}: unknown kind {row.kind!r}")
 
@@ -242,8 +244,8 @@ def _schedule(row: Row) -> dg.ScheduleDefinition:
         execution_timezone=TZ,
         execution_fn=execution_fn,
         default_status=default_schedule_status(),
-        description=f"{row.what}. Partition rule: {row.kind}; run key {row.job}:<"
-        f"{'date' if row.kind in ('daily', 'lvm') else 'weekly partition'}>.",
+        description=f"{row.what}. Partition rule: {row.kind}; run key `{row.job}:<"
+        f"{'date' if row.kind in ('daily', 'lvm') else 'weekly partition'}>`.",
     )
 
 
