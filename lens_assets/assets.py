@@ -13,8 +13,8 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from lens_assets.common import GROUP, OWNERS_CORE, OWNERS_EVAL, current_systems, run_id_for, weekly_partitions
-from lens_assets.metadata import markdown_table, table_metadata
-from lens_core.collect.rawruns import raw_run_path, write_raw_run
+from lens_assets.metadata import ci_whiskers_markdown, markdown_table, table_metadata
+from lens_core.collect.rawruns import raw_run_path
 from lens_core.common import contracts
 from lens_core.common.calendar import partition_t0_ms
 from lens_core.common.settings import data_dir, judging_dir, judgments_dir, label_policy, load_config, qrels_setting
@@ -28,6 +28,7 @@ from lens_core.measures.metrics import per_query_metrics
 from lens_core.measures.scoring import hero_markdown, score
 from lens_core.measures.scoring import hero_table as build_hero_table
 from resources.data_source import LensDataSource
+from resources.launch import weekly_run_guard
 
 
 @dg.multi_asset(
@@ -49,6 +50,7 @@ from resources.data_source import LensDataSource
     deps=["engine_index"],
 )
 def query_suites(context: dg.AssetExecutionContext, lens_source: LensDataSource):
+    weekly_run_guard(context, lens_source.source)  # pre-flight + the partition's lease, for every launch (issue 18)
     queries, gt = lens_source.suites()
     counts = queries.group_by("suite", "intent").len().sort("suite", "intent")
     yield dg.Output(
@@ -69,7 +71,7 @@ def query_suites(context: dg.AssetExecutionContext, lens_source: LensDataSource)
 
 @dg.asset(
     description="Raw runs: every system's answers to every query, one NDJSON record per query under "
-    "$LENS_DATA_DIR/runs/<env>/<run_id>/<system>.ndjson (atomic, sha256 recorded). "
+    "`$LENS_DATA_DIR/runs/<env>/<run_id>/<system>.ndjson` (atomic, sha256 recorded). "
     "The table is the manifest of the files.",
     owners=OWNERS_CORE,
     kinds={"ndjson", "python"},
@@ -84,30 +86,47 @@ def raw_runs(
     run_id = run_id_for(pk)
     env = cfg.run.env if lens_source.resolved_source() != "prod" else "prod"
     root = data_dir()
-    rows = []
     systems = current_systems(context)
-    for i, system in enumerate(systems, start=1):
-        t = time.monotonic()
-        records = lens_source.collect(system, query_suites, run_id, partition_t0_ms(pk), cfg.run.k)
-        info = write_raw_run(raw_run_path(root, env, run_id, system.name), records)
-        errors = sum(1 for r in records if r["error"])
+    paths = {s.name: raw_run_path(root, env, run_id, s.name) for s in systems}
+    # issue 17: local/prod interleave the systems over the same queries (seed, block, concurrency recorded)
+    t = time.monotonic()
+    got = lens_source.collect_week(systems, query_suites, run_id, partition_t0_ms(pk), cfg.run.k, paths)
+    rows = []
+    for system in systems:
+        info = got["systems"][system.name]
         rows.append(
             (
                 system.name,
                 system.pack,
                 system.cfg_hash,
-                str(raw_run_path(root, env, run_id, system.name).relative_to(root)),
+                str(paths[system.name].relative_to(root)),
                 info["sha256"],
                 info["records"],
-                errors,
+                info["errors"],
+                got["order"],
+                got["seed"],
+                got["block"],
+                got["concurrency"],
             )
         )
-        context.log.info(
-            f"[{i}/{len(systems)}] {system.name}: {info['records']} queries, {errors} errors, "
-            f"{time.monotonic() - t:.1f}s"
-        )
+        context.log.info(f"{system.name}: {info['records']} queries, {info['errors']} errors")
+    context.log.info(f"{len(systems)} systems collected ({got['order']}) in {time.monotonic() - t:.1f}s")
     manifest = pl.DataFrame(
-        rows, schema=["system", "pack", "cfg_hash", "path", "sha256", "records", "errors"], orient="row"
+        rows,
+        schema={
+            "system": pl.String,
+            "pack": pl.String,
+            "cfg_hash": pl.String,
+            "path": pl.String,
+            "sha256": pl.String,
+            "records": pl.Int64,
+            "errors": pl.Int64,
+            "collection": pl.String,
+            "seed": pl.Int64,
+            "block": pl.Int64,
+            "concurrency": pl.Int64,
+        },
+        orient="row",
     )
     context.add_output_metadata(
         table_metadata(
@@ -116,6 +135,10 @@ def raw_runs(
             run_id=run_id,
             env=env,
             data_source=dg.MetadataValue.json(lens_source.describe()),
+            collection=dg.MetadataValue.json(
+                {k: got[k] for k in ("order", "seed", "block", "concurrency")}
+                | {k: got[k] for k in ("window", "max_buffered", "wall_s") if k in got}
+            ),
         )
     )
     return manifest
@@ -363,7 +386,14 @@ def scores(context: dg.AssetExecutionContext, per_query: pl.DataFrame) -> pl.Dat
 def hero_table(context: dg.AssetExecutionContext, scores: pl.DataFrame) -> pl.DataFrame:
     systems = current_systems(context)
     t = hero_table_df(scores, systems)
-    context.add_output_metadata(table_metadata(t, headline=hero_markdown(t)))
+    context.add_output_metadata(
+        table_metadata(
+            t,
+            headline=hero_markdown(t),
+            # each system's headline metrics with their 95% CIs, as a picture (issue 23)
+            ci_whiskers=dg.MetadataValue.md(ci_whiskers_markdown(scores, title=f"week {context.partition_key}")),
+        )
+    )
     return t
 
 

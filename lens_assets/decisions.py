@@ -19,7 +19,7 @@ from lens_assets.common import (
 from lens_assets.metadata import markdown_table, pngs_markdown, table_metadata
 from lens_core.calibrate.calibration import CalibratorSet
 from lens_core.calibrate.refit import run_calibration
-from lens_core.collect.loadtest import qps_at_sla as load_test
+from lens_core.collect.loadtest import load_test
 from lens_core.common.settings import load_config
 from lens_core.decide.battery import (
     DECISION_METRICS,
@@ -160,56 +160,89 @@ QPS_SCHEMA = {
     "requests": pl.Int64,
     "stopped": pl.String,
     "rates": pl.String,
+    # issue 17: every arm measured in ONE interleaved load test
+    "lowest_rate": pl.Float64,
+    "grid": pl.String,
+    "seed": pl.Int64,
+    "load_test_arms": pl.String,
 }
 
 
 @dg.asset(
     description="QPS@SLA (SPEC §4): the highest offered query rate at which client p99 stays <= SLA_MS, from a "
-    "bounded open-loop load test against the endpoint on loopback (bounded in requests and time; it "
-    "stops by itself), for the baseline and the tail-taming arm. Not measured on the simulator.",
+    "bounded open-loop load test against the endpoint (bounded in requests and time; it stops by itself). The "
+    "baseline and every arm with a `qps` promotion rule (the tail-taming arm) are measured in ONE load test, "
+    "their requests interleaved in a seeded order, each arm at every offered rate (issue 17); an arm that "
+    "sustains no rate gets the grid extended downward to `load_test.min_rate`. Not measured on the simulator.",
     owners=OWNERS_CORE,
     kinds={"python", "http"},
     group_name=GROUP,
     partitions_def=weekly_partitions,
-    deps=["raw_runs"],
+    # after the heavy steps (issue 22's step processes would otherwise run calibration or the
+    # comparisons beside the load test on the same cores: its QPS figures would share the CPU)
+    deps=["raw_runs", "calibration", "comparisons", "scores"],
 )
 def qps_at_sla(
     context: dg.AssetExecutionContext, lens_source: LensDataSource, query_suites: pl.DataFrame
 ) -> pl.DataFrame:
 
     systems = current_systems(context)
-    arms = [systems[0].name] + [s.name for s in systems if s.pack == "tail_taming"]
+    cfg_all = load_config()
+    qps_packs = {p for p, spec in cfg_all.promotion.items() if any(r.kind == "qps" for r in spec.rules)}
+    arms = [systems[0]] + [s for s in systems[1:] if s.pack in qps_packs]
     src = lens_source.resolved_source()
     if src == "sim":
         context.add_output_metadata({"measured": False, "reason": "DATA_SOURCE=sim has no endpoint to load"})
         return pl.DataFrame(schema=QPS_SCHEMA)
-    cfg = load_config().load_test
+    cfg = cfg_all.load_test
+    seed = cfg.seed if cfg.seed is not None else int(cfg_all.run.seed or 0)
     sample = query_suites.sort("qid").head(cfg.queries)
+    by_name = {s.name: s for s in arms}
+    res = load_test(
+        lambda name: lens_source.system_client(by_name[name]),
+        sample,
+        list(by_name),
+        sla_ms=lens_source.resolved_sla_ms(),
+        rates=cfg.rates,
+        duration_s=cfg.duration_s,
+        max_requests=cfg.max_requests,
+        max_total_s=cfg.max_total_s,
+        min_requests=cfg.min_requests,
+        min_rate=cfg.min_rate,
+        max_extend_s=cfg.max_extend_s,
+        seed=seed,
+        extra={s.name: s.params for s in arms},
+    )
     rows = []
-    for system in arms:
-        res = load_test(
-            lambda: lens_source.client(),
-            sample,
-            system,
-            sla_ms=lens_source.resolved_sla_ms(),
-            rates=cfg.rates,
-            duration_s=cfg.duration_s,
-            max_requests=cfg.max_requests,
-            max_total_s=cfg.max_total_s,
-        )
+    for name, arm in res["arms"].items():
         rows.append(
             {
-                "system": system,
-                "qps_at_sla": float(res["qps_at_sla"]),
+                "system": name,
+                "qps_at_sla": float(arm["qps_at_sla"]),
                 "sla_ms": float(res["sla_ms"]),
-                "requests": int(sum(r["sent"] for r in res["table"])),
+                "requests": int(arm["requests"]),
                 "stopped": str(res["stopped"]),
-                "rates": json.dumps(res["table"], default=str),
+                "rates": json.dumps(arm["table"], default=str),
+                "lowest_rate": arm["lowest_rate"],
+                "grid": json.dumps(res["grid"]),
+                "seed": int(res["seed"]),
+                "load_test_arms": ",".join(by_name),
             }
         )
-        context.log.info(f"{system}: QPS@{res['sla_ms']:g}ms = {res['qps_at_sla']:g} ({res['stopped']})")
+        sustained = f"{arm['qps_at_sla']:g}" if arm["sustained"] else f"0 (no rate down to {arm['lowest_rate']} qps)"
+        context.log.info(f"{name}: QPS@{res['sla_ms']:g}ms = {sustained} ({res['stopped']})")
     df = pl.DataFrame(rows, schema=QPS_SCHEMA)
-    context.add_output_metadata(table_metadata(df, headline=markdown_table(df.drop("rates")), measured=True))
+    context.add_output_metadata(
+        table_metadata(
+            df,
+            headline=markdown_table(df.drop("rates")),
+            measured=True,
+            interleaved=len(arms) > 1,
+            seed=int(res["seed"]),
+            grid=dg.MetadataValue.json(res["grid"]),
+            extended=dg.MetadataValue.json(res["extended"]),
+        )
+    )
     return df
 
 
@@ -252,9 +285,19 @@ def hero_decisions(
         if s.pack != "aa":
             by_pack.setdefault(s.pack, []).append(s)
     qps = dict(zip(qps_at_sla["system"].to_list(), qps_at_sla["qps_at_sla"].to_list()))
+    lowest = (
+        dict(zip(qps_at_sla["system"].to_list(), qps_at_sla["lowest_rate"].to_list()))
+        if "lowest_rate" in qps_at_sla.columns
+        else None
+    )
     rules = (
         pl.concat(
-            [evaluate_rules(pack, vs, base, scores, comparisons, agg, ece, qps) for pack, vs in by_pack.items()],
+            [
+                evaluate_rules(
+                    pack, vs, base, scores, comparisons, agg, ece, qps, per_query=per_query, qps_lowest=lowest
+                )
+                for pack, vs in by_pack.items()
+            ],
             how="vertical",
         )
         if by_pack
@@ -350,7 +393,13 @@ def canary(
     systems = current_systems(context)
     base = systems[0].name
     aa = next(s.name for s in systems if s.pack == "aa")
-    tests = [s.name for s in systems if s.pack == "tail_taming"] + [h for h in heroes["hero"].drop_nulls().to_list()]
+    # the tail arm, each pack's hero, and every system declared to run the canary on its own
+    # (issue 17: e.g. the reference engine's planted regression, which no pack promotes)
+    tests = (
+        [s.name for s in systems if s.pack == "tail_taming"]
+        + heroes["hero"].drop_nulls().to_list()
+        + [s.name for s in systems if s.canary]
+    )
     cals = CalibratorSet.from_json((calibration_dir(context.partition_key) / "index.json").read_text())
     labelled = label_hits(hits, agg, qrels)
     cfg = canary_config()

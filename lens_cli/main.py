@@ -204,8 +204,9 @@ def _scan_contract(p: Path, kind: str) -> pl.LazyFrame:
     missing = [f.name for f in schema if f.name not in have]
     if missing:
         raise CliError(f"{p}: required column(s) missing: {', '.join(missing)}")
-    want = {f.name: _polars_type(f.type) for f in schema if f.name in _SCORE_COLUMNS[kind]}
-    for c, t in want.items():
+    typed = {f.name: _polars_type(f.type) for f in schema}  # every contract column has its type (issue 18)
+    want = {c: t for c, t in typed.items() if c in _SCORE_COLUMNS[kind]}
+    for c, t in typed.items():
         if have[c] == t:
             continue
         if t.is_integer() and have[c].is_float():  # a float where the contract has an integer (a rank of 2.0)
@@ -247,36 +248,24 @@ def _check_rows(p: Path, df: pl.DataFrame, rules) -> None:
         raise at_row(p, v.row + 1, v.column, v.message)
 
 
-class _HitsCheck:
-    """The validation contract on a Parquet hits file, one system at a time as the metrics read
-    it (`hit_metrics(check=...)`: every row they use, rank <= MAX_RANK), with no second pass
-    over the file; `_check_file` covers the rest from the file's statistics. A bad row is named
-    by its row in the file (found with a second, filtered scan, only then)."""
+def _check_hits_parquet(p: Path) -> None:
+    """The whole validation contract on a Parquet hits file: every row, every column of the
+    contract (the rows and columns the metrics do not read too: a NaN score, a rank past 50, a
+    negative shard), streaming with bounded memory (`validate.parquet_violation`)."""
+    from lens_core.common.validate import at_row, parquet_hits_rules, parquet_violation  # lazy: score's start-up
 
-    columns = ()  # read for the check only (none: the score is not used, `_check_file` checks it)
-
-    def __init__(self, p: Path):
-        from lens_core.common.validate import hits_rules  # lazy: score's start-up
-
-        # run_id and system: once per pair (`_check_file`)
-        self.p, self.rules = p, hits_rules(keys=("qid",), ids=("qid", "repo", "path"), score=False)
-
-    def __call__(self, hs: pl.DataFrame, run_id: str, system: str) -> None:
-        from lens_core.common.validate import at_row, first_violation  # lazy: score's start-up
-
-        v = first_violation(hs, self.rules)
-        if v is None:
-            return
-        from lens_core.measures.metrics import MAX_RANK  # lazy: score's start-up
-
-        row = (
-            pl.scan_parquet(self.p, row_index_name="_row", row_index_offset=1)
-            .filter((pl.col("run_id") == run_id) & (pl.col("system") == system) & (pl.col("rank") <= MAX_RANK))
-            .select("_row")
-            .slice(v.row, 1)
-            .collect()
+    keys = ("run_id", "system", "qid")
+    try:
+        v = parquet_violation(
+            p,
+            parquet_hits_rules(),
+            [f.name for f in _contract("hits")],
+            unique=(keys, "rank", "duplicate rank {value} for the same (run_id, system, qid)"),
         )
-        raise at_row(self.p, row["_row"][0], v.column, v.message)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as e:  # a column the rules cannot read
+        raise CliError(f"{p}: a column does not match the contract ({str(e).splitlines()[0]})") from None
+    if v is not None:
+        raise at_row(p, *v)
 
 
 def _check_file(p: Path, lf: pl.LazyFrame, systems: list[tuple[str, str]] | None) -> list[tuple[str, str]]:
@@ -389,6 +378,7 @@ def _read_table(path: str, kind: str) -> pl.DataFrame | pl.LazyFrame:
         if kind == "hits":
             lf = _scan_contract(p, kind)
             _collect(lf.head(1), p)  # fail early, with the file named, on a type that does not fit
+            _check_hits_parquet(p)
             return lf
         if kind == "qrels":
             qrels = _collect(_scan_contract(p, kind), p)
@@ -438,7 +428,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from lens_core.common.hashing import atomic_dir  # lazy: score's start-up
     from lens_core.common.tables import write_parquet  # lazy: score's start-up
     from lens_core.common.validate import output_dir_problem  # lazy: score's start-up
-    from lens_core.measures.metrics import hit_metrics, per_query_metrics, relevant_spans  # lazy: score's start-up
+    from lens_core.measures.metrics import MAX_RANK, hit_metrics, per_query_metrics, relevant_spans  # lazy: start-up
 
     t0 = time.monotonic()
     problem = output_dir_problem(args.out)
@@ -450,11 +440,17 @@ def cmd_score(args: argparse.Namespace) -> int:
     try:
         # One system at a time: the hits of the others are not held meanwhile.
         spans = relevant_spans(qrels)
-        check = systems = None
-        if isinstance(hits, pl.LazyFrame):  # Parquet: validated as the metrics read each system
-            check = _HitsCheck(Path(args.hits))
+        systems = None
+        if isinstance(hits, pl.LazyFrame):  # Parquet: validated whole by _read_table; the pairs from statistics
             systems = _check_file(Path(args.hits), hits, _parquet_systems(Path(args.hits)))
-        ranking = hit_metrics(hits, qrels, spans, systems=systems, check=check, check_columns=_HitsCheck.columns)
+            # validated whole above: read again with the rank filter below the casts, so the Parquet
+            # reader skips the rows past MAX_RANK as it decodes (memory: issue 19)
+            hits = (
+                pl.scan_parquet(args.hits)
+                .filter(pl.col("rank") <= MAX_RANK)
+                .select(pl.col(c).cast(t) for c, t in hits.collect_schema().items())
+            )
+        ranking = hit_metrics(hits, qrels, spans, systems=systems)
     except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as e:
         raise CliError(f"{args.hits}: a column does not match the contract's type ({str(e).splitlines()[0]})") from None
     del hits
@@ -483,7 +479,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(report)
     print(
         f"scored {pq['qid'].n_unique()} queries × {pq['system'].n_unique()} system(s) in "
-        f"{time.monotonic() - t0:.2f}s -> {out}",
+        f"{time.monotonic() - t0:.2f}s -> {out}\n"
+        "query set averaged: the suite's (every query of --agg, or of the run and qrels; a query without "
+        "hits or judgments scores 0), not trec_eval's (`lens-eval trec`: judged queries of the run)",
         file=sys.stderr,
     )
     return 0
@@ -576,7 +574,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     att = json.loads((b / "attestation.json").read_text())
     print(
         f"OK {att['fingerprint']}: {len(att['artifacts'])} artifacts re-hashed, every attested field checked, "
-        "per_query, scores and hero table re-scored, comparison deltas re-derived within ±0.1 pp"
+        "per_query, scores (CIs, latency percentiles, judged@10, file credit) and hero table re-scored, "
+        "comparisons (CIs, p-values, Holm) re-run with the attested seed and B, gates re-evaluated from the "
+        "bundle's data, within ±0.1 pp"
     )
     return 0
 
@@ -610,7 +610,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     # sets): the run is then listed under weekly_lens_job in the UI; in-process otherwise.
     launch = bool(os.environ.get("DAGSTER_HOME")) and not args.in_process
     result = run_weekly(partition, queries_per_suite=args.queries_per_suite, progress=True, launch=launch)
+    if result.get("auth_refused"):  # refused mid-run (credentials revoked, ...): one line, no page (issue 18)
+        print(f"lens-eval: error: {' '.join(result['errors'][0].split())}", file=sys.stderr)
+        return EXIT_FAILED
     _print_run_summary(partition, result)
+    if result.get("refused"):  # an older week: a plain refusal, not a red gate, not paged (issue 18)
+        print(f"result:      NOT published: {result['refused']} (exit 3)")
     outcomes = [(result["success"], bool(result.get("blocked_by_gates")))]
     if args.with_lvm:
         from lens_assets.run import dagster_instance  # lazy: the Dagster layer, for `run` only (seconds of start-up)
@@ -628,6 +633,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if any(not ok for ok, _ in outcomes):
         print("result:      a blocking gate or check is red: reported above, last green kept (exit 3)")
+        return EXIT_BLOCKED
+    if result.get("refused"):
         return EXIT_BLOCKED
     return 0
 
@@ -682,7 +689,7 @@ def _print_lvm_summary() -> None:
         )
 
 
-_LIGHT_COMMANDS = ("score", "ingest")  # parsed without the plug-in command groups' imports
+_LIGHT_COMMANDS = ("score", "ingest", "trec")  # parsed without the plug-in command groups' imports
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -704,6 +711,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     i.add_argument("raw", nargs="+", help="raw-run NDJSON files (runs/<env>/<run_id>/<system>.ndjson)")
     i.add_argument("--out", required=True, help="output directory")
     i.set_defaults(func=cmd_ingest)
+    if only in (None, "trec"):
+        from lens_cli.trec import register as register_trec  # lazy: the trec_eval-compatible command only
+
+        register_trec(sub)  # lens-eval trec [-q] [-c] [-l N] [-M N] [-m MEASURE]... QRELS RUN
     if only in _LIGHT_COMMANDS:
         return p
 
