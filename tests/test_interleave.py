@@ -138,8 +138,11 @@ def test_every_system_answers_query_i_close_in_time_sequential_does_not(tmp_path
     with FakeLens(service_ms=5) as f:
         out, paths = _run(tmp_path, f.url, systems, q, seed=3, concurrency=4)
         recs = {s.name: _read(paths[s.name]) for s in systems}
-        # all systems share ONE pool of 4: never more in flight
-        assert f.max_inflight <= 4
+        # all systems share ONE pool of 4: never more in flight. The fake counts a request from
+        # its arrival until its handler thread returns, which is after the client already has the
+        # whole answer and may have sent its next request: one such overlap is the server's
+        # bookkeeping, not a fifth worker (a pool of 8 or a per-system pool would show >= 6)
+        assert f.max_inflight <= 4 + 1
     # within the concurrency slack (4 workers over 3 systems: 2 queries apart, +1 for scheduling noise)
     assert _max_lead(recs) <= 3, _max_lead(recs)
     with FakeLens(service_ms=5) as f:
