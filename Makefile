@@ -20,7 +20,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml setup.py lens_core/ingest/_canonscan.c lens_core/measures/_trecscan.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,engine,postgres]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,engine,postgres,s3,celery]'
 	@touch $(STAMP)
 
 # The instance config serialises the Lens jobs (DST spring-forward pile-up, schedules/README.md).

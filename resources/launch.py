@@ -10,7 +10,14 @@ runs its steps on `lens_step_executor` (issue 22): one process per step, at most
 `LENS_MAX_CONCURRENT_STEPS` at a time (default: the cores, at most 4), forked from a forkserver
 that imported the code location's packages once, so a step does not pay that import again; the
 same executor serves `dagster job execute`, the schedules and the UI, and the run config may pick
-`execution: {config: {in_process: {}}}` or another `max_concurrent`. Other jobs (`STEP_PROCESS_JOBS`
+`execution: {config: {in_process: {}}}` or another `max_concurrent`. With `LENS_EXECUTOR=celery`
+(issue 22 item 5) the same executor hands each step to a pool of celery workers instead
+(dagster-celery's executor, the `celery` extra): broker `LENS_CELERY_BROKER`, result backend
+`LENS_CELERY_BACKEND` (default: the broker when it is redis, else `rpc://`); the workers run
+`celery -A resources.celery_app worker -n w1@%h`, whose app is built from the same variables
+(`celery_app_args`). The environment is read where the run's config is resolved (the run worker),
+so `dagster job execute`, launched runs and the schedules all follow it; run config that names
+`multiprocess`, `in_process` or `celery` wins over it. Other jobs (`STEP_PROCESS_JOBS`
 lists the ones on that executor) are launched with the `in_process` executor (one import of the
 code location, not one per step). `lens-eval run --in-process` never launches: it executes here.
 
@@ -40,7 +47,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import dagster as dg
+from dagster._core.definitions.executor_definition import (
+    IN_PROC_CONFIG,
+    MULTI_PROC_CONFIG,
+    _core_in_process_executor_creation,
+    _core_multiprocess_executor_creation,
+    multiple_process_executor_requirements,
+)
 from dagster._core.definitions.selector import JobSubsetSelector
+from dagster._core.execution.retries import RetryMode, get_retries_config
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
@@ -58,6 +73,11 @@ WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"  # the repo r
 LOCATION = "lens_pipeline"  # workspace.yaml
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 STEPS_ENV = "LENS_MAX_CONCURRENT_STEPS"  # step processes of one run at a time (lens_step_executor)
+EXECUTOR_ENV = "LENS_EXECUTOR"  # what runs the steps of lens_step_executor: multiprocess (default) or celery
+EXECUTORS = ("multiprocess", "celery")
+CELERY_BROKER_ENV = "LENS_CELERY_BROKER"  # e.g. redis://broker.internal:6379/0
+CELERY_BACKEND_ENV = "LENS_CELERY_BACKEND"  # default: the broker when it is redis, else rpc://
+CELERY_EXTRA_HINT = "pip install -e '.[celery]'"
 STEP_PROCESS_JOBS = frozenset({"weekly_lens_job"})  # the jobs defined with executor_def=lens_step_executor
 # What the forkserver imports once per run (the code location's heavy part), before it forks each step.
 STEP_PRELOAD = ["lens_assets", "lvm_assets", "schedules", "lens_assets.paging_sensor"]
@@ -194,42 +214,148 @@ def max_concurrent_steps() -> int:
     return int(env_number(STEPS_ENV, int, minimum=1, default=min(4, os.cpu_count() or 1)))
 
 
-def _step_executor_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The run config of `lens_step_executor` -> that of Dagster's multi_or_in_process executor,
-    resolved where the run's config is (the run worker too): the concurrency from the environment."""
+def executor_choice() -> str:
+    """`LENS_EXECUTOR`: `multiprocess` (default) or `celery`; anything else is refused by name."""
+    v = (os.environ.get(EXECUTOR_ENV) or "multiprocess").strip().lower()
+    if v not in EXECUTORS:
+        raise ValueError(f"{EXECUTOR_ENV}={v!r}: expected one of {', '.join(EXECUTORS)}")
+    return v
+
+
+def celery_app_args() -> dict[str, Any]:
+    """The celery app both sides build, the run worker (dagster-celery's executor) and every worker
+    (`resources/celery_app.py`), from the same environment: broker `LENS_CELERY_BROKER`, result
+    backend `LENS_CELERY_BACKEND` (default: the broker when it is redis, else `rpc://`), and the
+    code location's packages imported by each worker before it forks its pool (as the forkserver
+    preloads them for the multiprocess executor)."""
+    from dagster_celery.executor import CeleryExecutor  # lazy: the `celery` extra
+
+    return CeleryExecutor.for_cli(**_celery_settings({})).app_args()
+
+
+def _celery_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """broker, backend, include and config_source of dagster-celery's executor: the run config's
+    when given, else the environment's."""
+    broker = cfg.get("broker") or os.environ.get(CELERY_BROKER_ENV) or None
+    if not broker:
+        raise ValueError(f"the celery executor needs a broker: set {CELERY_BROKER_ENV} (e.g. redis://host:6379/0)")
+    backend = cfg.get("backend") or os.environ.get(CELERY_BACKEND_ENV) or None
+    if not backend:
+        backend = broker if broker.split(":", 1)[0] in ("redis", "rediss") else "rpc://"
+    return {
+        "broker": broker,
+        "backend": backend,
+        "include": list(cfg.get("include") or STEP_PRELOAD),
+        "config_source": dict(cfg.get("config_source") or {}),
+    }
+
+
+def _step_executor_config(cfg: dict[str, Any] | None) -> dict[str, Any]:
+    """The run config of `lens_step_executor` -> that of `lens_engine`, resolved where the run's
+    config is (the run worker too): the executor (none named: `LENS_EXECUTOR`) and the concurrency
+    or the broker from the environment."""
+    if cfg is None:
+        cfg = {executor_choice(): {}}
     if "in_process" in cfg:
         return {"in_process": {}}
+    if "celery" in cfg:
+        return {"celery": _celery_settings(cfg["celery"])}
     mp = cfg["multiprocess"]
-    start = {"forkserver": {"preload_modules": STEP_PRELOAD}} if "forkserver" in mp["start_method"] else {"spawn": {}}
-    return {"multiprocess": {"max_concurrent": mp["max_concurrent"] or max_concurrent_steps(), "start_method": start}}
+    max_concurrent = mp.get("max_concurrent") or max_concurrent_steps()
+    start_method = mp.get("start_method") or {"forkserver": {}}
+    start = {"forkserver": {"preload_modules": STEP_PRELOAD}} if "forkserver" in start_method else {"spawn": {}}
+    return {"multiprocess": {"max_concurrent": max_concurrent, "start_method": start}}
 
 
-lens_step_executor = dg.multi_or_in_process_executor.configured(
+_CELERY_ENGINE_CONFIG = dg.Field(
+    {
+        "broker": dg.Field(dg.StringSource),
+        "backend": dg.Field(dg.StringSource),
+        "include": dg.Field([str]),
+        "config_source": dg.Field(dg.Permissive(), default_value={}),
+        "retries": get_retries_config(),
+    },
+    description="dagster-celery's executor (the `celery` extra): each step is a task on the broker.",
+)
+
+
+def _engine_requirements(config: dict[str, Any]) -> list:
+    return list(multiple_process_executor_requirements()) if "in_process" not in config else []
+
+
+@dg.executor(
+    name="lens_engine",
+    config_schema=dg.Field(
+        dg.Selector({"multiprocess": MULTI_PROC_CONFIG, "in_process": IN_PROC_CONFIG, "celery": _CELERY_ENGINE_CONFIG}),
+        default_value={"multiprocess": {}},
+    ),
+    requirements=_engine_requirements,
+)
+def lens_engine(init_context) -> dg.Executor:
+    """Dagster's multi_or_in_process executor, plus dagster-celery's as a third choice."""
+    cfg = init_context.executor_config
+    if "multiprocess" in cfg:
+        return _core_multiprocess_executor_creation(cfg["multiprocess"])
+    if "in_process" in cfg:
+        return _core_in_process_executor_creation(cfg["in_process"])
+    try:
+        from dagster_celery.executor import CeleryExecutor  # lazy: the `celery` extra
+    except ImportError as e:
+        raise dg.DagsterInvariantViolationError(
+            f"{EXECUTOR_ENV}=celery (or `celery` in the run config) needs dagster-celery: {CELERY_EXTRA_HINT}"
+        ) from e
+    c = cfg["celery"]
+    return CeleryExecutor(
+        retries=RetryMode.from_config(c["retries"]),
+        broker=c["broker"],
+        backend=c["backend"],
+        include=c["include"],
+        config_source=c["config_source"],
+    )
+
+
+lens_step_executor = lens_engine.configured(
     _step_executor_config,
     name="lens_step_executor",
     config_schema=dg.Field(
-        dg.Selector(
-            {
-                "multiprocess": dg.Field(
-                    {
-                        "max_concurrent": dg.Field(
-                            dg.Noneable(int),
-                            default_value=None,
-                            description=f"default: ${STEPS_ENV}, else cores (<= 4)",
-                        ),
-                        "start_method": dg.Field(
-                            dg.Selector({"forkserver": {}, "spawn": {}}),
-                            default_value={"forkserver": {}},
-                            description="forkserver: the code location imported once per run, then forked per step",
-                        ),
-                    }
-                ),
-                "in_process": dg.Field({}),
-            }
+        dg.Noneable(
+            dg.Selector(
+                {
+                    "multiprocess": dg.Field(
+                        {
+                            "max_concurrent": dg.Field(
+                                dg.Noneable(int),
+                                default_value=None,
+                                description=f"default: ${STEPS_ENV}, else cores (<= 4)",
+                            ),
+                            "start_method": dg.Field(
+                                dg.Selector({"forkserver": {}, "spawn": {}}),
+                                default_value={"forkserver": {}},
+                                description="forkserver: the code location imported once per run, then forked per step",
+                            ),
+                        }
+                    ),
+                    "in_process": dg.Field({}),
+                    "celery": dg.Field(
+                        {
+                            "broker": dg.Field(
+                                dg.Noneable(str), default_value=None, description=f"default: ${CELERY_BROKER_ENV}"
+                            ),
+                            "backend": dg.Field(
+                                dg.Noneable(str),
+                                default_value=None,
+                                description=f"default: ${CELERY_BACKEND_ENV}, else the broker when redis, else rpc://",
+                            ),
+                        }
+                    ),
+                }
+            )
         ),
-        default_value={"multiprocess": {}},
+        default_value=None,
+        description=f"none named: ${EXECUTOR_ENV} (multiprocess, the default, or celery)",
     ),
-    description="One process per step, at most $LENS_MAX_CONCURRENT_STEPS at a time (issue 22).",
+    description="One process per step, at most $LENS_MAX_CONCURRENT_STEPS at a time, or with "
+    "$LENS_EXECUTOR=celery one celery task per step on the workers of $LENS_CELERY_BROKER (issue 22).",
 )
 
 
