@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -84,6 +85,18 @@ class SpecError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # Spec models
 # ---------------------------------------------------------------------------------------------
+def duckdb_limits() -> dict[str, str]:
+    """DuckDB's memory for the data tests (issue 22: memory bounded whatever the week's size):
+    `LENS_DUCKDB_MEMORY` (default 2GB); joins and aggregations beyond it spill to a temporary
+    directory of their own (not DuckDB's default `.tmp` in the working directory)."""
+    import tempfile
+
+    return {
+        "memory_limit": os.environ.get("LENS_DUCKDB_MEMORY", "2GB"),
+        "temp_directory": os.path.join(tempfile.gettempdir(), f"lens-duckdb-{os.getpid()}"),
+    }
+
+
 def _check_ident(value: str, what: str) -> str:
     if not isinstance(value, str) or not _IDENT.match(value):
         raise ValueError(f"{what} {value!r} is not a plain identifier (letters, digits, _)")
@@ -778,7 +791,7 @@ def run_tests(
             )
         selected = [(t, test) for t, test in selected if test.test_name in wanted]
 
-    con = connection or duckdb.connect(":memory:")
+    con = connection or duckdb.connect(":memory:", config=duckdb_limits())
     view_errors: dict[str, str | None] = {}
     view_paths: dict[str, tuple[str, ...]] = {}
 

@@ -2,23 +2,17 @@
 
 query_suites/ground_truth -> raw_runs (NDJSON) -> agg + hits -> pool -> qrels + pool_counts
 -> per_query -> scores -> hero_table -> release_bundle (attestation.json, published.json)
+(raw_runs and agg + hits, fanned out per system: lens_assets.collection)
 """
-
-import shutil
-import time
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
-import pyarrow.parquet as pq
 
-from lens_assets.common import GROUP, OWNERS_CORE, OWNERS_EVAL, current_systems, run_id_for, weekly_partitions
+from lens_assets.collection import agg_and_hits, raw_runs
+from lens_assets.common import GROUP, OWNERS_EVAL, current_systems, weekly_partitions
 from lens_assets.metadata import ci_whiskers_markdown, markdown_table, table_metadata
-from lens_core.collect.rawruns import raw_run_path
 from lens_core.common import contracts
-from lens_core.common.calendar import partition_t0_ms
-from lens_core.common.settings import data_dir, judging_dir, judgments_dir, label_policy, load_config, qrels_setting
-from lens_core.ingest.ndjson import ingest_to_parquet
+from lens_core.common.settings import judging_dir, judgments_dir, label_policy, load_config, qrels_setting
 from lens_core.judge.judging import SPAN_KEYS, build_pool, judge, judged_members, pool_counts, unjudged_share
 from lens_core.judge.qrels import human_qrels_paths, known_qids, qrels_manifest, read_qrels_files
 from lens_core.judge.queue import export_queue, span_reader
@@ -70,149 +64,13 @@ def query_suites(context: dg.AssetExecutionContext, lens_source: LensDataSource)
 
 
 @dg.asset(
-    description="Raw runs: every system's answers to every query, one NDJSON record per query under "
-    "`$LENS_DATA_DIR/runs/<env>/<run_id>/<system>.ndjson` (atomic, sha256 recorded). "
-    "The table is the manifest of the files.",
-    owners=OWNERS_CORE,
-    kinds={"ndjson", "python"},
-    group_name=GROUP,
-    partitions_def=weekly_partitions,
-)
-def raw_runs(
-    context: dg.AssetExecutionContext, lens_source: LensDataSource, query_suites: pl.DataFrame
-) -> pl.DataFrame:
-    cfg = load_config()
-    pk = context.partition_key
-    run_id = run_id_for(pk)
-    env = cfg.run.env if lens_source.resolved_source() != "prod" else "prod"
-    root = data_dir()
-    systems = current_systems(context)
-    paths = {s.name: raw_run_path(root, env, run_id, s.name) for s in systems}
-    # issue 17: local/prod interleave the systems over the same queries (seed, block, concurrency recorded)
-    t = time.monotonic()
-    got = lens_source.collect_week(systems, query_suites, run_id, partition_t0_ms(pk), cfg.run.k, paths)
-    rows = []
-    for system in systems:
-        info = got["systems"][system.name]
-        rows.append(
-            (
-                system.name,
-                system.pack,
-                system.cfg_hash,
-                str(paths[system.name].relative_to(root)),
-                info["sha256"],
-                info["records"],
-                info["errors"],
-                got["order"],
-                got["seed"],
-                got["block"],
-                got["concurrency"],
-            )
-        )
-        context.log.info(f"{system.name}: {info['records']} queries, {info['errors']} errors")
-    context.log.info(f"{len(systems)} systems collected ({got['order']}) in {time.monotonic() - t:.1f}s")
-    manifest = pl.DataFrame(
-        rows,
-        schema={
-            "system": pl.String,
-            "pack": pl.String,
-            "cfg_hash": pl.String,
-            "path": pl.String,
-            "sha256": pl.String,
-            "records": pl.Int64,
-            "errors": pl.Int64,
-            "collection": pl.String,
-            "seed": pl.Int64,
-            "block": pl.Int64,
-            "concurrency": pl.Int64,
-        },
-        orient="row",
-    )
-    context.add_output_metadata(
-        table_metadata(
-            manifest,
-            headline=markdown_table(manifest.select("system", "records", "errors")),
-            run_id=run_id,
-            env=env,
-            data_source=dg.MetadataValue.json(lens_source.describe()),
-            collection=dg.MetadataValue.json(
-                {k: got[k] for k in ("order", "seed", "block", "concurrency")}
-                | {k: got[k] for k in ("window", "max_buffered", "wall_s") if k in got}
-            ),
-        )
-    )
-    return manifest
-
-
-@dg.multi_asset(
-    outs={
-        "agg": dg.AssetOut(
-            description="One row per (run_id, system, qid): latency, SLA, shards, cost, why-mix, "
-            "attestation_sha256 of the raw file (SPEC §3).",
-            owners=OWNERS_EVAL,
-            kinds={"polars", "parquet"},
-            group_name=GROUP,
-        ),
-        "hits": dg.AssetOut(
-            description="One row per returned hit with span, score, why flags, shard, in_sla.",
-            owners=OWNERS_EVAL,
-            kinds={"polars", "parquet"},
-            group_name=GROUP,
-        ),
-    },
-    partitions_def=weekly_partitions,
-)
-def agg_and_hits(context: dg.AssetExecutionContext, raw_runs: pl.DataFrame):
-    root = data_dir()
-    # hits are written while the raw files are still being verified, into a scratch file that
-    # the IO manager then moves into place (lens_core.ingest.ndjson.ingest_to_parquet)
-    scratch = root / "staging" / ".ingest" / context.run_id
-    try:
-        yield from _agg_and_hits(context, [root / p for p in raw_runs["path"].to_list()], scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _agg_and_hits(context: dg.AssetExecutionContext, raw_paths: list[Path], scratch: Path):
-    raw_runs_n = len(raw_paths)
-    agg_t, hits_file = ingest_to_parquet(raw_paths, None, scratch / "hits.parquet")
-    agg = pl.from_arrow(agg_t)
-    preview = pl.from_arrow(
-        next(pq.ParquetFile(hits_file.path).iter_batches(batch_size=8), None) or contracts.HITS_SCHEMA.empty_table()
-    )
-    summary = (
-        agg.group_by("system")
-        .agg(
-            pl.len().alias("queries"),
-            pl.col("error").is_not_null().sum().alias("errors"),
-            pl.col("within_sla").mean().alias("within_sla"),
-            pl.col("lat_ms").quantile(0.95).alias("p95_ms"),
-            pl.col("why_mix_sem").mean().alias("why_sem"),
-        )
-        .sort("system")
-    )
-    yield dg.Output(
-        agg,
-        output_name="agg",
-        metadata=table_metadata(agg, contracts.AGG_SCHEMA, headline=markdown_table(summary), files_ingested=raw_runs_n),
-    )
-    yield dg.Output(
-        hits_file,
-        output_name="hits",
-        metadata=table_metadata(
-            preview, contracts.HITS_SCHEMA, preview=preview, **{"dagster/row_count": hits_file.rows}
-        ),
-    )
-
-
-@dg.asset(
     description="The judging pool: the union over systems of each system's in-SLA top-50 hits (SPEC §3).",
     owners=OWNERS_EVAL,
     kinds={"polars", "parquet"},
     group_name=GROUP,
     partitions_def=weekly_partitions,
 )
-def pool(context: dg.AssetExecutionContext, hits: pl.DataFrame) -> pl.DataFrame:
+def pool(context: dg.AssetExecutionContext, hits: pl.LazyFrame) -> pl.DataFrame:
     p = build_pool(hits, depth=load_config().run.pool_depth)
     context.add_output_metadata(
         table_metadata(p, contracts.POOL_SCHEMA, preview=p.head(8), queries=p["qid"].n_unique())
@@ -333,7 +191,7 @@ def judging_queue(
 def per_query(
     context: dg.AssetExecutionContext,
     agg: pl.DataFrame,
-    hits: pl.DataFrame,
+    hits: pl.LazyFrame,  # read one system at a time (issue 22)
     qrels: pl.DataFrame,
     query_suites: pl.DataFrame,
 ) -> pl.DataFrame:

@@ -18,12 +18,12 @@ from lens_assets.common import (
 )
 from lens_assets.metadata import markdown_table, pngs_markdown, table_metadata
 from lens_core.calibrate.calibration import CalibratorSet
-from lens_core.calibrate.refit import run_calibration
+from lens_core.calibrate.refit import run_calibration_by_system
 from lens_core.collect.loadtest import load_test
 from lens_core.common.settings import load_config
 from lens_core.decide.battery import (
-    DECISION_METRICS,
     calibration_version,
+    decision_metrics,
     decision_pairs,
     primary_comparisons,
 )
@@ -66,7 +66,7 @@ def comparisons(context: dg.AssetExecutionContext, per_query: pl.DataFrame) -> p
     res = compare_many(
         per_query,
         decision_pairs(systems),
-        DECISION_METRICS,
+        decision_metrics(),  # the four, then the configured extra measures (issue 19)
         base_seed=cfg.run.seed,
         b_ci=cfg.run.ci_b,
         b_perm=cfg.run.perm_b,
@@ -111,19 +111,37 @@ def comparisons(context: dg.AssetExecutionContext, per_query: pl.DataFrame) -> p
     },
     partitions_def=weekly_partitions,
 )
-def calibration(context: dg.AssetExecutionContext, hits: pl.DataFrame, agg: pl.DataFrame, qrels: pl.DataFrame):
+def calibration(context: dg.AssetExecutionContext, hits: pl.LazyFrame, agg: pl.DataFrame, qrels: pl.DataFrame):
     cfg = load_config()
     out_dir = calibration_dir(context.partition_key)
     # Only this run's exports and plots: an earlier run of the week may have had other systems,
     # and the bundle copies the whole directory (issue 18).
     shutil.rmtree(out_dir, ignore_errors=True)
-    labelled = label_hits(hits, agg, qrels)
     gate = gate_config("ece").threshold
     # the A/A twin runs its baseline's configuration: it shares the baseline's calibrators (issue 17)
     systems = current_systems(context)
-    shared = {s.name: systems[0].name for s in systems if s.pack == "aa"}
-    run = run_calibration(
-        labelled, out_dir, seed=cfg.run.seed, gate=gate, min_labels=cfg.calibration.min_labels, shared=shared
+    ingested = set(agg.get_column("system").unique().to_list())
+    shared = {s.name: systems[0].name for s in systems if s.pack == "aa" and s.name in ingested}
+    labelled_n = 0
+
+    def labels_of(system: str) -> pl.DataFrame:
+        # one system's hits at a time (issue 22): memory follows the largest system, not the week
+        nonlocal labelled_n
+        one = label_hits(
+            hits.filter(pl.col("system") == system).collect(), agg.filter(pl.col("system") == system), qrels
+        )
+        labelled_n += one.height
+        context.log.info(f"calibration: {system} ({one.height} labelled hits)")
+        return one
+
+    run = run_calibration_by_system(
+        sorted(ingested),
+        labels_of,
+        out_dir,
+        seed=cfg.run.seed,
+        gate=gate,
+        min_labels=cfg.calibration.min_labels,
+        shared=shared,
     )
     status = run.report.group_by("status").len().sort("status")
     cells = run.report.select("system", "intent", "language", "level", "n_eval", "ece", "noise_floor", "status")
@@ -136,7 +154,7 @@ def calibration(context: dg.AssetExecutionContext, hits: pl.DataFrame, agg: pl.D
             cells=dg.MetadataValue.md(markdown_table(cells, max_rows=40)),
             reliability=dg.MetadataValue.md(pngs_markdown(run.system_pngs)),
             directory=dg.MetadataValue.path(str(out_dir)),
-            labelled_hits=labelled.height,
+            labelled_hits=labelled_n,
             ece_gate=gate,
         ),
     )
@@ -270,7 +288,7 @@ def hero_decisions(
     scores: pl.DataFrame,
     comparisons: pl.DataFrame,
     agg: pl.DataFrame,
-    hits: pl.DataFrame,
+    hits: pl.LazyFrame,
     calibration: pl.DataFrame,
     ground_truth: pl.DataFrame,
     query_suites: pl.DataFrame,
@@ -383,7 +401,7 @@ def canary(
     context: dg.AssetExecutionContext,
     pager: PagerResource,
     per_query: pl.DataFrame,
-    hits: pl.DataFrame,
+    hits: pl.LazyFrame,
     agg: pl.DataFrame,
     qrels: pl.DataFrame,
     ground_truth: pl.DataFrame,
@@ -401,7 +419,11 @@ def canary(
         + [s.name for s in systems if s.canary]
     )
     cals = CalibratorSet.from_json((calibration_dir(context.partition_key) / "index.json").read_text())
-    labelled = label_hits(hits, agg, qrels)
+    # only the systems the canary replays: the baseline, its A/A twin and the tests (issue 22)
+    arms = [base, aa, *tests]
+    labelled = label_hits(
+        hits.filter(pl.col("system").is_in(arms)).collect(), agg.filter(pl.col("system").is_in(arms)), qrels
+    )
     cfg = canary_config()
     frames = {"steps": [], "windows": [], "decisions": []}
     summary = []

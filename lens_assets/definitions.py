@@ -6,16 +6,22 @@ import dagster as dg
 
 from dbt_like_checks import build_dbt_like_checks
 from lens_assets.assets import lens_assets
+from lens_assets.collection import STEP_IO
 from lens_assets.common import weekly_partitions
 from lens_assets.decisions import decision_assets
 from lens_assets.engine_assets import engine_assets
 from lens_assets.gates import gate_checks, gate_summary
 from lens_assets.release import release_bundle
 from lens_assets.verdict import release_verdict
+from lens_core.measures.registry import check_config as check_measures
 from resources.data_source import LensDataSource
-from resources.io_manager import ParquetIOManager, staging_table_path
+from resources.io_manager import ParquetIOManager, StepHandoverIOManager, staging_table_path
 from resources.launch import lens_step_executor
 from resources.paging import DEFAULT_PAGER
+
+# the measures the config names (`measures:`, every promotion `metric:`) resolve through the registry
+# when the code location loads: a bad name is refused before any run (issue 19)
+check_measures()
 
 DBT_TABLES = ("agg", "hits", "pool", "qrels", "per_query", "scores")
 
@@ -41,5 +47,11 @@ defs = dg.Definitions(
     assets=[*engine_assets, *lens_assets, *decision_assets, gate_summary, release_bundle, release_verdict],
     asset_checks=gate_checks + dbt_checks,
     jobs=[weekly_lens_job],
-    resources={"lens_source": LensDataSource(), "io_manager": ParquetIOManager(), "pager": DEFAULT_PAGER},
+    resources={
+        "lens_source": LensDataSource(),
+        "io_manager": ParquetIOManager(),
+        # the per-system steps' small hand-overs (issue 22), in the data dir (and its bucket)
+        STEP_IO: StepHandoverIOManager(),
+        "pager": DEFAULT_PAGER,
+    },
 )

@@ -365,10 +365,11 @@ def _collect(lf: pl.LazyFrame, p: Path) -> pl.DataFrame:
         raise CliError(f"{p}: a column does not match the contract's type ({str(e).splitlines()[0]})") from None
 
 
-def _read_table(path: str, kind: str) -> pl.DataFrame | pl.LazyFrame:
+def _read_table(path: str, kind: str, check_later: bool = False) -> pl.DataFrame | pl.LazyFrame:
     """hits: a LazyFrame for Parquet (read one system at a time by the metrics, which check
     it as they go), a DataFrame for a TREC run; qrels and agg: DataFrames. Each is checked
-    against the validation contract (`lens_core.common.validate`)."""
+    against the validation contract (`lens_core.common.validate`); with `check_later`, the
+    whole-file check of a Parquet hits file is left to the caller (`_check_hits_parquet`)."""
     p = Path(path)
     if not p.is_file():
         raise CliError(f"{p}: no such file")
@@ -378,7 +379,8 @@ def _read_table(path: str, kind: str) -> pl.DataFrame | pl.LazyFrame:
         if kind == "hits":
             lf = _scan_contract(p, kind)
             _collect(lf.head(1), p)  # fail early, with the file named, on a type that does not fit
-            _check_hits_parquet(p)
+            if not check_later:
+                _check_hits_parquet(p)
             return lf
         if kind == "qrels":
             qrels = _collect(_scan_contract(p, kind), p)
@@ -428,35 +430,37 @@ def cmd_score(args: argparse.Namespace) -> int:
     from lens_core.common.hashing import atomic_dir  # lazy: score's start-up
     from lens_core.common.tables import write_parquet  # lazy: score's start-up
     from lens_core.common.validate import output_dir_problem  # lazy: score's start-up
-    from lens_core.measures.metrics import MAX_RANK, hit_metrics, per_query_metrics, relevant_spans  # lazy: start-up
+    from lens_core.measures.metrics import per_query_metrics  # lazy: score's start-up
 
     t0 = time.monotonic()
     problem = output_dir_problem(args.out)
     if problem:
         raise CliError(f"--out {problem}")
-    hits = _read_table(args.hits, "hits")
-    qrels = _read_table(args.qrels, "qrels")
-    agg = _read_table(args.agg, "agg") if args.agg else None  # validated before the work, like the others
+    # A Parquet hits file's whole-file check runs in a thread beside the work below (pyarrow and
+    # polars release the GIL: on two cores the check costs no wall time; issue 19 speed). Nothing
+    # is written before it has passed, and the refusals come in the order they did when it ran
+    # between the schema guard (`_read_table`) and the rest: a schema refusal first, then the
+    # check's, then any other.
+    hp = Path(args.hits)
+    check = _Background(_check_hits_parquet, hp) if hp.suffix == ".parquet" and hp.is_file() else None
     try:
-        # One system at a time: the hits of the others are not held meanwhile.
-        spans = relevant_spans(qrels)
-        systems = None
-        if isinstance(hits, pl.LazyFrame):  # Parquet: validated whole by _read_table; the pairs from statistics
-            systems = _check_file(Path(args.hits), hits, _parquet_systems(Path(args.hits)))
-            # validated whole above: read again with the rank filter below the casts, so the Parquet
-            # reader skips the rows past MAX_RANK as it decodes (memory: issue 19)
-            hits = (
-                pl.scan_parquet(args.hits)
-                .filter(pl.col("rank") <= MAX_RANK)
-                .select(pl.col(c).cast(t) for c, t in hits.collect_schema().items())
-            )
-        ranking = hit_metrics(hits, qrels, spans, systems=systems)
-    except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as e:
-        raise CliError(f"{args.hits}: a column does not match the contract's type ({str(e).splitlines()[0]})") from None
+        hits = _read_table(args.hits, "hits", check_later=True)
+    except BaseException:
+        if check is not None:
+            check.wait()
+        raise
+    try:
+        ranking, qrels, agg, spans = _score_ranking(args, hits)
+    except BaseException:
+        if check is not None:
+            check.result()
+        raise
+    if check is not None:
+        check.result()
     del hits
     if agg is None:
         agg = _agg_from_keys(ranking, qrels)
-    pq = per_query_metrics(agg, None, qrels, ranking=ranking, spans=spans)
+    pq = per_query_metrics(agg, None, qrels, ranking=ranking, spans=spans, measures=())  # the contract's only
     out = Path(args.out)
     report = ""
     with atomic_dir(out) as stage:  # all files or none, never mixed with an earlier set (issue 18)
@@ -485,6 +489,57 @@ def cmd_score(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+class _Background:
+    """A check run in a thread; `result()` waits for it and raises what it raised."""
+
+    def __init__(self, fn, *args) -> None:
+        import threading  # lazy: score only
+
+        self._exc: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except BaseException as e:  # handed to the main thread by result()
+            self._exc = e
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._exc is not None:
+            raise self._exc
+
+
+def _score_ranking(args: argparse.Namespace, hits: pl.DataFrame | pl.LazyFrame):
+    """The score command's inputs other than the hits, and the per-ranking columns:
+    (ranking, qrels, agg or None, relevant spans)."""
+    from lens_core.measures.metrics import MAX_RANK, hit_metrics, relevant_spans  # lazy: start-up
+
+    qrels = _read_table(args.qrels, "qrels")
+    agg = _read_table(args.agg, "agg") if args.agg else None  # validated before the work, like the others
+    try:
+        # One system at a time: the hits of the others are not held meanwhile.
+        spans = relevant_spans(qrels)
+        systems = None
+        if isinstance(hits, pl.LazyFrame):  # Parquet: validated whole by cmd_score's check; pairs from statistics
+            systems = _check_file(Path(args.hits), hits, _parquet_systems(Path(args.hits)))
+            # read again with the rank filter below the casts, so the Parquet reader skips the rows
+            # past MAX_RANK as it decodes (memory: issue 19)
+            hits = (
+                pl.scan_parquet(args.hits)
+                .filter(pl.col("rank") <= MAX_RANK)
+                .select(pl.col(c).cast(t) for c, t in hits.collect_schema().items())
+            )
+        ranking = hit_metrics(hits, qrels, spans, systems=systems)
+    except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as e:
+        raise CliError(f"{args.hits}: a column does not match the contract's type ({str(e).splitlines()[0]})") from None
+    return ranking, qrels, agg, spans
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -530,8 +585,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise CliError(
                 f"{p}: system {name!r} not found (have: {', '.join(sorted(pq['system'].unique().to_list()))})"
             )
+    from lens_core.measures.registry import extra_measures, metric_column  # lazy: compare only
+
     cfg = load_config()
-    metrics = args.metrics.split(",") if args.metrics else ["ndcg_10", "recall_50", "sla_recall_50", "mrr_10"]
+
+    def metric(m: str) -> str:  # a column of the table, or a registry name (nDCG@10, SLA-R@50, P@5)
+        if m in pq.columns:
+            return m
+        try:
+            return metric_column(m, ("measures",), cfg)
+        except ValueError:
+            raise CliError(
+                f"--metrics: unknown measure {m!r} (a per-query column of {p}, or the registry name of a "
+                "configured measure: nDCG@10, SLA-R@50, ...)"
+            ) from None
+
+    extras = [m.column for m in extra_measures(cfg) if m.column in pq.columns]
+    metrics = (
+        [metric(m.strip()) for m in args.metrics.split(",")]
+        if args.metrics
+        else ["ndcg_10", "recall_50", "sla_recall_50", "mrr_10", *extras]
+    )
     res = compare(
         pq,
         args.control,
@@ -560,16 +634,47 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from lens_core.publish.bundle import verify  # lazy: verify only
+    import shutil  # lazy: verify from a bucket only
+    import tempfile  # lazy: verify from a bucket only
 
+    from lens_core.common import objectstore  # lazy: verify only
+    from lens_core.publish.bundle import fetch_bundle, verify  # lazy: verify only
+
+    if objectstore.is_url(args.bundle):  # s3://bucket/prefix/bundles/<fp>, or the data dir (its published bundle)
+        tmp = Path(tempfile.mkdtemp(prefix="lens-verify-"))
+        try:
+            data_url = args.data_dir if objectstore.is_url(args.data_dir) else None
+            try:
+                b, fetched_data = fetch_bundle(args.bundle, tmp, data_url)
+            except (ValueError, objectstore.ObjectStoreError) as e:
+                raise CliError(str(e)) from None
+            data = Path(args.data_dir) if args.data_dir and not data_url else fetched_data
+            url = args.bundle.rstrip("/")
+            url = url if url.endswith(f"/bundles/{b.name}") else f"{url}/bundles/{b.name}"
+            where = {str(b): url, str(fetched_data): data_url or url.rsplit("/bundles/", 1)[0]}
+            problems = [_replace_all(p, where) for p in verify(b, data_dir=data)]  # name the objects, not the copy
+            return _report_verify(problems, b, url)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     b = Path(args.bundle)
     if not b.is_dir():
         raise CliError(f"{b}: not a bundle directory")
-    problems = verify(b, data_dir=Path(args.data_dir) if args.data_dir else None)
+    if objectstore.is_url(args.data_dir):
+        raise CliError(f"--data-dir {args.data_dir}: an s3:// data dir goes with an s3:// bundle")
+    return _report_verify(verify(b, data_dir=Path(args.data_dir) if args.data_dir else None), b, str(b))
+
+
+def _replace_all(text: str, where: dict[str, str]) -> str:
+    for old, new in where.items():
+        text = text.replace(old, new)
+    return text
+
+
+def _report_verify(problems: list[str], b: Path, name: str) -> int:
     if problems:
         for p in problems:
             print(f"FAIL {p}", file=sys.stderr)
-        print(f"lens-eval: verify: {b}: {len(problems)} problem(s)", file=sys.stderr)
+        print(f"lens-eval: verify: {name}: {len(problems)} problem(s)", file=sys.stderr)
         return EXIT_FAILED
     att = json.loads((b / "attestation.json").read_text())
     print(
@@ -585,7 +690,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.source:
         os.environ["DATA_SOURCE"] = args.source
     if args.data_dir:
-        os.environ["LENS_DATA_DIR"] = str(Path(args.data_dir).resolve())
+        os.environ["LENS_DATA_DIR"] = args.data_dir if "://" in args.data_dir else str(Path(args.data_dir).resolve())
     if args.allow_older:  # read by lens_core.publish.bundle.allow_older_default
         os.environ["LENS_ALLOW_OLDER"] = "1"
     from lens_core.collect.preflight import PreflightError, preflight  # lazy: `run` only (pydantic, http)
@@ -595,6 +700,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except PreflightError as e:  # one line, exit 2 (config) or 1 (auth, unreachable): no gate, no page
         print(f"lens-eval: error: {e}", file=sys.stderr)
         return e.exit_code
+    from lens_core.measures.registry import check_config  # lazy: `run` only
+
+    try:  # every measure the config names (`measures:`, each `metric:`), resolved by the registry first
+        check_config()
+    except ValueError as e:  # one line: the key and the file
+        print(f"lens-eval: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     from lens_core.judge.qrels import QrelsError, check_human_qrels  # lazy: `run` only
 
     try:  # human labels are input: a bad one is refused here with its file and line, exit 2
@@ -722,7 +834,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     c.add_argument("--per-query", required=True)
     c.add_argument("--control", required=True)
     c.add_argument("--test", required=True)
-    c.add_argument("--metrics", help="comma-separated metrics (default: ndcg_10,recall_50,sla_recall_50,mrr_10)")
+    c.add_argument(
+        "--metrics",
+        help="comma-separated metrics: columns or registry names, nDCG@10, SLA-R@50 "
+        "(default: ndcg_10,recall_50,sla_recall_50,mrr_10 and the configured extra measures)",
+    )
     c.add_argument("--bootstrap", type=int, default=2000)
     c.add_argument("--permutations", type=int, default=10000)
     c.add_argument("--seed", type=int)
@@ -730,8 +846,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compare)
 
     v = sub.add_parser("verify", help="re-hash a bundle and re-score its hero table (exit 0 only when it holds)")
-    v.add_argument("bundle")
-    v.add_argument("--data-dir", help="where runs/ lives (default: the bundle's data dir)")
+    v.add_argument(
+        "bundle",
+        help="a bundle directory, or s3://bucket/prefix/bundles/<fp> (s3://bucket/prefix: its published bundle)",
+    )
+    v.add_argument("--data-dir", help="where runs/ lives, a directory or s3:// URL (default: the bundle's data dir)")
     v.set_defaults(func=cmd_verify)
 
     r = sub.add_parser(
@@ -741,7 +860,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     r.add_argument("--source", choices=["sim", "local", "prod"], help="data source (default $DATA_SOURCE or sim)")
     r.add_argument("--partition", help="weekly partition key YYYY-MM-DD (default: the last complete week)")
-    r.add_argument("--data-dir", help="LENS_DATA_DIR (default ./data)")
+    r.add_argument("--data-dir", help="LENS_DATA_DIR: a directory or s3://bucket/prefix (default ./data)")
     r.add_argument("--queries-per-suite", type=int, default=0, help="simulator queries per suite (0 = config)")
     r.add_argument("--with-lvm", action="store_true", help="also materialise the LVM group (make demo does)")
     r.add_argument(

@@ -4,10 +4,17 @@ polars 2.x, so the project carries its own `UPathIOManager`).
 Tables land at `<base_dir>/<asset key path>/<partition key>.parquet` (default base_dir:
 `$LENS_DATA_DIR/staging`). Outputs whose asset name has a contract in `lens_core.common.contracts`
 go through the schema guard: a drifted table is refused and nothing is written.
+
+With `LENS_DATA_DIR=s3://bucket/prefix` the base dir is the local working copy and the bucket is
+the system of record (`lens_core.common.objectstore`): a table written here is uploaded whole to
+`<prefix>/staging/...` (its sha256 recorded with it) before the step's output counts as written,
+and a table read here that is absent locally, or differs from the object, is first copied from
+the bucket (checked against that sha256): a step on another worker finds its inputs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import Any
@@ -16,8 +23,8 @@ import dagster as dg
 import polars as pl
 from upath import UPath
 
-from lens_core.common import contracts
-from lens_core.common.hashing import atomic_path
+from lens_core.common import contracts, objectstore
+from lens_core.common.hashing import atomic_path, atomic_write_json, sha256_file
 from lens_core.common.settings import data_dir
 from lens_core.common.tables import ParquetFile, read_parquet, write_parquet
 
@@ -37,9 +44,12 @@ KEEP_EXTRA = {"per_query", "comparisons"}
 
 
 def staging_table_path(asset_name: str, partition_key: str | None, base_dir: str | None = None) -> UPath:
-    """Where the IO manager keeps one partition of a table."""
+    """Where the IO manager keeps one partition of a table. With an s3:// data dir the local copy
+    is first brought up to date from the bucket (when the bucket has the table)."""
     base = UPath(base_dir) if base_dir else UPath(data_dir() / "staging")
-    return base / asset_name / f"{partition_key or '__unpartitioned__'}.parquet"
+    path = base / asset_name / f"{partition_key or '__unpartitioned__'}.parquet"
+    objectstore.sync_file(os.fspath(path))
+    return path
 
 
 def adopt_parquet(written: ParquetFile, path: UPath) -> None:
@@ -62,6 +72,7 @@ class PolarsParquetIOManager(dg.UPathIOManager):
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
         if isinstance(obj, ParquetFile):
             adopt_parquet(obj, path)
+            objectstore.commit_file(os.fspath(path), obj.sha256)
             context.add_output_metadata({"sha256": obj.sha256})
             return
         if not isinstance(obj, pl.DataFrame):
@@ -71,10 +82,23 @@ class PolarsParquetIOManager(dg.UPathIOManager):
             )
         name = context.asset_key.path[-1]
         info = write_parquet(obj, path, schema=TABLE_SCHEMAS.get(name), name=name, keep_extra=name in KEEP_EXTRA)
+        objectstore.commit_file(os.fspath(path), info["sha256"])
         context.add_output_metadata({"sha256": info["sha256"]})
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pl.DataFrame:
+        objectstore.sync_file(os.fspath(path))
+        if _wants_lazy(context):  # issue 22: a step that reads one system at a time scans the file
+            if not os.path.isfile(os.fspath(path)):
+                raise FileNotFoundError(f"{path}: no such table")
+            return pl.scan_parquet(os.fspath(path))
         return read_parquet(path)
+
+
+def _wants_lazy(context: dg.InputContext) -> bool:
+    """The input is annotated `pl.LazyFrame` (as dagster-polars does): the step gets a scan, not
+    the table, so its memory follows what it collects (one system's rows), not the file."""
+    t = getattr(context.dagster_type, "typing_type", None)
+    return t is pl.LazyFrame
 
 
 class ParquetIOManager(dg.ConfigurableIOManagerFactory):
@@ -85,3 +109,29 @@ class ParquetIOManager(dg.ConfigurableIOManagerFactory):
     def create_io_manager(self, context) -> PolarsParquetIOManager:
         base = self.base_dir or str(data_dir() / "staging")
         return PolarsParquetIOManager(base_path=UPath(base))
+
+
+class StepHandoverIOManager(dg.ConfigurableIOManager):
+    """The small hand-overs between the ops of a fanned-out asset (issue 22: the systems of a
+    collection step, the paths of a system's ingested parts): JSON under
+    `$LENS_DATA_DIR/staging/.steps/<run_id>/<step>/<output>[.<mapping key>].json`, written
+    atomically and, with an `s3://` data dir, committed to the bucket, so a step on another
+    worker or host reads what the step before it handed over."""
+
+    def _path(self, ctx: dg.OutputContext) -> str:
+        parts = ctx.get_identifier()  # run id, step key, output name[, mapping key]
+        run_id, step, name = parts[0], parts[1], parts[2]
+        extra = f".{parts[3]}" if len(parts) > 3 else ""
+        return os.path.join(data_dir(), "staging", ".steps", run_id, step, f"{name}{extra}.json")
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        path = self._path(context)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write_json(path, obj)
+        objectstore.commit_file(path, sha256_file(path))
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        path = self._path(context.upstream_output)
+        objectstore.sync_file(path)
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)

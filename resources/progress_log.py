@@ -52,11 +52,19 @@ class ProgressPrinter:
         self.done = 0
         self.t0 = time.monotonic()
         self.refused = False  # a step failed with a refusal: the rest is silent
+        self._mapped: set[str] = set()  # mapped ops (`op[key]`) seen: the plan counts each once
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
 
-    def _count(self) -> str:
+    def _count(self, step: str = "") -> str:
+        # a mapped op (one step per system, issue 22) is one step of the plan until it runs: its
+        # second and later mapping keys add to the total
+        if "[" in step and self.total:
+            op = step.split("[", 1)[0]
+            if op in self._mapped:
+                self.total += 1
+            self._mapped.add(op)
         self.done += 1
         width = len(str(self.total)) if self.total else 0
         return f"[{self.done:>{width}}/{self.total}]" if self.total else f"[{self.done}]"
@@ -81,7 +89,7 @@ class ProgressPrinter:
         data = ev.event_specific_data
         if kind == "STEP_SUCCESS":
             secs = (getattr(data, "duration_ms", None) or 0) / 1000
-            self._print(f"  {label}{self._count()} ok    {step} ({secs:.1f}s)")
+            self._print(f"  {label}{self._count(step)} ok    {step} ({secs:.1f}s)")
         elif kind == "STEP_FAILURE":
             if root_class(data.error) in REFUSAL_ERRORS:
                 self.refused = True  # not a crash of this step: the caller says why, in one line
@@ -89,9 +97,9 @@ class ProgressPrinter:
             msg = root_message(data.error)
             # a blocking check that failed is a result (the check line above says why), not a crash
             state = "red " if "blocking asset check" in msg else "FAIL"
-            self._print(f"  {label}{self._count()} {state}  {step}: {_one_line(msg)}")
+            self._print(f"  {label}{self._count(step)} {state}  {step}: {_one_line(msg)}")
         elif kind == "STEP_SKIPPED":
-            self._print(f"  {label}{self._count()} skip  {step}")
+            self._print(f"  {label}{self._count(step)} skip  {step}")
         elif kind == "ASSET_CHECK_EVALUATION" and not data.passed:
             sev = data.severity.value if data.severity is not None else "ERROR"
             what = data.description or "failed"

@@ -723,7 +723,7 @@ def test_credentials_revoked_mid_run_fail_the_run_without_a_page(monkeypatch, tm
     out, err = capfd.readouterr()
     assert len(answered) >= 4  # some queries were answered before the refusal
     assert not res["success"] and res["auth_refused"] and "paged" not in res and pager.posts == []
-    assert len(res["errors"]) == 1 and res["errors"][0].startswith("raw_runs: ")
+    assert len(res["errors"]) == 1 and res["errors"][0].startswith("raw_runs.collect_systems[")
     assert "refused the credentials" in res["errors"][0]
     assert res["failed_checks"] == [] and not res["blocked_by_gates"]
     assert "FAIL" not in out and "skip" not in out
@@ -834,7 +834,7 @@ def test_lens_eval_run_with_credentials_revoked_mid_run_is_one_line(tmp_path):
     lines = [ln for ln in p.stderr.strip().splitlines() if ln.startswith("lens-eval:")]
     assert p.returncode == 1, (p.stdout[-2000:], p.stderr[-2000:])
     assert answered >= 4 and len(lines) == 1, (p.stdout[-2000:], p.stderr[-3000:])
-    assert lines[0].startswith("lens-eval: error: raw_runs: ") and "refused the credentials" in lines[0]
+    assert lines[0].startswith("lens-eval: error: raw_runs.collect_systems[") and "refused the credentials" in lines[0]
     assert not any(w in p.stdout for w in ("FAIL", "skip", "NOT PUBLISHED", "error:", "fingerprint:")), p.stdout
     assert pager.posts == [] and not (tmp_path / "data" / "paging").exists()
     leaked = _leaks(p.stdout, p.stderr) or bool(_files_hold(tmp_path, TOKEN.encode()))

@@ -9,10 +9,11 @@ never holds a token; `exit_code` is what `lens-eval run` exits with:
   `LENS_CONFIG` (the model refuses unknown keys), a system name or `run.env` that is not a
   path-safe identifier (`../../../x` would write a raw run outside `LENS_DATA_DIR`), a token
   with a control character or a space (a trailing newline), `LENS_ENDPOINTS` empty or not
-  http(s), `LENS_SUITES` / `LENS_GROUND_TRUTH` not files.
+  http(s), `LENS_SUITES` / `LENS_GROUND_TRUTH` not files, `LENS_DATA_DIR` an invalid `s3://` URL.
 * `AuthError` (exit 1): the endpoint answered 401/403 on `/health` (or, when it has no
   `/health` route, on one probe query).
-* `EndpointError` (exit 1): the endpoint cannot be reached at all.
+* `EndpointError` (exit 1): the endpoint cannot be reached at all; or, with an `s3://` data dir,
+  its bucket cannot be reached, does not exist, or refuses the credentials.
 
 A config or auth error is not a gate failure: the run never starts, so no data gate runs and
 no publication page is sent. The weekly job runs the same pre-flight as its first step (runs
@@ -31,6 +32,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lens_core.collect.client import LensAuthRefused, LensClient, LensUnreachable, check_token, endpoints_from_env
+from lens_core.common import objectstore
 from lens_core.common.settings import data_source, env_number, load_config, sla_ms
 from lens_core.common.systems import all_systems, check_safe_name
 
@@ -109,14 +111,26 @@ def _files() -> None:
             raise ValueError(f"{name}={value.strip()}: no such file")
 
 
+def _knock_bucket(store: objectstore.S3Store | None, probe: bool) -> None:
+    """With an s3:// data dir: the bucket exists and takes these credentials (one HEAD)."""
+    if store is None or not probe:
+        return
+    try:
+        store.check()
+    except objectstore.ObjectStoreError as e:
+        raise EndpointError(str(e)) from None
+
+
 def preflight(*, probe: bool = True, health_attempts: int = 2, source: str | None = None) -> Preflight:
     """Check the settings of the run the environment describes (`source`: the data source when
     the caller's resource names one, else `DATA_SOURCE`); for `prod`, also probe the first
     endpoint's `/health` with the configured token (`probe=False` skips the probe)."""
     try:
+        store = objectstore.store_from_url(objectstore.configured_url()) if objectstore.configured_url() else None
         src, env, names = _config(source)
         token = _tokens(src) if src in ("local", "prod") else None
         if src != "prod":
+            _knock_bucket(store, probe)
             return Preflight(src, env, names)
         _files()
         eps = endpoints_from_env()
@@ -126,6 +140,7 @@ def preflight(*, probe: bool = True, health_attempts: int = 2, source: str | Non
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise ConfigError(str(e).strip()) from None
     client = clients[0]
+    _knock_bucket(store, probe)
     if not probe:
         return Preflight(src, env, names, client.endpoint)
     try:

@@ -8,7 +8,8 @@ apart from a short run. Files are written atomically and their sha256 recorded.
 `RawRunWriter` streams a file record by record (the interleaved collection writes every system's
 file as its records become contiguous, so no run is held in memory whole); `write_raw_run` is
 the same writer over an iterable. Either way the file appears under its name only when complete
-(a temporary name beside it, then one rename: `hashing.atomic_path`).
+(a temporary name beside it, then one rename: `hashing.atomic_path`). With an `s3://` data dir the
+committed file is then uploaded whole to its object, its sha256 recorded with it (`objectstore`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from sys import exc_info as sys_exc_info
 from typing import Any, Iterable
 
+from lens_core.common import objectstore
 from lens_core.common.contracts import RAW_TRAILER_TYPE
 from lens_core.common.hashing import atomic_path, sha256_file
 from lens_core.common.systems import check_safe_name
@@ -102,7 +104,9 @@ class RawRunWriter:
             self._stack.__exit__(*sys_exc_info())
             raise
         self._stack.close()  # closes the file, then renames it into place
-        return {"path": str(self.path), "sha256": sha256_file(self.path), "records": self.records}
+        sha = sha256_file(self.path)
+        objectstore.commit_file(self.path, sha)  # with an s3:// data dir: the object, its sha256 recorded
+        return {"path": str(self.path), "sha256": sha, "records": self.records}
 
     def abort(self) -> None:
         """Drop the temporary file (idempotent; a no-op after commit)."""

@@ -1,8 +1,8 @@
 """Settings from the environment and the YAML config (SPEC §1).
 
 Environment: `DATA_SOURCE` (sim|local|prod), `SLA_MS` (default 150), `LENS_DATA_DIR`
-(default ./data), `LENS_CONFIG` (a YAML file merged over the packaged defaults),
-`LENS_ENDPOINTS`, `AUTH_TOKEN` (never logged), `LENS_FULL_GRIDS` (1 = full hero grids).
+(default ./data; or s3://bucket/prefix, see `objectstore`), `LENS_CONFIG` (a YAML file merged
+over the packaged defaults), `LENS_ENDPOINTS`, `AUTH_TOKEN` (never logged), `LENS_FULL_GRIDS` (1 = full hero grids).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lens_core.common import objectstore
 from lens_core.common.contracts import DATA_SOURCES
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "lens.yaml"
@@ -301,6 +302,9 @@ class LensConfig(BaseModel):
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     judging: JudgingSpec = Field(default_factory=JudgingSpec)
     owners: dict[str, list[str]] = Field(default_factory=dict)
+    # The per-query measures by registry name (issue 19): the contract's, plus extras that become
+    # extra per-query columns. Names are resolved by `lens_core.measures.registry` (check_config).
+    measures: list[str] = Field(default_factory=list)
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -353,6 +357,22 @@ def load_config() -> LensConfig:
     return _load(os.environ.get("LENS_CONFIG") or None)
 
 
+def config_key_source(loc: tuple) -> str:
+    """Which file a config key (a location such as ("promotion", "pack", "rules", 2, "metric"))
+    was read from: `LENS_CONFIG=<path>` when that file sets it, else the packaged config."""
+    path = os.environ.get("LENS_CONFIG") or None
+    node: Any = yaml.safe_load(Path(path).read_text()) if path and Path(path).is_file() else None
+    for x in loc:
+        if isinstance(node, dict) and x in node:
+            node = node[x]
+        elif isinstance(node, list) and isinstance(x, int) and x < len(node):
+            node = node[x]
+        else:
+            node = None
+            break
+    return f"LENS_CONFIG={path}" if node is not None else str(DEFAULT_CONFIG)
+
+
 def owners(role: str) -> list[str]:
     """The owners of a role (`eval`, `core`, ...) from the `owners:` block of the config."""
     known = load_config().owners
@@ -365,7 +385,13 @@ def owners(role: str) -> list[str]:
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("LENS_DATA_DIR", "./data")).resolve()
+    """`LENS_DATA_DIR` (default ./data) as a local path. An `s3://bucket/prefix` URL is the system of
+    record and this is its local working copy (`objectstore.work_dir_for`: `LENS_WORK_DIR`, else
+    under ~/.cache/lens/work); artifacts are committed to the bucket at their commit points."""
+    raw = os.environ.get("LENS_DATA_DIR", "./data")
+    if objectstore.is_url(raw):
+        return objectstore.work_dir_for(raw)
+    return Path(raw).resolve()
 
 
 def data_source() -> str:

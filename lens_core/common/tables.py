@@ -120,3 +120,22 @@ def read_parquet(path: str | os.PathLike, schema: pa.Schema | None = None) -> pl
     if schema is not None:
         table = conform(table, schema, str(path))
     return pl.from_arrow(table)
+
+
+def merge_parquet(parts: list[Path], path: str | os.PathLike, schema: pa.Schema) -> ParquetFile:
+    """Parquet files written under `schema` (one system each) as one file at `path`, in the order
+    given, one part in memory at a time (issue 22: memory bounded by the largest system), with the
+    product's writer options, atomically; each part's rows keep their row groups' boundaries, so a
+    reader that filters one system reads only its row groups."""
+    rows = 0
+    with atomic_path(path, suffix=".parquet") as tmp:
+        writer = pq.ParquetWriter(tmp, schema, **parquet_options(schema))
+        try:
+            for part in parts:
+                t = pq.read_table(part)  # its own schema: conform refuses a drifted part
+                writer.write_table(conform(t, schema, os.fspath(part)))
+                rows += t.num_rows
+                del t
+        finally:
+            writer.close()
+    return ParquetFile(Path(path), sha256_file(path), rows)

@@ -31,9 +31,18 @@ from lens_core.decide.gates import (
 )
 from lens_core.decide.promotion import promotion_config
 from lens_core.ingest.ndjson import ingest
+from lens_core.measures.registry import extra_measures
 from lens_core.sim.simulator import Simulator
 
 DECISION_METRICS = ["ndcg_10", "recall_50", "sla_recall_50", "mrr_10"]
+
+
+def decision_metrics() -> list[str]:
+    """The metrics each decision compares: DECISION_METRICS, then the configured extra measures
+    (`measures:` in the config, resolved by the registry: their per-query columns; issue 19)."""
+    return DECISION_METRICS + [m.column for m in extra_measures()]
+
+
 GATE_NAMES = (
     "schema",
     "parity",

@@ -17,6 +17,7 @@ from lens_core.common.contracts import SLICE_ALL
 from lens_core.common.settings import load_config
 from lens_core.common.systems import SystemConfig
 from lens_core.decide.gates import GateResult
+from lens_core.measures.registry import check_config
 from lens_core.stats.bootstrap import paired_delta_ci
 
 RULES_SCHEMA = {
@@ -33,12 +34,34 @@ DIM = 384  # embedding dimension of the dense arm (bytes per candidate = DIM × 
 
 
 def promotion_config() -> dict[str, Any]:
-    """The `promotion:` and `sanity:` blocks as plain mappings (typed: `load_config().promotion`)."""
+    """The `promotion:` and `sanity:` blocks as plain mappings (typed: `resolved_promotion()`),
+    every `metric:` resolved to its score metric."""
     cfg = load_config()
     return {
-        "promotion": {pack: spec.model_dump(exclude_none=True) for pack, spec in cfg.promotion.items()},
+        "promotion": {pack: spec.model_dump(exclude_none=True) for pack, spec in resolved_promotion().items()},
         "sanity": cfg.sanity.model_dump(),
     }
+
+
+def resolved_promotion() -> dict[str, Any]:
+    """`promotion:` of the config with every `metric:` (a primary comparison's, a rule's)
+    resolved through the measure registry (issue 19): a registry name (`nDCG@10`) becomes the
+    column it names (`ndcg_10`), so a rule written either way is the same rule; a measure the
+    registry does not know, or one not among `measures:`, is refused naming the key and the file
+    (`registry.check_config`)."""
+    cfg = load_config()
+    cols = check_config(cfg)
+    out = {}
+    for pack, spec in cfg.promotion.items():
+        primary = spec.primary.model_copy(update={"metric": cols[("promotion", pack, "primary", "metric")]})
+        rules = [
+            r.model_copy(update={"metric": cols[loc]})
+            if (loc := ("promotion", pack, "rules", i, "metric")) in cols
+            else r
+            for i, r in enumerate(spec.rules)
+        ]
+        out[pack] = spec.model_copy(update={"primary": primary, "rules": rules})
+    return out
 
 
 def _score(scores: pl.DataFrame, system: str, metric: str, slice_: str = SLICE_ALL) -> float | None:
@@ -168,7 +191,7 @@ def evaluate_rules(
     rules (`latency` / `vs_baseline` kinds) on lat_p95, lat_p99, cpu_ms and file_credit are
     judged on the paired bootstrap CI of the Δ (see `_judge_vs_baseline`)."""
     run = load_config().run
-    spec = load_config().promotion.get(pack)
+    spec = resolved_promotion().get(pack)
     if spec is None:
         raise KeyError(f"no promotion rules for pack {pack!r} under `promotion:` in the config")
     shares = upshift_share(agg)
@@ -339,7 +362,7 @@ def select_hero(
 
 def sanity_battery(
     per_query: pl.DataFrame,
-    hits: pl.DataFrame,
+    hits: pl.DataFrame | pl.LazyFrame,
     ground_truth: pl.DataFrame,
     queries: pl.DataFrame,
     baseline: str,
@@ -357,7 +380,8 @@ def sanity_battery(
     primary = ground_truth.filter(pl.col("rel") == ground_truth["rel"].max()).select(keys)
     ident = queries.filter(pl.col("intent") == "identifier")["qid"]
     pool = ident if ident.len() else queries["qid"]
-    base_top = hits.filter((pl.col("system") == baseline) & (pl.col("rank") == 1)).select(keys)
+    hits = hits.lazy()  # a scan of the hits file reads only each system's top k (issue 22)
+    base_top = hits.filter((pl.col("system") == baseline) & (pl.col("rank") == 1)).select(keys).collect()
     oracles = (
         primary.join(base_top, on=keys, how="semi").filter(pl.col("qid").is_in(pool.implode())).sort("qid").head(n)
     )
@@ -366,7 +390,8 @@ def sanity_battery(
         found = (
             hits.filter((pl.col("system") == cand) & (pl.col("rank") <= k))
             .select(keys)
-            .join(oracles, on=keys, how="semi")["qid"]
+            .join(oracles.lazy(), on=keys, how="semi")
+            .collect()["qid"]
             .n_unique()
         )
         share = found / oracles.height if oracles.height else 0.0

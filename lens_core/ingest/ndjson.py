@@ -68,6 +68,7 @@ import pyarrow.json as paj
 import pyarrow.parquet as pq
 
 from lens_core.collect.rawruns import RECORD_KEYS
+from lens_core.common import objectstore
 from lens_core.common.contracts import (
     AGG_SCHEMA,
     COST_FIELD_TYPES,
@@ -1364,6 +1365,12 @@ def _combine(aggs: list[pl.DataFrame]) -> pl.DataFrame:
     return agg
 
 
+def combine_agg(aggs: list[pl.DataFrame]) -> pl.DataFrame:
+    """Several ingestion steps' agg rows (one system each, issue 22) as the week's agg table,
+    conformed to the contract; duplicate (run_id, system, qid) rows across them are refused."""
+    return pl.from_arrow(conform(_combine(aggs), AGG_SCHEMA, "agg"))
+
+
 def ingest(paths: Iterable[str | Path]) -> tuple[pa.Table, pa.Table]:
     """Ingest raw-run files -> (agg, hits) Arrow tables conformed to the contract.
 
@@ -1403,7 +1410,7 @@ def ingest_to_parquet(
     file gives the same bytes.
 
     Returns (agg table conformed to the contract, the hits file)."""
-    paths = [Path(p) for p in paths]
+    paths = [objectstore.sync_file(p) for p in paths]  # s3:// data dir: a raw run from another worker
     if not paths:
         raise SchemaError("no raw-run files to ingest")
     try:

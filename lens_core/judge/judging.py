@@ -26,13 +26,20 @@ def policy_source(policy: str) -> str:
     return f"policy:{policy}"
 
 
-def build_pool(hits: pl.DataFrame, depth: int = 50) -> pl.DataFrame:
-    """pool.parquet rows: qid, repo, path, start_line, end_line, systems (sorted), best_rank."""
+def build_pool(hits: pl.DataFrame | pl.LazyFrame, depth: int = 50) -> pl.DataFrame:
+    """pool.parquet rows: qid, repo, path, start_line, end_line, systems (sorted), best_rank.
+
+    `hits` may be a scan of the hits file (issue 22): only the pool's columns of the in-SLA
+    top-`depth` rows are read, by the streaming engine, so memory follows the pool, not the
+    hits of every system."""
     return (
-        hits.filter(pl.col("in_sla") & (pl.col("rank") <= depth))
+        hits.lazy()
+        .filter(pl.col("in_sla") & (pl.col("rank") <= depth))
+        .select(*SPAN_KEYS, "system", "rank")
         .group_by(SPAN_KEYS)
         .agg(pl.col("system").unique().sort().alias("systems"), pl.col("rank").min().alias("best_rank"))
         .sort(SPAN_KEYS)
+        .collect(engine="streaming")
     )
 
 

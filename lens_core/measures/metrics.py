@@ -16,6 +16,10 @@ log2(rank + 1), ideal from all relevant spans of the query cut at 10), Recall@50
 spans credited in the top 50 / relevant spans, MRR@10 = 1/rank of the first credited hit in
 the top 10, Success@k = any credited hit in the top k. A query with no relevant span scores 0.
 
+Extra measures (issue 19): measures listed under `measures:` beyond the contract's are extra
+per-query columns after the contract's, computed through the registry (`registry_columns`: a
+`Ranked` table built with span credit, the suite's query set, a missing query scoring 0).
+
 Memory (issue 19): a system's hits read lazily (Parquet) are streamed in chunks of whole
 queries (`_query_chunks`); each query's columns depend on its own hits only, so the rows are
 the same, to the bit, as from one whole read.
@@ -28,12 +32,13 @@ it would put the credit rules and the columns that depend on them in different p
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import polars as pl
 
 from lens_core.common.contracts import PER_QUERY_METRICS
+from lens_core.measures.registry import NONPOOL, UNJUDGED, PipelineMeasure, Ranked, extra_measures
 
 RUN_KEYS = ["run_id", "system", "qid"]
 SPAN_KEYS = ["qid", "repo", "path", "start_line", "end_line"]
@@ -42,12 +47,13 @@ MAX_RANK = 50
 
 def relevant_spans(qrels: pl.DataFrame) -> pl.DataFrame:
     """Relevant spans (rel > 0), one row per distinct span with its max rel and a span id."""
+    # sorted by span, then gain descending: the first row of each span holds its max rel
     return (
         qrels.lazy()
         .filter(pl.col("rel") > 0)
-        .group_by(SPAN_KEYS)
-        .agg(pl.col("rel").max())
-        .sort(SPAN_KEYS)
+        .select(SPAN_KEYS + ["rel"])
+        .sort(SPAN_KEYS + ["rel"], descending=[False] * len(SPAN_KEYS) + [True])
+        .unique(SPAN_KEYS, keep="first", maintain_order=True)
         .with_row_index("span_id")
         .with_columns(pl.col("span_id").cast(pl.Int64), pl.col("rel").cast(pl.Int64))
         .collect()
@@ -428,6 +434,7 @@ def per_query_metrics(
     queries: pl.DataFrame | None = None,
     ranking: pl.DataFrame | None = None,
     spans: pl.DataFrame | None = None,
+    measures: Sequence[PipelineMeasure] | None = None,
 ) -> pl.DataFrame:
     """Per-query metrics for every (run_id, system, qid) of `agg` (SPEC §4).
 
@@ -439,8 +446,11 @@ def per_query_metrics(
     caller already has them.
     Returns the bundle columns (`contracts.PER_QUERY_SCHEMA`) plus diagnostics:
     judged_10 (judged share of the top 10), n_hits_10, judged_hits_10, span_gain_10,
-    file_gain_10, failed, within_sla, probes, cpu_ms.
+    file_gain_10, failed, within_sla, probes, cpu_ms; then one column per extra measure
+    (`measures`: registry measures beyond the contract's; None: those that `measures:` of the
+    config lists, `registry.extra_measures`), computed through the registry (`registry_columns`).
     """
+    extras = tuple(extra_measures() if measures is None else (m for m in measures if not m.in_contract))
     base = agg.select(
         "run_id",
         "system",
@@ -529,4 +539,82 @@ def per_query_metrics(
         "probes",
         "cpu_ms",
     ]
-    return out.select(cols).sort(["system", "qid"]).collect()
+    out = out.select(cols).sort(["system", "qid"]).collect()
+    if not extras:
+        return out
+    if hits is None:
+        raise ValueError("extra measures need the hits (per_query_metrics was given ranking only)")
+    more = registry_columns(out.select(RUN_KEYS), hits, qrels, spans, extras)
+    return out.join(more, on=RUN_KEYS, how="left", maintain_order="left").with_columns(
+        pl.col(m.column).fill_null(0.0) for m in extras
+    )
+
+
+def registry_columns(
+    keys: pl.DataFrame,
+    hits: pl.DataFrame | pl.LazyFrame,
+    qrels: pl.DataFrame,
+    spans: pl.DataFrame,
+    measures: Sequence[PipelineMeasure],
+) -> pl.DataFrame:
+    """RUN_KEYS + one Float64 column per measure (`PipelineMeasure.column`) for every row of
+    `keys`, computed by the registry (`Measure.compute`, trec_eval's conventions) on a `Ranked`
+    table built with span credit (SPEC §4): a hit's relevance value is the gain its span credit
+    earns, else 0 when it equals a judged span (UNJUDGED for a negative grade), else NONPOOL
+    (not judged), as `lens-eval trec --credit span` builds it; under `span+sla` credit only hits
+    returned within the SLA earn. Every hit of the ranking counts (not only the top 50); a
+    query of `keys` without hits has an empty ranking (it scores 0); the judged spans of a query
+    are its distinct qrels spans with their highest grade."""
+    lines = pl.col("start_line", "end_line").cast(pl.Int64)
+    judged = qrels.lazy().with_columns(lines).group_by(SPAN_KEYS).agg(pl.col("rel").max()).collect()
+    cols = ["qid", "rank", "repo", "path", "start_line", "end_line", "in_sla"]
+    parts = []
+    for (run_id, system), grp in keys.group_by(["run_id", "system"], maintain_order=True):
+        qids = sorted(set(grp.get_column("qid").to_list()))
+        order = pl.DataFrame(
+            {"qid": qids, "_qi": np.arange(len(qids), dtype=np.int64)}, schema={"qid": pl.String, "_qi": pl.Int64}
+        )
+        h = hits.filter((pl.col("run_id") == run_id) & (pl.col("system") == system)).select(cols)
+        h = h.collect() if isinstance(h, pl.LazyFrame) else h
+        h = (
+            h.join(order, on="qid", how="inner")
+            .sort(["_qi", "rank"])
+            .with_columns(pl.lit(run_id).alias("run_id"), pl.lit(system).alias("system"), pl.col("rank").cast(pl.Int32))
+        )
+        exact = (
+            h.select(SPAN_KEYS)
+            .with_columns(lines)
+            .join(judged.rename({"rel": "_j"}), on=SPAN_KEYS, how="left", maintain_order="left")
+            .get_column("_j")
+        )
+        j_null, j_val = exact.is_null().to_numpy(), exact.fill_null(0).to_numpy()
+        not_credited = np.where(j_null, NONPOOL, np.where(j_val < 0, UNJUDGED, 0))
+        counts = np.bincount(h.get_column("_qi").to_numpy(), minlength=len(qids))
+        offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        j = judged.join(order, on="qid", how="inner")
+        ranked: dict[str, Ranked] = {}  # one table per credit: the measures share its per-level arrays
+        values: dict[str, np.ndarray] = {}
+        for pm in measures:
+            if pm.credit not in ranked:
+                eligible = h if pm.credit == "span" else h.filter(pl.col("in_sla").fill_null(False))
+                credit = _credit_pairs(match_pairs(eligible, spans, False), RUN_KEYS)
+                gain = h.join(
+                    credit.select("qid", "rank", "gain"), on=["qid", "rank"], how="left", maintain_order="left"
+                ).get_column("gain")
+                ranked[pm.credit] = Ranked(
+                    qids=qids,
+                    offsets=offsets,
+                    rel=np.where(gain.is_not_null().to_numpy(), gain.fill_null(0).to_numpy(), not_credited).astype(
+                        np.int64
+                    ),
+                    judged_q=j.get_column("_qi").to_numpy().astype(np.int64),
+                    judged_rel=j.get_column("rel").to_numpy().astype(np.int64),
+                )
+            values[pm.column] = np.asarray(pm.measure.compute(ranked[pm.credit]), dtype=np.float64)
+        parts.append(
+            pl.DataFrame({"qid": qids, **values}, schema={"qid": pl.String, **{c: pl.Float64 for c in values}}).select(
+                pl.lit(run_id).alias("run_id"), pl.lit(system).alias("system"), pl.all()
+            )
+        )
+    schema = {"run_id": pl.String, "system": pl.String, "qid": pl.String, **{m.column: pl.Float64 for m in measures}}
+    return pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame(schema=schema)

@@ -22,6 +22,15 @@ How the documents of a ranking earn their relevance value is the credit strategy
 the `Ranked` table is built (`lens_core.measures.trec`): `doc` (docno equality, trec_eval's
 rule), `span` (SPEC §4 span credit) or `file` (same repo and path).
 
+The weekly pipeline's measures come from config through this registry (`measures:` in
+lens.yaml): a `PipelineMeasure` is a measure and its credit (`span`, or `span+sla`, written
+`SLA-R@50`), with a deterministic per-query column (the contract's names for the contract's
+seven, `ndcg_10` ... `success_10`; else the trec_eval name, `P_5`, `map`, `ndcg_cut_20`, `sla_`
+before it under SLA credit). `configured_measures` gives the contract's then the configured
+extras; `metric_column` resolves a `metric:` written as registry name or column; `check_config`
+resolves every measure the config names and refuses an unknown one in one line naming the key
+and the file; `label` gives a column's registry name (the site's labels).
+
 Why this is one module: the family table names each vectorised implementation, the `Measure`
 objects and the parser read that table, and the implementations share the per-threshold
 arrays of `Ranked` (`_Level`); split, each part would import the others' private pieces.
@@ -29,6 +38,7 @@ arrays of `Ranked` (`_Level`); split, each part would import the others' private
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -598,3 +608,188 @@ def pipeline_measure(column: str) -> Measure:
         return PIPELINE_MEASURES[column][0]
     except KeyError:
         raise MeasureError(f"{column!r} is not a per-query measure ({', '.join(PIPELINE_MEASURES)})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline's measures from config (`measures:` in lens.yaml)
+# ---------------------------------------------------------------------------------------------
+SLA_PREFIX = "SLA-"  # a registry name with this prefix: span credit counting only in-SLA hits
+PIPELINE_CREDITS = ("span", "span+sla")
+# Score metrics that are not registry measures (latency, diagnostics, ...): a `metric:` may name
+# them as they are (lens_core.measures.scoring computes them).
+NON_MEASURE_METRICS = (
+    "lat_p50",
+    "lat_p95",
+    "lat_p99",
+    "p99_p95",
+    "within_sla",
+    "judged_10",
+    "file_credit",
+    "failed",
+    "probes",
+    "cpu_ms",
+)
+
+
+# The per-query table's other columns (keys, slices, diagnostics): no extra measure takes one.
+RESERVED_COLUMNS = frozenset(
+    "run_id system qid suite intent language lat_ms judged_10 n_hits_10 judged_hits_10 span_gain_10 "
+    "file_gain_10 failed within_sla probes cpu_ms".split()
+)
+
+
+@dataclass(frozen=True)
+class PipelineMeasure:
+    """A per-query measure of the weekly pipeline: a registry measure and its credit
+    (`span`, or `span+sla`: span credit counting only hits returned within the SLA)."""
+
+    measure: Measure
+    credit: str = "span"
+
+    @property
+    def name(self) -> str:
+        """The registry name (`nDCG@10`, `SLA-R@50`, `P@5`): what config, rules and the site use."""
+        return (SLA_PREFIX if self.credit == "span+sla" else "") + self.measure.name
+
+    @property
+    def column(self) -> str:
+        """The per-query column: today's name for the contract's measures (`ndcg_10`,
+        `sla_recall_50`, ...), else the measure's column-safe trec_eval name (`P_5`, `map`,
+        `ndcg_cut_20`), prefixed `sla_` under SLA credit. Deterministic: the same measure gives
+        the same column in every week's table."""
+        for col, (m, credit) in PIPELINE_MEASURES.items():
+            if m == self.measure and credit == self.credit:
+                return col
+        col = ("sla_" if self.credit == "span+sla" else "") + self.measure.column
+        return f"m_{col}" if col in RESERVED_COLUMNS else col  # Judged@10 is not the judged_10 diagnostic
+
+    @property
+    def in_contract(self) -> bool:
+        return self.column in PIPELINE_MEASURES
+
+
+def pipeline_measure_named(text: str) -> PipelineMeasure:
+    """A registry name (`nDCG@10`, `ndcg_cut.10`, `SLA-R@50`) or a per-query column of the
+    contract (`ndcg_10`) -> its PipelineMeasure. One name must give one measure of one value per
+    query (a family without its cutoff, e.g. `P`, names several and is refused)."""
+    s = str(text).strip()
+    if s in PIPELINE_MEASURES:
+        m, credit = PIPELINE_MEASURES[s]
+        return PipelineMeasure(m, credit)
+    credit = "span"
+    if s.upper().startswith(SLA_PREFIX):
+        s, credit = s[len(SLA_PREFIX) :], "span+sla"
+    ms = parse_measure(s)
+    if len(ms) != 1:
+        raise MeasureError(f"{text!r} names {len(ms)} measures: name one (e.g. with its cutoff, P@5)")
+    m = ms[0]
+    if not m.spec.per_query or m.spec.kind != "float":
+        raise MeasureError(f"{text!r} is not a per-query mean (a count or a summary-only measure)")
+    return PipelineMeasure(m, credit)
+
+
+def contract_measures() -> tuple[PipelineMeasure, ...]:
+    """The per-query contract's measures, in the contract's column order."""
+    return tuple(PipelineMeasure(m, credit) for m, credit in PIPELINE_MEASURES.values())
+
+
+def configured_measures(cfg=None) -> tuple[PipelineMeasure, ...]:
+    """The pipeline's measures: the contract's (always, in its order), then the extras that
+    `measures:` of the config lists (in its order, each once). Raises ValueError, one line naming
+    the key and the file, for a name the registry does not resolve."""
+    if cfg is None:
+        from lens_core.common.settings import load_config  # lazy: config only where it is asked for
+
+        cfg = load_config()
+    return _configured(tuple(cfg.measures))
+
+
+@functools.lru_cache(maxsize=16)
+def _configured(names: tuple[str, ...]) -> tuple[PipelineMeasure, ...]:
+    out = list(contract_measures())
+    for i, text in enumerate(names):
+        try:
+            pm = pipeline_measure_named(text)
+        except MeasureError as e:
+            raise ValueError(_config_line(("measures", i), f"unknown measure {text!r}: {e}")) from None
+        if pm not in out:
+            out.append(pm)
+    return tuple(out)
+
+
+def extra_measures(cfg=None) -> tuple[PipelineMeasure, ...]:
+    """The configured measures beyond the contract's: extra per-query columns."""
+    return tuple(pm for pm in configured_measures(cfg) if not pm.in_contract)
+
+
+def metric_column(text: str, where: tuple = (), cfg=None) -> str:
+    """A `metric:` value of the config (a promotion rule, a primary comparison) -> the metric
+    name of scores and comparisons: a configured measure's registry name (`nDCG@10`) or column
+    (`ndcg_10`) -> its column; a score metric that is not a measure (`lat_p99`, `file_credit`)
+    -> itself. Anything else raises ValueError, one line naming the key (`where`, the dotted
+    location) and the file."""
+    s = str(text).strip()
+    if s in NON_MEASURE_METRICS:
+        return s
+    measures = configured_measures(cfg)
+    by_column = {pm.column: pm for pm in measures}
+    if s in by_column:
+        return s
+    try:
+        pm = pipeline_measure_named(s)
+    except MeasureError as e:
+        raise ValueError(_config_line(where, f"unknown measure {text!r}: {e}")) from None
+    if pm not in measures:
+        raise ValueError(
+            _config_line(where, f"measure {text!r} ({pm.column}) is not among the configured `measures:`; add it there")
+        )
+    return pm.column
+
+
+def label(metric: str) -> str:
+    """The registry name of a per-query column (`ndcg_10` -> `nDCG@10`, `sla_recall_50` ->
+    `SLA-R@50`, `P_5` -> `P@5`); a metric that is not a measure keeps its name."""
+    if metric in PIPELINE_MEASURES:
+        m, credit = PIPELINE_MEASURES[metric]
+        return PipelineMeasure(m, credit).name
+    base = metric[2:] if metric.startswith("m_") else metric
+    base, credit = (base[4:], "span+sla") if base.startswith("sla_") else (base, "span")
+    base, _, rel = base.partition("_rel") if re.search(r"_rel-?\d+$", base) else (base, "", "")
+    for m in _COLUMN_MEASURES():
+        if m.column == base:
+            pm = PipelineMeasure(Measure(m.family, m.param, int(rel) if rel else None), credit)
+            return pm.name if pm.column == metric else metric
+    return metric
+
+
+@functools.lru_cache(maxsize=1)
+def _COLUMN_MEASURES() -> tuple[Measure, ...]:  # noqa: N802 - a cached constant
+    return tuple(m for f in FAMILIES.values() if f.per_query and f.kind == "float" for m in family_measures(f.name))
+
+
+def check_config(cfg=None) -> dict[tuple, str]:
+    """Resolve every measure the config names: `measures:`, and the `metric:` of each pack's
+    primary comparison and rules under `promotion:`. Returns {dotted location: column}; raises
+    ValueError (one line: key and file) on the first name the registry refuses."""
+    if cfg is None:
+        from lens_core.common.settings import load_config  # lazy: config only where it is asked for
+
+        cfg = load_config()
+    configured_measures(cfg)
+    out: dict[tuple, str] = {}
+    for pack, spec in cfg.promotion.items():
+        loc = ("promotion", pack, "primary", "metric")
+        out[loc] = metric_column(spec.primary.metric, loc, cfg)
+        for i, rule in enumerate(spec.rules):
+            if getattr(rule, "metric", None) is not None:
+                loc = ("promotion", pack, "rules", i, "metric")
+                out[loc] = metric_column(rule.metric, loc, cfg)
+    return out
+
+
+def _config_line(where: tuple, message: str) -> str:
+    """`<file>: `<dotted key>`: <message>`, the file being the one the key was read from."""
+    from lens_core.common.settings import config_key_source  # lazy: config only where it is asked for
+
+    key = ".".join(str(x) for x in where) or "<top level>"
+    return f"invalid Lens config: {config_key_source(where)}: `{key}`: {message}"

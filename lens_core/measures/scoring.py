@@ -8,7 +8,9 @@ scores.parquet: one row per (system, slice, metric) with mean, ci_low, ci_high, 
 - judged_10: judged hits / hits in the top 10 (ratio of sums); file_credit:
   1 − span-credited gain / file-credited gain in the top 10 (ratio of sums);
 - failed: share of queries that failed or were missing (they score 0 above);
-- probes, cpu_ms: means per query.
+- probes, cpu_ms: means per query;
+- the configured extra measures (`measures:` beyond the contract's; issue 19): means of their
+  per-query columns, with the same resamples.
 CIs: paired percentile bootstrap over queries (B from config, >= 2000), the same resamples
 for every system and metric of a slice, seeded per slice.
 """
@@ -21,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from lens_core.common.contracts import HERO_TABLE_METRICS, QUALITY_METRICS, SLICE_ALL, SLICE_DIMENSIONS
+from lens_core.measures.registry import RESERVED_COLUMNS, extra_measures
 from lens_core.stats.bootstrap import bootstrap_means, bootstrap_percentiles, percentile_ci
 
 MEAN_METRICS = QUALITY_METRICS + ("within_sla", "failed", "probes", "cpu_ms")
@@ -59,7 +62,15 @@ def _latency_dists(lat: np.ndarray, b: int, seed: int) -> dict[str, tuple[float,
 
 
 def _system_rows(
-    system: str, name: str, sp: pl.DataFrame, mat: np.ndarray, dist: np.ndarray, b: int, sseed: int, alpha: float
+    system: str,
+    name: str,
+    sp: pl.DataFrame,
+    mat: np.ndarray,
+    dist: np.ndarray,
+    b: int,
+    sseed: int,
+    alpha: float,
+    extras: tuple[str, ...] = (),
 ) -> list[tuple]:
     n = sp.height
     rows: list[tuple] = []
@@ -81,6 +92,8 @@ def _system_rows(
             continue  # no hits in any top 10: undefined, not reported as a number
         l2, h2 = percentile_ci(d, alpha)
         rows.append((system, name, metric, float(pt), float(l2), float(h2), n))
+    for j, m in enumerate(extras, start=k + 4):  # the configured extra measures: means, like the contract's
+        rows.append((system, name, m, float(point[j]), float(lo[j]), float(hi[j]), n))
     lat = sp["lat_ms"].cast(pl.Float64).to_numpy()
     lseed = sseed + 1 + int.from_bytes(system.encode()[:4].ljust(4, b"\0"), "little")
     for metric, (pt, d) in _latency_dists(lat, b, lseed).items():
@@ -92,8 +105,16 @@ def _system_rows(
     return rows
 
 
-def score(per_query: pl.DataFrame, b: int = 2000, seed: int = 0, alpha: float = 0.05) -> pl.DataFrame:
-    """scores.parquet rows for every system × slice × metric."""
+def score(
+    per_query: pl.DataFrame, b: int = 2000, seed: int = 0, alpha: float = 0.05, extras: tuple[str, ...] | None = None
+) -> pl.DataFrame:
+    """scores.parquet rows for every system × slice × metric. `extras`: the extra measure
+    columns of the per-query table to score as means (None: those of the configured measures,
+    `registry.extra_measures`, that the table has)."""
+    if extras is None:
+        known = set(MEAN_METRICS) | {"judged_hits_10", "n_hits_10", "span_gain_10", "file_gain_10"}
+        other = set(per_query.columns) - known - RESERVED_COLUMNS
+        extras = tuple(m.column for m in extra_measures() if m.column in other) if other else ()
     rows: list[tuple] = []
     systems = sorted(per_query["system"].unique().to_list())
     for name, expr in slices(per_query):
@@ -118,6 +139,7 @@ def score(per_query: pl.DataFrame, b: int = 2000, seed: int = 0, alpha: float = 
                             sp[c].cast(pl.Float64).fill_null(0.0).to_numpy()
                             for c in ("judged_hits_10", "n_hits_10", "span_gain_10", "file_gain_10")
                         ]
+                        + [sp[m].cast(pl.Float64).fill_null(0.0).to_numpy() for m in extras]
                     )
                 )
             big = np.vstack(mats)
@@ -126,7 +148,7 @@ def score(per_query: pl.DataFrame, b: int = 2000, seed: int = 0, alpha: float = 
             for gi, system in enumerate(group):
                 mat = big[gi * per : (gi + 1) * per]
                 dist = big_dist[gi * per : (gi + 1) * per]
-                rows.extend(_system_rows(system, name, parts[system], mat, dist, b, sseed, alpha))
+                rows.extend(_system_rows(system, name, parts[system], mat, dist, b, sseed, alpha, extras))
     return pl.DataFrame(
         rows,
         schema={

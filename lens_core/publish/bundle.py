@@ -9,6 +9,14 @@ pointer into a fresh site directory and swaps the `site` symlink to it in one re
 move together (issue 18). Otherwise the last green bundle stays published and the caller
 pages the owner.
 
+With `LENS_DATA_DIR=s3://bucket/prefix` (`lens_core.common.objectstore`) the bucket is the system
+of record and the local data dir its working copy: the assembled bundle is uploaded objects first
+and its manifest (`attestation.json`) last; the publication decision reads the bucket's
+`published.json` (and its ETag), and the pointer is written there last of all with a conditional
+PUT (`If-Match` the ETag read, `If-None-Match: *` when there was none). A publisher that loses
+re-reads the pointer, decides again (the older-partition rule included) and retries, up to
+`PUBLISH_ATTEMPTS` times; a crash at any point leaves `published.json` at the previous bundle.
+
 The attestation's content hash covers every field of the attestation (all but the hash itself,
 the fingerprint derived from it and `artifacts`, hashed as pairs); `verify` re-hashes every
 artifact inside the bundle, re-derives what can be re-derived (all_blocking_green, gates
@@ -39,6 +47,7 @@ from typing import Any, Callable
 
 import polars as pl
 
+from lens_core.common import objectstore
 from lens_core.common.contracts import (
     BUNDLE_FILES,
     FINGERPRINT_PREFIX,
@@ -81,6 +90,7 @@ ATTESTATION_SCHEME = 2  # 2: every field under the content hash (issue 18)
 _NOT_FACTS = ("content_sha256", "fingerprint", "artifacts")
 SITE_DIR = "site"
 ALLOW_OLDER_ENV = "LENS_ALLOW_OLDER"
+PUBLISH_ATTEMPTS = 5  # conditional writes of the bucket's published.json before giving up
 
 
 @dataclass
@@ -225,11 +235,34 @@ def release_partition_lease(data_dir: Path, partition: str, run_id: str) -> bool
         return True
 
 
+class PublishConflict(RuntimeError):
+    """Every conditional write of the bucket's published.json lost to another publisher."""
+
+
 def read_published(data_dir: Path) -> dict[str, Any] | None:
+    """The published pointer: the bucket's `published.json` with an s3:// data dir (the system of
+    record), else the data dir's."""
+    remote = objectstore.store_for(Path(data_dir) / PUBLISHED_POINTER)
+    if remote is not None:
+        return _remote_pointer(*remote)[0]
     p = Path(data_dir) / PUBLISHED_POINTER
     if not p.is_file():
         return None
     return json.loads(p.read_text())
+
+
+def _remote_pointer(store: objectstore.S3Store, rel: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(pointer, ETag) of the bucket's published.json; (None, None) when there is none."""
+    got = store.get_bytes(rel)
+    if got is None:
+        return None, None
+    try:
+        ptr = json.loads(got[0])
+    except (UnicodeDecodeError, ValueError):
+        raise objectstore.ObjectStoreError(f"{store.where(rel)}: not valid JSON (refused)") from None
+    if not isinstance(ptr, dict) or not isinstance(ptr.get("fingerprint"), str):
+        raise objectstore.ObjectStoreError(f"{store.where(rel)}: not a published pointer (refused)")
+    return ptr, got[1]
 
 
 def attested_facts(att: dict[str, Any]) -> dict[str, Any]:
@@ -315,18 +348,16 @@ def assemble(
         raise
     partition = (extra or {}).get("partition")
     allow_older = allow_older_default() if allow_older is None else allow_older
-    refused_older = None
+    remote = objectstore.store_for(data_dir / PUBLISHED_POINTER)
+    if remote is not None:  # the bundle's objects first, its manifest (attestation.json) last
+        remote[0].put_tree(final, f"bundles/{fp}", last=BUNDLE_FILES["attestation"])
     with publish_lock(data_dir):
-        prev = read_published(data_dir)
-        published = not failed
-        prev_partition = (prev or {}).get("partition")
-        if published and partition and prev_partition and str(partition) < str(prev_partition) and not allow_older:
-            published = False
-            refused_older = (
-                f"partition {partition} is older than the published {prev_partition} "
-                f"({prev['fingerprint']}): not published without --allow-older"
-            )
-        if published:
+        local_moved = False
+        for _ in range(PUBLISH_ATTEMPTS):
+            prev, etag = _remote_pointer(*remote) if remote is not None else (read_published(data_dir), None)
+            published, refused_older = _may_publish(failed, partition, prev, allow_older)
+            if not published:
+                break
             pointer = {
                 "fingerprint": fp,
                 "bundle": f"bundles/{fp}",
@@ -335,6 +366,23 @@ def assemble(
                 "previous": prev["fingerprint"] if prev else None,
             }
             publish_pointer(data_dir, pointer, final, render_site)
+            if remote is None:
+                break
+            local_moved = True
+            try:  # last of all: the bucket's pointer, only over the one this decision read
+                store, rel = remote
+                store.put_bytes(rel, (data_dir / PUBLISHED_POINTER).read_bytes(), if_match=etag, if_none_match=not etag)
+                break
+            except objectstore.PreconditionFailed:
+                continue  # another publisher won in between: read again, decide again
+        else:
+            _follow_remote(data_dir, remote, render_site)
+            raise PublishConflict(
+                f"{remote[0].where(remote[1])}: changed by another publisher on each of {PUBLISH_ATTEMPTS} "
+                f"tries; bundle {fp} is uploaded but not published"
+            )
+        if remote is not None and local_moved and not published:
+            _follow_remote(data_dir, remote, render_site)
     return BundleResult(
         fingerprint=fp,
         path=final,
@@ -344,6 +392,39 @@ def assemble(
         failed_blocking=failed,
         refused_older=refused_older,
     )
+
+
+def _may_publish(
+    failed: list[str], partition: Any, prev: dict[str, Any] | None, allow_older: bool
+) -> tuple[bool, str | None]:
+    """(publish?, why refused as older): every blocking gate green, and not older than `prev`."""
+    prev_partition = (prev or {}).get("partition")
+    if not failed and partition and prev_partition and str(partition) < str(prev_partition) and not allow_older:
+        return False, (
+            f"partition {partition} is older than the published {prev_partition} "
+            f"({prev['fingerprint']}): not published without --allow-older"
+        )
+    return not failed, None
+
+
+def _follow_remote(
+    data_dir: Path, remote: tuple[objectstore.S3Store, str], render_site: Callable[[Path, Path], None] | None
+) -> None:
+    """Point the working copy's site and published.json back at the bucket's pointer (after this
+    publisher moved them and then lost the conditional write): the winner's bundle is copied
+    from the bucket when it is not here (each object checked against its sha256)."""
+    ptr, _ = _remote_pointer(*remote)
+    if ptr is None:
+        return
+    bundle = Path(data_dir) / "bundles" / ptr["fingerprint"]
+    if not bundle.is_dir():
+        stage = bundle.parent / f".tmp-{pid_tag()}{os.urandom(8).hex()}"
+        try:
+            remote[0].get_tree(f"bundles/{ptr['fingerprint']}", stage)
+            os.rename(stage, bundle)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    publish_pointer(data_dir, ptr, bundle, render_site)
 
 
 def publish_pointer(
@@ -403,6 +484,49 @@ def _inside(root: Path, rel: Any, what: str) -> tuple[Path | None, str | None]:
 
 def _is_sha(v: Any) -> bool:
     return isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None
+
+
+def fetch_bundle(url: str, dest: Path, data_url: str | None = None) -> tuple[Path, Path]:
+    """Copy a bundle out of the bucket for `verify`: `url` is `s3://bucket/prefix/bundles/<fp>`, or
+    the data dir `s3://bucket/prefix` (its published bundle). Every object under the bundle's
+    prefix comes along as it is (verify re-hashes each against the manifest and reports any the
+    manifest does not name), and the raw runs the manifest attests, from `data_url` (default: the
+    bundle's data dir). Returns (bundle dir, data dir) under `dest`."""
+    bucket, key = objectstore.parse_url(url, "bundle")
+    segs = key.split("/") if key else []
+    if len(segs) >= 2 and segs[-2] == "bundles":
+        root, fp = "/".join(segs[:-2]), segs[-1]
+    else:
+        root = key
+        ptr, _ = _remote_pointer(objectstore.store_from_url(f"s3://{bucket}/{root}", "bundle"), PUBLISHED_POINTER)
+        if ptr is None:
+            raise objectstore.ObjectStoreError(
+                f"{url}: no {PUBLISHED_POINTER}; name a bundle: {url}/bundles/<fingerprint>"
+            )
+        fp = ptr["fingerprint"]
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", fp) or fp in (".", ".."):
+        raise objectstore.ObjectStoreError(f"{url}: {fp!r} is not a bundle name")
+    store = objectstore.store_from_url(f"s3://{bucket}/{root}", "bundle")
+    bundle_dir = Path(dest) / "bundles" / fp
+    names = [n[len(f"bundles/{fp}/") :] for n in store.list(f"bundles/{fp}")]
+    if not names:
+        raise objectstore.ObjectStoreError(f"{store.where(f'bundles/{fp}')}: no such bundle")
+    for n in names:
+        p, bad = _inside(bundle_dir, n, "artifact")
+        if p is not None:
+            store.get_file(f"bundles/{fp}/{n}", p)
+    data_store = objectstore.store_from_url(data_url, "--data-dir") if data_url else store
+    att_path = bundle_dir / BUNDLE_FILES["attestation"]
+    try:
+        raw_runs = json.loads(att_path.read_text()).get("raw_runs") if att_path.is_file() else None
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        raw_runs = None  # verify reports the attestation
+    data_dir = Path(dest) / "data"
+    for rel in raw_runs if isinstance(raw_runs, dict) else {}:
+        p, bad = _inside(data_dir, rel, "raw run")
+        if p is not None and data_store.head(rel) is not None:  # a missing one: verify names it
+            data_store.get_file(rel, p)
+    return bundle_dir, data_dir
 
 
 def verify(bundle_dir: Path, data_dir: Path | None = None, tolerance: float = VERIFY_TOLERANCE) -> list[str]:

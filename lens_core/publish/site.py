@@ -40,6 +40,8 @@ import polars as pl
 
 from lens_core.common.contracts import BUNDLE_FILES, PUBLISHED_POINTER, SLICE_ALL, SLICE_DIMENSIONS
 from lens_core.common.hashing import atomic_write_text, sha256_file
+from lens_core.measures.registry import PIPELINE_MEASURES
+from lens_core.measures.registry import label as measure_label
 from lens_core.publish.bundle import publish_lock, publish_pointer
 
 SITE_DIR = "site"
@@ -56,7 +58,10 @@ PARITY_FILE = "calibration/parity.parquet"
 LVM_EVAL_FILE = "eval_scores.parquet"
 LVM_CHAMPION_FILE = "champion.json"
 BASELINE_PACK = "baseline"
-WHISKER_METRICS = (("ndcg_10", "nDCG@10"), ("sla_recall_50", "SLA-Recall@50"))
+# Measures are labelled with their registry names (issue 19: `measure_label`, nDCG@10, SLA-R@50).
+WHISKER_METRICS = tuple((m, measure_label(m)) for m in ("ndcg_10", "sla_recall_50"))
+# A registry measure in the scores beyond the per-query contract's (a configured extra of
+# `measures:`) gets a leaderboard column of its own, after the fixed ones.
 HARDEST_N = 12
 MAX_INLINE_PNG_BYTES = 6 << 20  # total budget for inlined reliability PNGs
 TAIL_RATIO_MAX = 2.0  # SPEC section 7 tail gate, drawn as a reference in the latency table
@@ -408,8 +413,9 @@ def section_leaderboard(b: _Bundle, packs: dict[str, str], baseline: str | None)
         for r in d.iter_rows(named=True):
             deltas[(r["test"], r["slice"])] = r
     slices = sorted(wide["slice"].unique().to_list(), key=_slice_sort_key)
+    extras = extra_measure_metrics(scores["metric"].unique().to_list())
     out.append(
-        '<p class="note">Systems ranked by nDCG@10 (span-only credit) in each slice. '
+        f'<p class="note">Systems ranked by {esc(measure_label("ndcg_10"))} (span-only credit) in each slice. '
         + (
             f"Baseline: <b>{esc(baseline)}</b> (dashed line in the plots; deltas are paired, vs this "
             "system, with Holm-adjusted p)."
@@ -424,7 +430,7 @@ def section_leaderboard(b: _Bundle, packs: dict[str, str], baseline: str | None)
     for gname, gslices in groups.items():
         inner = []
         for s in gslices:
-            inner.append(_slice_block(wide.filter(pl.col("slice") == s), s, packs, baseline, deltas))
+            inner.append(_slice_block(wide.filter(pl.col("slice") == s), s, packs, baseline, deltas, extras))
         if gname == SLICE_ALL:
             out.append("".join(inner))
         else:
@@ -436,12 +442,23 @@ def section_leaderboard(b: _Bundle, packs: dict[str, str], baseline: str | None)
     return "".join(out)
 
 
+def extra_measure_metrics(metrics: Iterable[str]) -> list[str]:
+    """The configured extra measures among score metrics: registry measures (a column with a
+    registry name, `P_5` = P@5) beyond the per-query contract's, sorted."""
+    return sorted(m for m in set(metrics) if m not in PIPELINE_MEASURES and measure_label(m) != m)
+
+
 def _col(r: dict, kind: str, metric: str) -> Any:
     return r.get(f"{kind}_{metric}")
 
 
 def _slice_block(
-    w: pl.DataFrame, s: str, packs: dict[str, str], baseline: str | None, deltas: dict[tuple[str, str], dict]
+    w: pl.DataFrame,
+    s: str,
+    packs: dict[str, str],
+    baseline: str | None,
+    deltas: dict[tuple[str, str], dict],
+    extras: Sequence[str] = (),
 ) -> str:
     if "mean_ndcg_10" in w.columns:
         w = w.sort(["mean_ndcg_10", "system"], descending=[True, False], nulls_last=True)
@@ -482,6 +499,7 @@ def _slice_block(
                 fnum(_col(r, "mean", "lat_p95"), 1),
                 fnum(_col(r, "mean", "lat_p99"), 1),
                 _ratio_cell(_col(r, "mean", "p99_p95")),
+                *(fnum(_col(r, "mean", m)) for m in extras),
             ]
         )
         attrs.append(
@@ -493,15 +511,16 @@ def _slice_block(
             "system",
             "pack",
             "n queries",
-            "nDCG@10 [95% CI]",
-            "\u0394nDCG@10 vs baseline [95% CI]",
-            "SLA-Recall@50 [95% CI]",
-            "Recall@50",
-            "MRR@10",
-            "Success@10",
+            f"{measure_label('ndcg_10')} [95% CI]",
+            f"\u0394{measure_label('ndcg_10')} vs baseline [95% CI]",
+            f"{measure_label('sla_recall_50')} [95% CI]",
+            measure_label("recall_50"),
+            measure_label("mrr_10"),
+            measure_label("success_10"),
             "p95 ms",
             "p99 ms",
             "p99/p95",
+            *(measure_label(m) for m in extras),
         ],
         rows,
         "leaderboard",
