@@ -279,3 +279,45 @@ def test_a_run_re_executed_from_failure_reruns_only_the_failed_system(tmp_path):
         assert ran == {f"agg_and_hits.ingest_system[{key}]", "agg_and_hits.ingest_gather"}, ran
         hits = pl.read_parquet(d / "staging" / "hits" / f"{PARTITION}.parquet")
         assert BROKEN in set(hits["system"].to_list()) and hits["system"].n_unique() >= 9
+
+
+# ---------------------------------------------------------------------------------------------
+# The pool, one system at a time
+# ---------------------------------------------------------------------------------------------
+def _naive_pool(hits: pl.DataFrame, depth: int) -> pl.DataFrame:
+    keys = ["qid", "repo", "path", "start_line", "end_line"]
+    return (
+        hits.filter(pl.col("in_sla") & (pl.col("rank") <= depth))
+        .group_by(keys)
+        .agg(pl.col("system").unique().sort().alias("systems"), pl.col("rank").min().alias("best_rank"))
+        .sort(keys)
+    )
+
+
+@pytest.mark.parametrize("n_systems", [1, 3, 70])  # 70: more systems than one 64-bit word
+def test_the_pool_built_per_system_is_the_union_over_systems(tmp_path, n_systems):
+    import numpy as np
+
+    rng = np.random.default_rng(n_systems)
+    n = 4000
+    hits = pl.DataFrame(
+        {
+            "system": [f"s{int(i):02d}.v" for i in rng.integers(0, n_systems, n)],
+            "qid": [f"q{int(i)}" for i in rng.integers(0, 30, n)],
+            "repo": [f"r{int(i)}" for i in rng.integers(0, 3, n)],
+            "path": [f"p{int(i)}.py" for i in rng.integers(0, 20, n)],
+            "start_line": rng.integers(1, 5, n).astype(np.int32),
+            "end_line": rng.integers(5, 9, n).astype(np.int32),
+            "rank": rng.integers(1, 80, n).astype(np.int32),
+            "in_sla": rng.random(n) < 0.8,
+        }
+    )
+    p = tmp_path / "hits.parquet"
+    hits.write_parquet(p)
+    from lens_core.judge.judging import build_pool
+
+    got = build_pool(pl.scan_parquet(p), depth=50)
+    assert got.equals(_naive_pool(hits, 50))
+    assert build_pool(hits, depth=50).equals(got)
+    empty = build_pool(hits.filter(pl.lit(False)), depth=50)
+    assert empty.height == 0 and empty.columns == got.columns

@@ -29,17 +29,56 @@ def policy_source(policy: str) -> str:
 def build_pool(hits: pl.DataFrame | pl.LazyFrame, depth: int = 50) -> pl.DataFrame:
     """pool.parquet rows: qid, repo, path, start_line, end_line, systems (sorted), best_rank.
 
-    `hits` may be a scan of the hits file (issue 22): only the pool's columns of the in-SLA
-    top-`depth` rows are read, by the streaming engine, so memory follows the pool, not the
-    hits of every system."""
+    `hits` may be a scan of the hits file (issue 22): the pool is built one system at a time
+    (that system's distinct in-SLA top-`depth` spans merged into the pool so far, which systems
+    retrieved a span kept as bits of UInt64 words until the end), so memory follows the pool and
+    one system's rows, not the hits of every system."""
+    lf = hits.lazy()
+    systems = lf.select(pl.col("system").unique()).collect().get_column("system").sort().to_list()
+    words = [f"__w{k}" for k in range(max(1, -(-len(systems) // 64)))]
+    pool: pl.DataFrame | None = None
+    pending: list[pl.DataFrame] = []
+
+    def merge(frames: list[pl.DataFrame]) -> pl.DataFrame:
+        return (
+            pl.concat(frames)
+            .group_by(SPAN_KEYS)
+            .agg(pl.col("best_rank").min(), *[pl.col(w).bitwise_or() for w in words])
+        )
+
+    for i, system in enumerate(systems):
+        bits = [pl.lit((1 << (i % 64)) if k == i // 64 else 0, dtype=pl.UInt64).alias(w) for k, w in enumerate(words)]
+        pending.append(
+            lf.filter((pl.col("system") == system) & pl.col("in_sla") & (pl.col("rank") <= depth))
+            .group_by(SPAN_KEYS)
+            .agg(pl.col("rank").min().alias("best_rank"))
+            .with_columns(bits)
+            .select(*SPAN_KEYS, "best_rank", *words)
+            .collect()
+        )
+        # merge when the systems waiting hold as many rows as the pool so far: each row is merged
+        # O(log systems) times, and memory stays within about twice the pool
+        if sum(p.height for p in pending) >= max(pool.height if pool is not None else 0, 1 << 20):
+            pool = merge(([pool] if pool is not None else []) + pending)
+            pending = []
+    if pending:
+        pool = merge(([pool] if pool is not None else []) + pending)
+    if pool is None:
+        return pl.DataFrame(
+            schema={
+                **dict(zip(SPAN_KEYS, (pl.String, pl.String, pl.String, pl.Int32, pl.Int32))),
+                "systems": pl.List(pl.String),
+                "best_rank": pl.Int32,
+            }
+        )
+    names = [
+        pl.when((pl.col(words[i // 64]) & pl.lit(1 << (i % 64), dtype=pl.UInt64)) != 0).then(pl.lit(name))
+        for i, name in enumerate(systems)
+    ]
     return (
-        hits.lazy()
-        .filter(pl.col("in_sla") & (pl.col("rank") <= depth))
-        .select(*SPAN_KEYS, "system", "rank")
-        .group_by(SPAN_KEYS)
-        .agg(pl.col("system").unique().sort().alias("systems"), pl.col("rank").min().alias("best_rank"))
+        pool.with_columns(pl.concat_list(names).list.drop_nulls().alias("systems"))
+        .select(*SPAN_KEYS, "systems", "best_rank")
         .sort(SPAN_KEYS)
-        .collect(engine="streaming")
     )
 
 
