@@ -158,8 +158,8 @@ def test_guard_refuses_drifted_table_and_writes_nothing(tmp_path, records):
 
 def test_failed_ingestion_leaves_staged_tables_untouched(data_dir, records):
     """Through Dagster: a bad raw run fails the step; the existing agg/hits Parquet stays."""
-    from lens_assets.assets import agg_and_hits
-    from resources.io_manager import ParquetIOManager, staging_table_path
+    from lens_assets.collection import STEP_IO, agg_and_hits
+    from resources.io_manager import ParquetIOManager, StepHandoverIOManager, staging_table_path
 
     good = write_raw_run(data_dir / "runs" / "good.ndjson", records)
     manifest = pl.DataFrame(
@@ -171,7 +171,9 @@ def test_failed_ingestion_leaves_staged_tables_untouched(data_dir, records):
         return manifest
 
     res = dg.materialize(
-        [raw_runs_stub, agg_and_hits], partition_key="2026-11-15", resources={"io_manager": ParquetIOManager()}
+        [raw_runs_stub, agg_and_hits],
+        partition_key="2026-11-15",
+        resources={"io_manager": ParquetIOManager(), STEP_IO: StepHandoverIOManager()},
     )
     assert res.success
     agg_path = Path(staging_table_path("agg", "2026-11-15").path)
@@ -181,7 +183,7 @@ def test_failed_ingestion_leaves_staged_tables_untouched(data_dir, records):
     res = dg.materialize(
         [raw_runs_stub, agg_and_hits],
         partition_key="2026-11-15",
-        resources={"io_manager": ParquetIOManager()},
+        resources={"io_manager": ParquetIOManager(), STEP_IO: StepHandoverIOManager()},
         raise_on_error=False,
     )
     assert not res.success
