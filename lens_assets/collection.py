@@ -201,14 +201,15 @@ def ingest_plan(context: dg.OpExecutionContext, raw_runs: pl.DataFrame):
         raise SchemaError("no raw-run files to ingest")
     keys = mapping_keys(raw_runs["system"].to_list())
     for system, path in raw_runs.select("system", "path").iter_rows():
-        yield dg.DynamicOutput({"system": system, "path": path}, mapping_key=keys[system])
+        yield dg.DynamicOutput({"system": system, "path": path, "key": keys[system]}, mapping_key=keys[system])
 
 
 @dg.op(description="Ingest one system's raw run into its agg rows and hits part.", out=dg.Out(io_manager_key=STEP_IO))
 def ingest_system(context: dg.OpExecutionContext, item: dict) -> dict:
     root = data_dir()
     scratch = _ingest_scratch(context.run_id)
-    key = mapping_keys([item["system"]])[item["system"]]
+    # the plan's key, unique among the run's systems (two names may sanitise alike: "a.b", "a_b")
+    key = item["key"]
     agg_path, hits_path = scratch / f"{key}.agg.parquet", scratch / f"{key}.hits.parquet"
     agg, hits = ingest_to_parquet([root / item["path"]], agg_path, hits_path)
     # the parts are handed over by their place in the data dir (committed to its bucket when

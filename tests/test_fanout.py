@@ -321,3 +321,34 @@ def test_the_pool_built_per_system_is_the_union_over_systems(tmp_path, n_systems
     assert build_pool(hits, depth=50).equals(got)
     empty = build_pool(hits.filter(pl.lit(False)), depth=50)
     assert empty.height == 0 and empty.columns == got.columns
+
+
+def test_two_systems_whose_names_sanitise_alike_keep_their_own_parts(tmp_path, monkeypatch):
+    """`a.b` and `a_b` share a sanitised name: the plan's unique keys name their parts, so one
+    system's ingested part never overwrites the other's."""
+    from lens_assets.collection import ingest_gather, ingest_plan, ingest_system
+    from lens_core.collect.rawruns import write_raw_run
+    from lens_core.common.settings import load_config
+    from lens_core.common.systems import baseline
+    from lens_core.sim.simulator import Simulator
+
+    monkeypatch.setenv("LENS_DATA_DIR", str(tmp_path))
+    cfg = load_config()
+    sim = Simulator(cfg.sim.model_copy(update={"queries_per_suite": 3}), seed=5)
+    rows = []
+    for name in ("a.b", "a_b"):
+        recs = [dict(r, system=name) for r in sim.run(baseline(cfg), "w1", sim.queries, 150.0, 10, 1.7e12)]
+        info = write_raw_run(tmp_path / "runs" / f"{name}.ndjson", recs)
+        rows.append({"system": name, "path": f"runs/{name}.ndjson", "sha256": info["sha256"]})
+    manifest = pl.DataFrame(rows)
+    ctx = dg.build_op_context()
+    items = [o.value for o in ingest_plan(ctx, manifest)]
+    assert len({i["key"] for i in items}) == 2
+    parts = [ingest_system(ctx, i) for i in items]
+    assert len({p["hits"] for p in parts}) == 2
+    out = {}
+    for o in ingest_gather(ctx, manifest, parts):  # read each output as the IO manager would, when yielded
+        out[o.output_name] = pl.read_parquet(o.value.path) if o.output_name == "hits" else o.value
+    hits = out["hits"]
+    assert sorted(set(hits["system"].to_list())) == ["a.b", "a_b"]
+    assert out["agg"].group_by("system").len().sort("system")["len"].to_list() == [9, 9]
