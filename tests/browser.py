@@ -39,6 +39,16 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def require_components(what: str, problems: list[str]) -> None:
+    """A test that needs real components (a browser, PostgreSQL, a broker, an S3 server): skip
+    with the reasons when any is missing, except under CI, where that is a failure."""
+    if problems:
+        msg = "; ".join(problems)
+        if in_ci():
+            pytest.fail(f"CI is set and the {what} test cannot run: {msg}")
+        pytest.skip(msg)
+
+
 def _which(cands) -> str | None:
     for c in cands:
         p = c if os.path.isabs(c) else shutil.which(c)
@@ -68,10 +78,7 @@ def require_browser() -> tuple[str, str]:
     except ImportError:
         problems.append("the selenium Python package is not installed (test extra)")
     if problems:
-        msg = "; ".join(problems) + f"; install with: {INSTALL_HINT}"
-        if in_ci():
-            pytest.fail(f"CI is set and the browser test cannot run: {msg}")
-        pytest.skip(msg)
+        require_components("browser", [*problems[:-1], f"{problems[-1]}; install with: {INSTALL_HINT}"])
     return chrome, driver
 
 

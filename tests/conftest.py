@@ -109,6 +109,25 @@ def user_instance_and_data_untouched():
 
 
 @pytest.fixture
+def lens_config(tmp_path, monkeypatch):
+    """Write a LENS_CONFIG override and point the environment at it (config cache cleared
+    around); returns the file's path."""
+    from lens_core.common import settings
+
+    def use(text: str) -> Path:
+        path = tmp_path / "override.yaml"
+        path.write_text(text)
+        monkeypatch.setenv("LENS_CONFIG", str(path))
+        settings._load.cache_clear()
+        return path
+
+    settings._load.cache_clear()
+    yield use
+    monkeypatch.delenv("LENS_CONFIG", raising=False)
+    settings._load.cache_clear()
+
+
+@pytest.fixture
 def data_dir(tmp_path, monkeypatch) -> Path:
     d = tmp_path / "data"
     d.mkdir()

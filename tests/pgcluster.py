@@ -20,9 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from tests.browser import in_ci
+from tests.browser import require_components
 
 PG_BINARIES = ("initdb", "pg_ctl", "postgres")
 INSTALL_HINT = "apt-get update && apt-get install -y postgresql"
@@ -166,9 +164,5 @@ def require_postgres() -> Path:
             problems.append(f"the {mod} Python package is not installed (the `postgres` extra: make install)")
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         problems.append("running as root (the server refuses root) and runuser(1) is missing")
-    if problems:
-        msg = "; ".join(problems)
-        if in_ci():
-            pytest.fail(f"CI is set and the PostgreSQL test cannot run: {msg}")
-        pytest.skip(msg)
+    require_components("PostgreSQL", problems)
     return bindir

@@ -14,7 +14,6 @@ from lens_core.calibrate.calibration import (
     null_ece_distribution,
     query_null_ece_distribution,
 )
-from lens_core.common import settings
 from lens_core.decide.canary import (
     CanaryConfig,
     aa_equivalence,
@@ -213,20 +212,6 @@ def _report(ece_value: float) -> pl.DataFrame:
             "status": ["pass" if ece_value <= 0.02 else "fail"],
         }
     )
-
-
-@pytest.fixture
-def lens_config(tmp_path, monkeypatch):
-    def use(text: str):
-        path = tmp_path / "override.yaml"
-        path.write_text(text)
-        monkeypatch.setenv("LENS_CONFIG", str(path))
-        settings._load.cache_clear()
-
-    settings._load.cache_clear()
-    yield use
-    monkeypatch.delenv("LENS_CONFIG", raising=False)
-    settings._load.cache_clear()
 
 
 def test_ece_gate_blocks_by_default_and_warns_when_not_released(lens_config):

@@ -54,7 +54,7 @@ import pytest
 from lens_core.common.hashing import content_hash
 from lens_core.publish.bundle import attested_facts, verify
 from resources.launch import CELERY_BROKER_ENV, EXECUTOR_ENV, lens_step_executor
-from tests.browser import in_ci
+from tests.browser import require_components
 from tests.pgcluster import free_port, pg_cluster, require_postgres, tail
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,11 +81,7 @@ def require_celery() -> str:
             __import__(mod)
         except ImportError:
             problems.append(f"the {mod} Python package is not installed: {CELERY_HINT}")
-    if problems:
-        msg = "; ".join(problems)
-        if in_ci():
-            pytest.fail(f"CI is set and the celery test cannot run: {msg}")
-        pytest.skip(msg)
+    require_components("celery", problems)
     return redis
 
 

@@ -10,23 +10,6 @@ import pytest
 from lens_core.common import settings
 
 
-@pytest.fixture
-def lens_config(tmp_path, monkeypatch):
-    """Write a LENS_CONFIG override and point the environment at it (cache cleared around)."""
-
-    def use(text: str):
-        path = tmp_path / "override.yaml"
-        path.write_text(text)
-        monkeypatch.setenv("LENS_CONFIG", str(path))
-        settings._load.cache_clear()
-        return path
-
-    settings._load.cache_clear()
-    yield use
-    monkeypatch.delenv("LENS_CONFIG", raising=False)
-    settings._load.cache_clear()
-
-
 def test_packaged_config_loads():
     cfg = settings.load_config()
     assert cfg.gates["pool"].threshold == 0.9 and cfg.gates["pool"].blocking

@@ -22,21 +22,6 @@ from lens_core.measures.trec import compute, evaluate_input, load
 BASE = "measures: [nDCG@10, R@50, SLA-R@50, RR@10, Success@1, Success@5, Success@10"
 
 
-@pytest.fixture
-def lens_config(tmp_path, monkeypatch):
-    def use(text: str):
-        path = tmp_path / "override.yaml"
-        path.write_text(text)
-        monkeypatch.setenv("LENS_CONFIG", str(path))
-        settings._load.cache_clear()
-        return path
-
-    settings._load.cache_clear()
-    yield use
-    monkeypatch.delenv("LENS_CONFIG", raising=False)
-    settings._load.cache_clear()
-
-
 def _case(tmp_path, seed: int = 3):
     """Hits and qrels where span credit is docno equality (a hit is a judged span exactly, or
     lies in a file no span of its query is in), as TREC files and as the pipeline's tables; a

@@ -36,7 +36,7 @@ from lens_core.common.contracts import BUNDLE_FILES
 from lens_core.common.hashing import sha256_file
 from lens_core.common.settings import data_dir
 from lens_core.decide.gates import GateResult
-from tests.browser import in_ci
+from tests.browser import require_components
 from tests.conftest import new_dagster_home
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,11 +53,7 @@ def require_s3() -> None:
             __import__(mod)
         except ImportError:
             problems.append(f"the {mod.split('.')[0]} Python package is not installed (the `s3` extra: {INSTALL_HINT})")
-    if problems:
-        msg = "; ".join(problems)
-        if in_ci():
-            pytest.fail(f"CI is set and the object-storage test cannot run: {msg}")
-        pytest.skip(msg)
+    require_components("object-storage", problems)
 
 
 def _free_port() -> int:
