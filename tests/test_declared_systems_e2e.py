@@ -7,8 +7,8 @@ ignores) and a candidate (`model=tf`), each with the cfg_hash the engine is expe
 One weekly partition runs with `DATA_SOURCE=prod` (`python -m lens_cli run`). Then:
 - the engine saw each system's declared parameters, and the systems were interleaved in time;
 - the blocking cfg_hash gate reconciles every system (reported = declared);
-- the A/A is equivalent (TOST against the margins) and no cost, SLA or latency difference of
-  the twin is flagged;
+- the A/A is equivalent (TOST against the margins), no cost or SLA difference of the twin is
+  flagged, and its latency tail is the baseline's (overlapping CIs of p99/p95);
 - with a wrong declared cfg_hash, the same run refuses publication with a clearly worded
   blocking gate.
 """
@@ -122,8 +122,16 @@ def test_declared_foreign_engine_reconciles_and_its_aa_is_equivalent(tmp_path, f
     verdict = aa_equivalence_per_query(pq, "acme_bm25", "acme_bm25_twin", canary_config())
     assert verdict.equivalent, verdict.reason
     twin_gates = gates.filter(pl.col("subject") == "acme_bm25_twin")
-    flagged = twin_gates.filter(pl.col("gate").is_in(["cost", "sla_recall", "tail"]) & ~pl.col("passed"))
+    flagged = twin_gates.filter(pl.col("gate").is_in(["cost", "sla_recall"]) & ~pl.col("passed"))
     assert flagged.height == 0, flagged.to_dicts()
+    # The tail gate is absolute (p99/p95 of one system, WARN), not a difference: on 200 queries
+    # p99 rests on two observations, and on a loaded machine either twin can sit at 2.0 by
+    # scheduler noise alone (a CI run saw 2.019). What an A/A must show is that the twin's tail
+    # is the baseline's: their bootstrap CIs of p99/p95 overlap.
+    sc = _staged(root, "scores").filter((pl.col("metric") == "p99_p95") & (pl.col("slice") == "all"))
+    tail = {r["system"]: (r["ci_low"], r["ci_high"]) for r in sc.to_dicts()}
+    (blo, bhi), (tlo, thi) = tail["acme_bm25"], tail["acme_bm25_twin"]
+    assert tlo <= bhi and blo <= thi, tail
     for metric in ("lat_p95", "cpu_ms"):
         ci = paired_delta_ci(pq, "acme_bm25_twin", "acme_bm25", metric, relative=True, b=1000, seed=1)
         if ci is None:
