@@ -3,7 +3,7 @@ each step, on the simulator source, cold (fresh data dir and Dagster home), in O
 in-process executor: every step's memory in the same process, the strictest measure; the
 multiprocess executor only lowers it).
 
-    python benchmarks/bench_seed_scale.py [--queries-per-suite N] [--full-grids] [--out FILE]
+    python -m benchmarks.bench_seed_scale [--queries-per-suite N] [--full-grids] [--out FILE] [--keep DIR]
 
 The seed's scale is `--queries-per-suite 16256 --full-grids` (48,768 queries, 32 systems: the
 SPEC §8 grids' 29 variants, the baseline, its A/A twin and the tail arm; k = 50). The issue's
@@ -86,8 +86,9 @@ def main() -> None:
     ap.add_argument("--queries-per-suite", type=int, default=16256)
     ap.add_argument("--full-grids", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--keep", type=Path, default=None, help="keep the data dir and Dagster home here (a new path)")
     a = ap.parse_args()
-    out = measure(a.queries_per_suite, a.full_grids)
+    out = measure(a.queries_per_suite, a.full_grids, keep=a.keep)
     print(table(out))
     print(
         f"\nwall {out['wall_s']:.0f} s (generation {out['generation_s']:.0f} s, the rest "

@@ -13,7 +13,7 @@ from lens_assets.common import GROUP, OWNERS_EVAL, current_systems, weekly_parti
 from lens_assets.metadata import ci_whiskers_markdown, markdown_table, table_metadata
 from lens_core.common import contracts
 from lens_core.common.settings import judging_dir, judgments_dir, label_policy, load_config, qrels_setting
-from lens_core.judge.judging import SPAN_KEYS, build_pool, judge, judged_members, pool_counts, unjudged_share
+from lens_core.judge.judging import SPAN_KEYS, build_pool, judge, judged_flags, pool_counts, unjudged_share
 from lens_core.judge.qrels import human_qrels_paths, known_qids, qrels_manifest, read_qrels_files
 from lens_core.judge.queue import export_queue, span_reader
 from lens_core.judge.queue import judging_queue as judging_queue_frame
@@ -98,11 +98,14 @@ def pool(context: dg.AssetExecutionContext, hits: pl.LazyFrame) -> pl.DataFrame:
 def qrels_and_pool_counts(
     context: dg.AssetExecutionContext,
     lens_source: LensDataSource,
-    pool: pl.DataFrame,
+    pool: pl.LazyFrame,  # read without its `systems` lists but where counted (issue 22)
     ground_truth: pl.DataFrame,
     query_suites: pl.DataFrame,
 ):
     cfg = load_config()
+    pool = pool.select(*SPAN_KEYS, pl.col("systems").cast(pl.List(pl.Categorical))).collect(engine="streaming")
+    systems = pool.get_column("systems")
+    pool = pool.drop("systems")
     policy = label_policy(lens_source.resolved_source())
     files = human_qrels_paths(qrels_setting(), judgments_dir())
     human, unknown = known_qids(read_qrels_files(files, cfg.judging.grades), query_suites)
@@ -112,9 +115,10 @@ def qrels_and_pool_counts(
             f"(as trec_eval ignores them): {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}"
         )
     q = judge(pool, ground_truth, human, policy=policy)
-    pc = pool_counts(pool, q)
+    judged = judged_flags(pool, q)
+    pc = pool_counts(pool.with_columns(systems), q, judged=judged)
+    del systems
     by_source = q.group_by("source", "rel").len().sort("source", "rel")
-    members = judged_members(pool, q)
     yield dg.Output(
         q,
         output_name="qrels",
@@ -127,8 +131,8 @@ def qrels_and_pool_counts(
             human_labels=human.height,
             unknown_qids=len(unknown),
             unknown_qid_list=", ".join(unknown[:50]) or "none",
-            pool_members=members.height,
-            pool_members_judged=int(members["judged"].sum()),
+            pool_members=pool.height,
+            pool_members_judged=int(judged.sum()),
         ),
     )
     yield dg.Output(pc, output_name="pool_counts", metadata=table_metadata(pc, headline=markdown_table(pc)))
@@ -148,22 +152,27 @@ def qrels_and_pool_counts(
 def judging_queue(
     context: dg.AssetExecutionContext,
     lens_source: LensDataSource,
-    pool: pl.DataFrame,
+    pool: pl.LazyFrame,  # its `systems` lists read as their lengths only (issue 22)
     qrels: pl.DataFrame,
     query_suites: pl.DataFrame,
 ) -> pl.DataFrame:
     cfg = load_config()
-    members = judged_members(pool, qrels)
+    pool = pool.select(*SPAN_KEYS, "best_rank", pl.col("systems").list.len().alias("n_systems")).collect(
+        engine="streaming"
+    )
+    judged = judged_flags(pool, qrels)
     roots = lens_source.source_roots()
+    # the members nobody judged (pool spans are unique per query: filtering them is the
+    # anti-join against the judged spans, without copying the pool)
     queue = judging_queue_frame(
-        pool,
-        members.filter(pl.col("judged")).select(SPAN_KEYS).with_columns(pl.lit(1).alias("rel")),
+        pool.filter(~judged),
+        None,
         query_suites,
         cap_per_query=cfg.judging.queue_cap_per_query,
         source_reader=span_reader(roots) if roots else None,
     )
     out = export_queue(queue, judging_dir(context.partition_key), cfg.judging.grades)
-    unjudged = members.height - int(members["judged"].sum())
+    unjudged = pool.height - int(judged.sum())
     context.add_output_metadata(
         table_metadata(
             queue,

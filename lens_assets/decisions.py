@@ -35,13 +35,13 @@ from lens_core.decide.canary import (
     canary_config,
     run_ladder,
 )
-from lens_core.decide.canary_inputs import build_stream
+from lens_core.decide.canary_inputs import ArmRows, arm_rows, bucket_keys, stream_from_arms
 from lens_core.decide.gates import (
     ece_gate,
     gate_config,
 )
 from lens_core.decide.promotion import evaluate_rules, sanity_battery, select_hero
-from lens_core.judge.judging import label_hits
+from lens_core.judge.judging import LABEL_HIT_COLUMNS, label_hits
 from lens_core.stats.compare import compare_many
 from resources.data_source import LensDataSource
 from resources.paging import PagerResource
@@ -419,16 +419,27 @@ def canary(
         + [s.name for s in systems if s.canary]
     )
     cals = CalibratorSet.from_json((calibration_dir(context.partition_key) / "index.json").read_text())
-    # only the systems the canary replays: the baseline, its A/A twin and the tests (issue 22)
-    arms = [base, aa, *tests]
-    labelled = label_hits(
-        hits.filter(pl.col("system").is_in(arms)).collect(), agg.filter(pl.col("system").is_in(arms)), qrels
-    )
+    # only the systems the canary replays (the baseline, its A/A twin and the tests), each
+    # labelled from its own hits when first needed and kept as its per-query part of the
+    # stream: memory follows one system's hits, not every arm's (issue 22)
+    keys = bucket_keys(ground_truth)
+    arms: dict[str, ArmRows] = {}
+
+    def arm(system: str) -> ArmRows:
+        if system not in arms:
+            labelled = label_hits(
+                hits.filter(pl.col("system") == system).select(LABEL_HIT_COLUMNS).collect(),
+                agg.filter(pl.col("system") == system),
+                qrels,
+            )
+            arms[system] = arm_rows(per_query, labelled, cals, system, keys)
+        return arms[system]
+
     cfg = canary_config()
     frames = {"steps": [], "windows": [], "decisions": []}
     summary = []
     for test in dict.fromkeys(tests):
-        stream = build_stream(per_query, labelled, cals, ground_truth, base, test, aa)
+        stream = stream_from_arms(arm(base), arm(test), arm(aa))
 
         def page(text: str, details: dict, _test=test) -> None:
             pager.trigger(

@@ -39,9 +39,13 @@ def bucket_keys(ground_truth: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _arm_rows(
-    per_query: pl.DataFrame, labelled: pl.DataFrame, cals: CalibratorSet, system: str, arm: str, keys: pl.DataFrame
+def arm_rows(
+    per_query: pl.DataFrame, labelled: pl.DataFrame, cals: CalibratorSet, system: str, keys: pl.DataFrame
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One system's part of a stream, whichever arm it plays: its queries (qid, repo,
+    sla_recall_50, lat_ms, confidence, calib_ms) and its labelled hits (qid, confidence,
+    label). `labelled`: `label_hits` rows of (at least) that system; `keys`: `bucket_keys`.
+    A system that is the control (or the A/A twin) of several tests is computed once."""
     pq = per_query.filter(pl.col("system") == system).select("qid", "sla_recall_50", "lat_ms")
     lab = labelled.filter(pl.col("system") == system).sort("qid")
     conf = cals.apply_frame(lab, score_col="score")
@@ -65,10 +69,9 @@ def _arm_rows(
             pl.col("confidence").fill_null(0.0),
             pl.col("calib_ms").fill_null(0.0),
             pl.col("lat_ms").fill_null(float("nan")),
-            pl.lit(arm).alias("arm"),
         )
     )
-    labels = lab.select("qid", pl.lit(arm).alias("arm"), "confidence", pl.col("label").cast(pl.Int64))
+    labels = lab.select("qid", "confidence", pl.col("label").cast(pl.Int64))
     return rows, labels
 
 
@@ -91,14 +94,30 @@ def build_stream(
     aa_test: str,
 ) -> CanaryStream:
     keys = bucket_keys(ground_truth)
-    cq, cl = _arm_rows(per_query, labelled, cals, control, "control", keys)
-    tq, tl = _arm_rows(per_query, labelled, cals, test, "test", keys)
-    aq, al = _arm_rows(per_query, labelled, cals, aa_test, "test", keys)
+    return stream_from_arms(*(arm_rows(per_query, labelled, cals, s, keys) for s in (control, test, aa_test)))
+
+
+ArmRows = tuple[pl.DataFrame, pl.DataFrame]
+
+
+def stream_from_arms(control: ArmRows, test: ArmRows, aa_test: ArmRows) -> CanaryStream:
+    """The stream of one (control, test) pair and its A/A (control, twin), from `arm_rows`."""
+
+    def named(part: ArmRows, arm: str) -> ArmRows:
+        return tuple(x.with_columns(pl.lit(arm).alias("arm")) for x in part)  # type: ignore[return-value]
+
+    (cq, cl), (tq, tl), (aq, al) = named(control, "control"), named(test, "test"), named(aa_test, "test")
     lat_ok = pl.col("lat_ms").is_finite()
     # A query either arm failed to answer has no latency: it stays in the stream with NaN
     # replaced by the SLA-breaking sentinel, so it counts against its arm rather than vanishing.
     fill = pl.when(lat_ok).then(pl.col("lat_ms")).otherwise(1e9).alias("lat_ms")
     cols = ["qid", "repo", "arm", "sla_recall_50", "lat_ms", "confidence", "calib_ms"]
+    lcols = ["qid", "arm", "confidence", "label"]
     ab = _order(pl.concat([cq, tq]).with_columns(fill).select(cols))
     aa = _order(pl.concat([cq, aq]).with_columns(fill).select(cols))
-    return CanaryStream(queries=ab, labels=pl.concat([cl, tl]), aa_queries=aa, aa_labels=pl.concat([cl, al]))
+    return CanaryStream(
+        queries=ab,
+        labels=pl.concat([cl.select(lcols), tl.select(lcols)]),
+        aa_queries=aa,
+        aa_labels=pl.concat([cl.select(lcols), al.select(lcols)]),
+    )

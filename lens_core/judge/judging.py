@@ -71,14 +71,19 @@ def build_pool(hits: pl.DataFrame | pl.LazyFrame, depth: int = 50) -> pl.DataFra
                 "best_rank": pl.Int32,
             }
         )
-    names = [
-        pl.when((pl.col(words[i // 64]) & pl.lit(1 << (i % 64), dtype=pl.UInt64)) != 0).then(pl.lit(name))
-        for i, name in enumerate(systems)
+    # bits -> system indices (2 bytes per member and system while the list is built), then
+    # each index -> its name once: not one string column per system over the whole pool
+    index = [
+        pl.when((pl.col(words[i // 64]) & pl.lit(1 << (i % 64), dtype=pl.UInt64)) != 0).then(pl.lit(i, pl.UInt16))
+        for i in range(len(systems))
     ]
-    return (
-        pool.with_columns(pl.concat_list(names).list.drop_nulls().alias("systems"))
-        .select(*SPAN_KEYS, "systems", "best_rank")
-        .sort(SPAN_KEYS)
+    pool = pool.select(*SPAN_KEYS, pl.concat_list(index).list.drop_nulls().alias("systems"), "best_rank").sort(
+        SPAN_KEYS
+    )
+    return pool.with_columns(
+        pl.col("systems").list.eval(
+            pl.element().replace_strict(list(range(len(systems))), systems, return_dtype=pl.String)
+        )
     )
 
 
@@ -122,42 +127,67 @@ def judge(
     return qrels.sort(SPAN_KEYS)
 
 
-def judged_members(pool: pl.DataFrame, qrels: pl.DataFrame) -> pl.DataFrame:
-    """The pool with a `judged` flag: a member carries a label directly, or earns span credit
-    against a labelled relevant span (what judged@k counts as judged)."""
+def judged_flags(pool: pl.DataFrame, qrels: pl.DataFrame) -> pl.Series:
+    """Boolean `judged`, aligned with `pool`'s rows: the member carries a label directly, or
+    earns span credit against a labelled relevant span (what judged@k counts as judged).
+
+    Span credit is looked for only among the members nobody labelled (a labelled member is
+    judged either way), so under a labelling policy that labels most of the pool the span
+    join runs on a remainder, and memory follows the pool's key columns, not a copy of it
+    with its `systems` lists (issue 22)."""
+    keys = pool.select(SPAN_KEYS).with_row_index("_row")
+    labelled = qrels.select(SPAN_KEYS).unique().with_columns(pl.lit(True).alias("_l"))
+    flagged = keys.join(labelled, on=SPAN_KEYS, how="left", maintain_order="left")
+    label = flagged.get_column("_l").fill_null(False)
+    rest = flagged.filter(~label).drop("_l")
+    del flagged
     spans = relevant_spans(qrels)
-    members = pool.with_columns(
-        pl.lit("pool").alias("run_id"), pl.lit("pool").alias("system"), pl.int_range(0, pl.len()).alias("rank")
-    )
-    by_credit = match_pairs(members.drop("systems", strict=False), spans, file_only=False).select("rank").unique()
-    by_label = members.join(qrels.select(SPAN_KEYS).unique(), on=SPAN_KEYS, how="semi").select("rank")
-    judged = pl.concat([by_credit.cast({"rank": pl.Int64}), by_label.cast({"rank": pl.Int64})]).unique()
-    return members.with_columns(pl.col("rank").is_in(judged["rank"].implode()).alias("judged")).drop(
-        "run_id", "system", "rank"
-    )
+    judged = label
+    if rest.height and spans.height:
+        members = rest.rename({"_row": "rank"}).with_columns(
+            pl.lit("pool").alias("run_id"), pl.lit("pool").alias("system")
+        )
+        credited = match_pairs(members, spans, file_only=False).get_column("rank").unique()
+        judged = label | keys.get_column("_row").is_in(credited.implode())
+    return judged.alias("judged")
 
 
-def pool_counts(pool: pl.DataFrame, qrels: pl.DataFrame) -> pl.DataFrame:
+def judged_members(pool: pl.DataFrame, qrels: pl.DataFrame) -> pl.DataFrame:
+    """The pool with a `judged` flag (`judged_flags`)."""
+    return pool.with_columns(judged_flags(pool, qrels))
+
+
+def pool_counts(pool: pl.DataFrame, qrels: pl.DataFrame, judged: pl.Series | None = None) -> pl.DataFrame:
     """pool_counts_by_system.csv: system, contributed, unique_contributed, judged_share.
 
     judged_share: the share of the system's pool entries that carry a label (directly, or by
-    earning span credit against a relevant span).
-    """
-    flagged = judged_members(pool, qrels)
+    earning span credit against a relevant span). `judged`: `judged_flags(pool, qrels)` when the
+    caller has it. The systems are counted as categorical codes (the exploded `systems` lists
+    would otherwise copy one string per member and system)."""
+    judged = judged_flags(pool, qrels) if judged is None else judged
     per = (
-        flagged.select("systems", "judged", pl.col("systems").list.len().alias("n_sys"))
+        pool.select(
+            pl.col("systems").cast(pl.List(pl.Categorical)),
+            judged.alias("judged"),
+            pl.col("systems").list.len().cast(pl.UInt16).alias("n_sys"),
+        )
         .explode("systems")
         .rename({"systems": "system"})
+        .drop_nulls("system")
     )
     return (
         per.group_by("system")
         .agg(
-            pl.len().alias("contributed"),
-            (pl.col("n_sys") == 1).sum().alias("unique_contributed"),
+            pl.len().cast(pl.UInt32).alias("contributed"),
+            (pl.col("n_sys") == 1).sum().cast(pl.UInt32).alias("unique_contributed"),
             pl.col("judged").mean().alias("judged_share"),
         )
+        .with_columns(pl.col("system").cast(pl.String))
         .sort("system")
     )
+
+
+LABEL_HIT_COLUMNS = ("run_id", "system", "qid", "rank", "repo", "path", "start_line", "end_line", "score")
 
 
 def label_hits(hits: pl.DataFrame, agg: pl.DataFrame, qrels: pl.DataFrame) -> pl.DataFrame:
@@ -168,7 +198,7 @@ def label_hits(hits: pl.DataFrame, agg: pl.DataFrame, qrels: pl.DataFrame) -> pl
     other returned hit is 0 (judged non-relevant or unjudged, as SPEC §3 counts unjudged).
     """
     spans = relevant_spans(qrels)
-    h = hits.select("run_id", "system", "qid", "rank", "repo", "path", "start_line", "end_line", "score")
+    h = hits.select(LABEL_HIT_COLUMNS)
     rel = match_pairs(h, spans, file_only=False).select("run_id", "system", "qid", "rank").unique()
     meta = agg.select("run_id", "system", "qid", "intent", "language")
     return (
