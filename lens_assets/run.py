@@ -17,7 +17,7 @@ from lens_core.common.hashing import atomic_write_json
 from lens_core.common.settings import data_dir, judging_dir, owners
 from lens_core.publish.bundle import partition_lock, read_published
 from resources.data_source import LensDataSource
-from resources.launch import LaunchedRun, launch_job
+from resources.launch import LaunchedRun, execute_in_process_uncaptured, launch_job
 from resources.paging import PagerResource
 from resources.progress_log import ProgressPrinter, progress_run_config, with_progress
 
@@ -75,8 +75,9 @@ def run_weekly(
         job, run_config = with_progress(job), progress_run_config(plan_steps(job))
     # runs of one partition share its staging tables: one at a time (issue 18)
     with partition_lock(data_dir(), partition), dagster_instance() as instance:
-        result = job.execute_in_process(
-            partition_key=partition, instance=instance, resources=resources, raise_on_error=False, run_config=run_config
+        # without Dagster's output capture: a step's tables are freed when the next step starts
+        result = execute_in_process_uncaptured(
+            job, partition_key=partition, instance=instance, resources=resources, run_config=run_config
         )
     return _outcome(partition, result, t0, pager)
 

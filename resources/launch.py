@@ -436,3 +436,51 @@ def weekly_run_guard(context, source: str | None = None) -> None:
 def release_weekly_partition(context) -> bool:
     """Give back this run's lease of its partition (the end of release_bundle)."""
     return release_partition_lease(data_dir(), context.partition_key, context.run_id)
+
+
+def execute_in_process_uncaptured(
+    job: dg.JobDefinition,
+    *,
+    instance: dg.DagsterInstance,
+    partition_key: str | None = None,
+    resources: dict[str, Any] | None = None,
+    run_config: dict[str, Any] | None = None,
+    raise_on_error: bool = False,
+) -> dg.ExecuteInProcessResult:
+    """`job.execute_in_process(...)` without keeping every step's output value in memory.
+
+    Dagster's `execute_in_process` captures each output (for `result.output_for_node`) until the
+    run ends, so an in-process weekly run held every table it produced, pool, qrels, per-query
+    and all, at once (issue 22: the in-process peak grew step by step while each step alone
+    needed a fraction). Our runs read outputs back through the IO managers, never from the
+    result, so this executes the same in-memory job with output capture off (Dagster's own
+    `core_execute_in_process`, as `execute_in_process` calls it, with the flag it fixes to
+    True); everything else of the result (success, events, run id) is as before."""
+    from dagster._core.definitions.job_base import InMemoryJob
+    from dagster._core.execution.execute_in_process import (
+        core_execute_in_process,
+        merge_run_tags,
+        type_check_and_normalize_args,
+    )
+
+    run_config, _, asset_selection, resource_defs, partition_key, input_values = type_check_and_normalize_args(
+        run_config=run_config, partition_key=partition_key, resources=resources
+    )
+    ephemeral = job.as_ephemeral_job(resource_defs=resource_defs, input_values=input_values)
+    if not run_config and ephemeral.partitioned_config and partition_key:
+        run_config = ephemeral.partitioned_config.get_run_config_for_partition_key(partition_key)
+    return core_execute_in_process(
+        job=InMemoryJob(job_def=ephemeral),
+        run_config=run_config,
+        instance=instance,
+        output_capturing_enabled=False,
+        raise_on_error=raise_on_error,
+        run_tags=merge_run_tags(
+            job_def=job,
+            partition_key=partition_key,
+            tags=None,
+            asset_selection=asset_selection,
+            instance=instance,
+            run_config=run_config,
+        ),
+    )
