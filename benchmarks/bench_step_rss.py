@@ -9,8 +9,11 @@ DIR is a data dir and Dagster home kept by `python -m benchmarks.bench_seed_scal
 key; a multi-asset by all its keys joined with '+') is materialised for the partition with
 `dagster asset materialize` in a fresh process, on the same simulator source and grids the
 kept run used; its wall time and the process's own peak RSS (`wait4`) are reported, imports
-and Dagster's start-up included (~250 MB, ~5 s). The tables it rewrites are the same ones, from
-the same inputs (the chain is deterministic).
+and Dagster's start-up included (~250 MB, ~5 s). `dagster asset materialize` runs the asset
+checks of the selected assets too, each in a subprocess of its own; the peak (`wait4`: the
+largest process of the tree) is then the larger of the step and its checks (the data tests'
+DuckDB is capped by `LENS_DUCKDB_MEMORY`, default 2GB). The tables it rewrites are the same ones,
+from the same inputs (the chain is deterministic).
 """
 
 from __future__ import annotations

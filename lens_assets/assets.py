@@ -12,8 +12,18 @@ from lens_assets.collection import agg_and_hits, raw_runs
 from lens_assets.common import GROUP, OWNERS_EVAL, current_systems, weekly_partitions
 from lens_assets.metadata import ci_whiskers_markdown, markdown_table, table_metadata
 from lens_core.common import contracts
-from lens_core.common.settings import judging_dir, judgments_dir, label_policy, load_config, qrels_setting
-from lens_core.judge.judging import SPAN_KEYS, build_pool, judge, judged_flags, pool_counts, unjudged_share
+from lens_core.common.settings import data_dir, judging_dir, judgments_dir, label_policy, load_config, qrels_setting
+from lens_core.common.tables import ParquetFile, write_parquet_parts
+from lens_core.judge.judging import (
+    SPAN_KEYS,
+    build_pool_indexed,
+    judge,
+    judged_flags,
+    name_systems,
+    pool_counts,
+    pool_slices,
+    unjudged_share,
+)
 from lens_core.judge.qrels import human_qrels_paths, known_qids, qrels_manifest, read_qrels_files
 from lens_core.judge.queue import export_queue, span_reader
 from lens_core.judge.queue import judging_queue as judging_queue_frame
@@ -70,12 +80,25 @@ def query_suites(context: dg.AssetExecutionContext, lens_source: LensDataSource)
     group_name=GROUP,
     partitions_def=weekly_partitions,
 )
-def pool(context: dg.AssetExecutionContext, hits: pl.LazyFrame) -> pl.DataFrame:
-    p = build_pool(hits, depth=load_config().run.pool_depth)
-    context.add_output_metadata(
-        table_metadata(p, contracts.POOL_SCHEMA, preview=p.head(8), queries=p["qid"].n_unique())
+def pool(context: dg.AssetExecutionContext, hits: pl.LazyFrame) -> ParquetFile:
+    p, systems = build_pool_indexed(hits, depth=load_config().run.pool_depth)
+    scratch = data_dir() / "staging" / ".pool"
+    scratch.mkdir(parents=True, exist_ok=True)
+    # written a slice at a time: the systems' names never exist for the whole pool at once (issue
+    # 22); the IO manager moves the file into place
+    out = write_parquet_parts(
+        (("pool", s) for s in pool_slices(p, systems)), scratch / f"{context.run_id}.parquet", contracts.POOL_SCHEMA
     )
-    return p
+    context.add_output_metadata(
+        table_metadata(
+            p,
+            contracts.POOL_SCHEMA,
+            preview=name_systems(p.head(8), systems),
+            queries=p["qid"].n_unique(),
+            systems=len(systems),
+        )
+    )
+    return out
 
 
 @dg.multi_asset(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,13 +128,27 @@ def merge_parquet(parts: list[Path], path: str | os.PathLike, schema: pa.Schema)
     given, one part in memory at a time (issue 22: memory bounded by the largest system), with the
     product's writer options, atomically; each part's rows keep their row groups' boundaries, so a
     reader that filters one system reads only its row groups."""
+
+    def tables():
+        for part in parts:
+            yield os.fspath(part), pq.read_table(part)  # its own schema: conform refuses a drifted part
+
+    return write_parquet_parts(tables(), path, schema)
+
+
+def write_parquet_parts(
+    tables: Iterable[tuple[str, pa.Table | pl.DataFrame]], path: str | os.PathLike, schema: pa.Schema
+) -> ParquetFile:
+    """(name, table) parts written in order as one Parquet file at `path` under `schema`, one
+    part in memory at a time, with the product's writer options, atomically (nothing at `path`
+    unless every part conformed). `name` names a part in a refusal."""
     rows = 0
     with atomic_path(path, suffix=".parquet") as tmp:
         writer = pq.ParquetWriter(tmp, schema, **parquet_options(schema))
         try:
-            for part in parts:
-                t = pq.read_table(part)  # its own schema: conform refuses a drifted part
-                writer.write_table(conform(t, schema, os.fspath(part)))
+            for name, t in tables:
+                t = conform(t, schema, name)
+                writer.write_table(t)
                 rows += t.num_rows
                 del t
         finally:

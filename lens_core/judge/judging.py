@@ -29,10 +29,21 @@ def policy_source(policy: str) -> str:
 def build_pool(hits: pl.DataFrame | pl.LazyFrame, depth: int = 50) -> pl.DataFrame:
     """pool.parquet rows: qid, repo, path, start_line, end_line, systems (sorted), best_rank.
 
-    `hits` may be a scan of the hits file (issue 22): the pool is built one system at a time
-    (that system's distinct in-SLA top-`depth` spans merged into the pool so far, which systems
-    retrieved a span kept as bits of UInt64 words until the end), so memory follows the pool and
-    one system's rows, not the hits of every system."""
+    `hits` may be a scan of the hits file (issue 22): see `build_pool_indexed`, whose indexed
+    `systems` lists this names."""
+    pool, systems = build_pool_indexed(hits, depth)
+    return name_systems(pool, systems)
+
+
+def build_pool_indexed(hits: pl.DataFrame | pl.LazyFrame, depth: int = 50) -> tuple[pl.DataFrame, list[str]]:
+    """The pool with `systems` as lists of indices (UInt16) into the sorted system names, and
+    those names: `name_systems` turns a slice of it into pool.parquet rows.
+
+    Built one system at a time (that system's distinct in-SLA top-`depth` spans merged into the
+    pool so far, which systems retrieved a span kept as bits of UInt64 words until the end), so
+    memory follows the pool's keys and one system's rows, not the hits of every system; the
+    systems' names, one string per member and system (most of the named pool's memory at 32
+    systems), are written a slice at a time by the caller (`write_pool`)."""
     lf = hits.lazy()
     systems = lf.select(pl.col("system").unique()).collect().get_column("system").sort().to_list()
     words = [f"__w{k}" for k in range(max(1, -(-len(systems) // 64)))]
@@ -41,9 +52,10 @@ def build_pool(hits: pl.DataFrame | pl.LazyFrame, depth: int = 50) -> pl.DataFra
 
     def merge(frames: list[pl.DataFrame]) -> pl.DataFrame:
         return (
-            pl.concat(frames)
+            pl.concat([f.lazy() for f in frames])
             .group_by(SPAN_KEYS)
             .agg(pl.col("best_rank").min(), *[pl.col(w).bitwise_or() for w in words])
+            .collect(engine="streaming")
         )
 
     for i, system in enumerate(systems):
@@ -54,7 +66,7 @@ def build_pool(hits: pl.DataFrame | pl.LazyFrame, depth: int = 50) -> pl.DataFra
             .agg(pl.col("rank").min().alias("best_rank"))
             .with_columns(bits)
             .select(*SPAN_KEYS, "best_rank", *words)
-            .collect()
+            .collect(engine="streaming")
         )
         # merge when the systems waiting hold as many rows as the pool so far: each row is merged
         # O(log systems) times, and memory stays within about twice the pool
@@ -64,27 +76,39 @@ def build_pool(hits: pl.DataFrame | pl.LazyFrame, depth: int = 50) -> pl.DataFra
     if pending:
         pool = merge(([pool] if pool is not None else []) + pending)
     if pool is None:
-        return pl.DataFrame(
-            schema={
-                **dict(zip(SPAN_KEYS, (pl.String, pl.String, pl.String, pl.Int32, pl.Int32))),
-                "systems": pl.List(pl.String),
-                "best_rank": pl.Int32,
-            }
-        )
-    # bits -> system indices (2 bytes per member and system while the list is built), then
-    # each index -> its name once: not one string column per system over the whole pool
+        empty = {
+            **dict(zip(SPAN_KEYS, (pl.String, pl.String, pl.String, pl.Int32, pl.Int32))),
+            "systems": pl.List(pl.UInt16),
+            "best_rank": pl.Int32,
+        }
+        return pl.DataFrame(schema=empty), systems
+    # bits -> system indices (2 bytes per member and system)
     index = [
         pl.when((pl.col(words[i // 64]) & pl.lit(1 << (i % 64), dtype=pl.UInt64)) != 0).then(pl.lit(i, pl.UInt16))
         for i in range(len(systems))
     ]
-    pool = pool.select(*SPAN_KEYS, pl.concat_list(index).list.drop_nulls().alias("systems"), "best_rank").sort(
-        SPAN_KEYS
-    )
+    pool = pool.select(*SPAN_KEYS, pl.concat_list(index).list.drop_nulls().alias("systems"), "best_rank")
+    return pool.sort(SPAN_KEYS), systems
+
+
+def name_systems(pool: pl.DataFrame, systems: list[str]) -> pl.DataFrame:
+    """`build_pool_indexed` rows with each `systems` index replaced by its name."""
+    if not systems:
+        return pool.with_columns(pl.col("systems").cast(pl.List(pl.String)))
     return pool.with_columns(
         pl.col("systems").list.eval(
             pl.element().replace_strict(list(range(len(systems))), systems, return_dtype=pl.String)
         )
     )
+
+
+POOL_WRITE_ROWS = 1 << 17  # rows named and written at a time (a row group each)
+
+
+def pool_slices(pool: pl.DataFrame, systems: list[str], rows: int = POOL_WRITE_ROWS):
+    """The named pool (`name_systems`) a slice of `rows` at a time, for a streaming writer."""
+    for offset in range(0, max(pool.height, 1), rows):
+        yield name_systems(pool.slice(offset, rows), systems)
 
 
 def judge(
