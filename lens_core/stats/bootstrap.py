@@ -191,7 +191,7 @@ def paired_delta_ci(
     pick = ["qid", *cols]
     a = per_query.filter(pl.col("system") == test).select(pick)
     c = per_query.filter(pl.col("system") == control).select(pick)
-    j = a.join(c, on="qid", suffix="__c")
+    j = a.join(c, on="qid", suffix="__c", maintain_order="left")  # the resamples index these rows
     finite = pl.all_horizontal([pl.col(x).is_finite() for x in cols] + [pl.col(x + "__c").is_finite() for x in cols])
     j = j.filter(finite)
     n = j.height
