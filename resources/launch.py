@@ -446,8 +446,10 @@ def execute_in_process_uncaptured(
     resources: dict[str, Any] | None = None,
     run_config: dict[str, Any] | None = None,
     raise_on_error: bool = False,
+    asset_selection: list[dg.AssetKey] | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """`job.execute_in_process(...)` without keeping every step's output value in memory.
+    """`job.execute_in_process(...)` without keeping every step's output value in memory
+    (`asset_selection`: a subset of the job's assets, the others read through the IO managers).
 
     Dagster's `execute_in_process` captures each output (for `result.output_for_node`) until the
     run ends, so an in-process weekly run held every table it produced, pool, qrels, per-query
@@ -464,9 +466,11 @@ def execute_in_process_uncaptured(
     )
 
     run_config, _, asset_selection, resource_defs, partition_key, input_values = type_check_and_normalize_args(
-        run_config=run_config, partition_key=partition_key, resources=resources
+        run_config=run_config, partition_key=partition_key, resources=resources, asset_selection=asset_selection
     )
-    ephemeral = job.as_ephemeral_job(resource_defs=resource_defs, input_values=input_values)
+    ephemeral = job.as_ephemeral_job(
+        resource_defs=resource_defs, input_values=input_values, asset_selection=asset_selection or None
+    )
     if not run_config and ephemeral.partitioned_config and partition_key:
         run_config = ephemeral.partitioned_config.get_run_config_for_partition_key(partition_key)
     return core_execute_in_process(

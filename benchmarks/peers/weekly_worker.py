@@ -76,7 +76,10 @@ def main() -> None:
 
     from lens_assets.run import dagster_instance, run_weekly
 
-    res = run_weekly(partition, queries_per_suite=qps, progress=False)
+    if "--after-ingestion" in sys.argv:
+        res = _after_ingestion(partition, qps)
+    else:
+        res = run_weekly(partition, queries_per_suite=qps, progress=False)
     errors = list(res.get("errors", []))
     success = bool(res["success"])
     if with_lvm:  # as `lens-eval run --with-lvm` (make demo) does
@@ -117,6 +120,31 @@ def main() -> None:
             }
         )
     )
+
+
+# what `--after-ingestion` does not rerun: collection, ingestion and their inputs
+UPSTREAM = {"engine_corpus", "engine_index", "query_suites", "ground_truth", "raw_runs", "agg", "hits"}
+
+
+def _after_ingestion(partition: str, qps: int) -> dict:
+    """The weekly job's steps after ingestion, in-process (no output capture), on a data dir
+    whose collection and ingestion a previous run made (`bench_seed_scale --keep`): the chain's
+    wall time and memory without the simulator's generation, measured again. The job's own
+    resources (`qps` only sizes collection, which does not run)."""
+    from lens_assets.run import dagster_instance, defs
+    from lens_core.common.settings import data_dir
+    from resources.launch import execute_in_process_uncaptured
+
+    job = defs.resolve_job_def("weekly_lens_job")
+    keys = [k for k in job.asset_layer.executable_asset_keys if k.to_user_string() not in UPSTREAM]
+    published = data_dir() / "published.json"
+    before = published.stat().st_mtime if published.exists() else None
+    with dagster_instance() as instance:
+        r = execute_in_process_uncaptured(
+            job, instance=instance, partition_key=partition, asset_selection=keys
+        )
+    after = published.stat().st_mtime if published.exists() else None
+    return {"success": r.success, "published": after is not None and after != before, "errors": []}
 
 
 if __name__ == "__main__":
