@@ -140,9 +140,7 @@ def _after_ingestion(partition: str, qps: int) -> dict:
     published = data_dir() / "published.json"
     before = published.stat().st_mtime if published.exists() else None
     with dagster_instance() as instance:
-        r = execute_in_process_uncaptured(
-            job, instance=instance, partition_key=partition, asset_selection=keys
-        )
+        r = execute_in_process_uncaptured(job, instance=instance, partition_key=partition, asset_selection=keys)
     after = published.stat().st_mtime if published.exists() else None
     return {"success": r.success, "published": after is not None and after != before, "errors": []}
 
