@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import BENCH, PY, last_json, run_proc, sub_env
+from benchmarks.common import BENCH, PY, last_json, run_proc, scale_env
 
 PARTITION = "2026-11-29"
 GENERATION = re.compile(r"^raw_runs\.collect_systems\[")
@@ -34,13 +34,7 @@ GENERATION = re.compile(r"^raw_runs\.collect_systems\[")
 def measure(queries_per_suite: int, full_grids: bool, keep: Path | None = None) -> dict:
     root = Path(tempfile.mkdtemp(prefix="lens-bench-scale-"))
     try:
-        env = sub_env(
-            LENS_DATA_DIR=str(root / "data"),
-            DAGSTER_HOME=str(root / "home"),
-            DATA_SOURCE="sim",
-            LENS_FULL_GRIDS="1" if full_grids else "0",
-        )
-        env.pop("LENS_CACHE_DIR", None)
+        env = scale_env(root, full_grids)
         (root / "home").mkdir()
         r = run_proc(
             [PY, BENCH / "peers" / "weekly_worker.py", PARTITION, str(queries_per_suite), "--no-lvm"],

@@ -22,7 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks.common import PY, REPO, run_proc, sub_env
+from benchmarks.common import PY, REPO, run_proc, scale_env
 
 # the weekly chain's steps after ingestion, in order (the multi-assets by all their keys)
 STEPS = (
@@ -41,13 +41,7 @@ STEPS = (
 
 
 def measure(root: Path, partition: str, steps: list[str], full_grids: bool) -> list[dict]:
-    env = sub_env(
-        LENS_DATA_DIR=str(root / "data"),
-        DAGSTER_HOME=str(root / "home"),
-        DATA_SOURCE="sim",
-        LENS_FULL_GRIDS="1" if full_grids else "0",
-    )
-    env.pop("LENS_CACHE_DIR", None)
+    env = scale_env(root, full_grids)
     rows = []
     for step in steps:
         sel = ",".join(step.split("+"))

@@ -50,6 +50,19 @@ def sub_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def scale_env(root: Path, full_grids: bool) -> dict[str, str]:
+    """The environment of a chain at scale on the simulator (`bench_seed_scale`,
+    `bench_step_rss`): data dir `root/data`, Dagster home `root/home`, no shared cache."""
+    env = sub_env(
+        LENS_DATA_DIR=str(root / "data"),
+        DAGSTER_HOME=str(root / "home"),
+        DATA_SOURCE="sim",
+        LENS_FULL_GRIDS="1" if full_grids else "0",
+    )
+    env.pop("LENS_CACHE_DIR", None)
+    return env
+
+
 class SubprocessFailed(RuntimeError):
     pass
 
