@@ -25,6 +25,7 @@ from upath import UPath
 
 from lens_core.common import contracts, objectstore
 from lens_core.common.hashing import atomic_path, atomic_write_json, sha256_file
+from lens_core.common.memory import release_memory
 from lens_core.common.settings import data_dir
 from lens_core.common.tables import ParquetFile, read_parquet, write_parquet
 
@@ -41,6 +42,22 @@ TABLE_SCHEMAS = {
 }
 # Tables whose contract is a prefix: diagnostics follow the contract's columns.
 KEEP_EXTRA = {"per_query", "comparisons"}
+
+_released_before: list[str | None] = [None]  # the step (run id, step key) memory was last released for
+
+
+def release_before_step(context: dg.InputContext) -> None:
+    """Once per step, as it loads its first input: hand what the steps before it freed back to
+    the operating system (`lens_core.common.memory`), so that in one process (the in-process
+    executor) a step's peak RSS is its own need, not that plus what earlier steps left cached."""
+    try:
+        step = context.step_context
+        key = f"{step.run_id}/{step.step.key}"
+    except Exception:  # an input context outside a run (tests, `build_input_context`)
+        return
+    if _released_before[0] != key:
+        _released_before[0] = key
+        release_memory()
 
 
 def staging_table_path(asset_name: str, partition_key: str | None, base_dir: str | None = None) -> UPath:
@@ -86,6 +103,7 @@ class PolarsParquetIOManager(dg.UPathIOManager):
         context.add_output_metadata({"sha256": info["sha256"]})
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pl.DataFrame:
+        release_before_step(context)
         objectstore.sync_file(os.fspath(path))
         if _wants_lazy(context):  # issue 22: a step that reads one system at a time scans the file
             if not os.path.isfile(os.fspath(path)):
@@ -131,6 +149,7 @@ class StepHandoverIOManager(dg.ConfigurableIOManager):
         objectstore.commit_file(path, sha256_file(path))
 
     def load_input(self, context: dg.InputContext) -> Any:
+        release_before_step(context)
         path = self._path(context.upstream_output)
         objectstore.sync_file(path)
         with open(path, encoding="utf-8") as f:

@@ -5,6 +5,7 @@ attributes the process's peak RSS to the step that was running. Prints one JSON 
 {wall_s, success, published, errors, rss_method, peak_rss_mb, steps: {step_key: {s, rss_mb}}}.
 
     DAGSTER_HOME=D LENS_DATA_DIR=X python weekly_worker.py PARTITION [QUERIES_PER_SUITE] [--no-lvm]
+        [--after-ingestion | --after-collection]
 
 Peak RSS per step: the steps run one after another in this process (in-process executor). A
 sampler thread reads the process's high-water mark (VmHWM) every 10 ms and resets it (Linux
@@ -78,6 +79,8 @@ def main() -> None:
 
     if "--after-ingestion" in sys.argv:
         res = _after_ingestion(partition, qps)
+    elif "--after-collection" in sys.argv:
+        res = _after_ingestion(partition, qps, rerun=("agg", "hits"))
     else:
         res = run_weekly(partition, queries_per_suite=qps, progress=False)
     errors = list(res.get("errors", []))
@@ -126,17 +129,19 @@ def main() -> None:
 UPSTREAM = {"engine_corpus", "engine_index", "query_suites", "ground_truth", "raw_runs", "agg", "hits"}
 
 
-def _after_ingestion(partition: str, qps: int) -> dict:
+def _after_ingestion(partition: str, qps: int, rerun: tuple[str, ...] = ()) -> dict:
     """The weekly job's steps after ingestion, in-process (no output capture), on a data dir
     whose collection and ingestion a previous run made (`bench_seed_scale --keep`): the chain's
     wall time and memory without the simulator's generation, measured again. The job's own
-    resources (`qps` only sizes collection, which does not run)."""
+    resources (`qps` only sizes collection, which does not run). `rerun`: assets of UPSTREAM to
+    run again as well (`--after-collection`: ingestion and its data tests too, from the kept raw
+    runs: every step but the generation, in one process)."""
     from lens_assets.run import dagster_instance, defs
     from lens_core.common.settings import data_dir
     from resources.launch import execute_in_process_uncaptured
 
     job = defs.resolve_job_def("weekly_lens_job")
-    keys = [k for k in job.asset_layer.executable_asset_keys if k.to_user_string() not in UPSTREAM]
+    keys = [k for k in job.asset_layer.executable_asset_keys if k.to_user_string() not in UPSTREAM - set(rerun)]
     published = data_dir() / "published.json"
     before = published.stat().st_mtime if published.exists() else None
     with dagster_instance() as instance:
