@@ -38,11 +38,8 @@ def release_memory() -> None:
     """Free unreachable Python objects, then return the allocators' free pages to the OS."""
     gc.collect()
     pa = sys.modules.get("pyarrow")  # only where pyarrow is already loaded: never imported for this
-    if pa is not None:
-        try:
-            pa.default_memory_pool().release_unused()
-        except Exception:  # an older pyarrow or a pool without the call: nothing to release
-            pass
+    if pa is not None:  # pyarrow >= 17 (pyproject): every pool has release_unused
+        pa.default_memory_pool().release_unused()
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
