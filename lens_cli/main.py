@@ -519,24 +519,31 @@ class _Background:
 def _score_ranking(args: argparse.Namespace, hits: pl.DataFrame | pl.LazyFrame):
     """The score command's inputs other than the hits, and the per-ranking columns:
     (ranking, qrels, agg or None, relevant spans)."""
-    from lens_core.measures.metrics import MAX_RANK, hit_metrics, relevant_spans  # lazy: start-up
+    from lens_core.measures.metrics import MAX_RANK, hit_metrics, read_ahead, relevant_spans  # lazy: start-up
 
+    ahead = None
+    if isinstance(hits, pl.LazyFrame):  # Parquet: validated whole by cmd_score's check; pairs from statistics
+        schema = hits.collect_schema()
+        # read again with the rank filter below the casts, so the Parquet reader skips the rows
+        # past MAX_RANK as it decodes (memory: issue 19)
+        scan = (
+            pl.scan_parquet(args.hits)
+            .filter(pl.col("rank") <= MAX_RANK)
+            .select(pl.col(c).cast(t) for c, t in schema.items())
+        )
+        guess = _parquet_systems(Path(args.hits))
+        if guess:  # the first system's hits decoded in the background while the qrels are read (speed: issue 19)
+            ahead = read_ahead(scan, *guess[0])
     qrels = _read_table(args.qrels, "qrels")
     agg = _read_table(args.agg, "agg") if args.agg else None  # validated before the work, like the others
     try:
         # One system at a time: the hits of the others are not held meanwhile.
         spans = relevant_spans(qrels)
         systems = None
-        if isinstance(hits, pl.LazyFrame):  # Parquet: validated whole by cmd_score's check; pairs from statistics
-            systems = _check_file(Path(args.hits), hits, _parquet_systems(Path(args.hits)))
-            # read again with the rank filter below the casts, so the Parquet reader skips the rows
-            # past MAX_RANK as it decodes (memory: issue 19)
-            hits = (
-                pl.scan_parquet(args.hits)
-                .filter(pl.col("rank") <= MAX_RANK)
-                .select(pl.col(c).cast(t) for c, t in hits.collect_schema().items())
-            )
-        ranking = hit_metrics(hits, qrels, spans, systems=systems)
+        if isinstance(hits, pl.LazyFrame):
+            systems = _check_file(Path(args.hits), hits, guess)
+            hits = scan
+        ranking = hit_metrics(hits, qrels, spans, systems=systems, ahead=ahead)
     except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as e:
         raise CliError(f"{args.hits}: a column does not match the contract's type ({str(e).splitlines()[0]})") from None
     return ranking, qrels, agg, spans

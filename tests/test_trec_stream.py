@@ -86,6 +86,25 @@ def test_streamed_hit_metrics_equal_the_whole_read(tmp_path, monkeypatch, chunk,
         assert len(calls) > 2  # several chunks really were used
 
 
+def test_a_read_started_ahead_gives_the_same_rows(tmp_path, monkeypatch):
+    """`read_ahead` (the first system's hits decoded while the caller reads the qrels) hands
+    `hit_metrics` its batches for that system only; the rows are those of the plain read, to the
+    bit, whether the read-ahead names the first system, the second, or one the file lacks."""
+    hits, qrels = _case(4)
+    p = tmp_path / "hits.parquet"
+    hits.write_parquet(p, row_group_size=500)
+    monkeypatch.setattr(M, "HIT_CHUNK_ROWS", 97)
+    plain = M.hit_metrics(pl.scan_parquet(p), qrels)
+    systems = [("r", "a"), ("r", "b")]
+    for key in [("r", "a"), ("r", "b"), ("r", "zz")]:
+        ahead = M.read_ahead(pl.scan_parquet(p), *key)
+        got = M.hit_metrics(pl.scan_parquet(p), qrels, systems=systems, ahead=ahead)
+        assert got.equals(plain), key
+        assert next(ahead.batches, None) is None or key == ("r", "zz")  # used up by its own system
+    # a read-ahead that no system takes is simply dropped (no error, no effect)
+    assert M.hit_metrics(hits, qrels).equals(plain)
+
+
 def test_queries_not_contiguous_fall_back_to_the_whole_read(tmp_path, monkeypatch):
     hits, qrels = _case(3, n_q=120, shuffled=True)
     p = tmp_path / "hits.parquet"

@@ -44,7 +44,6 @@ from typing import Iterable, Sequence
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 - pa.compute
 
 from lens_core.common.tables import SchemaError
 
@@ -366,10 +365,12 @@ def some_hit_unflagged(flags: Iterable[pa.Array | pa.ChunkedArray]) -> bool:
     cols = list(flags)
     if not cols or not len(cols[0]):
         return False
+    import pyarrow.compute as pc  # lazy: ~30 ms of every command's start-up (issue 19 speed)
+
     anyf = cols[0]
     for c in cols[1:]:
-        anyf = pa.compute.or_(anyf, c)
-    return not pa.compute.all(anyf).as_py()
+        anyf = pc.or_(anyf, c)
+    return not pc.all(anyf).as_py()
 
 
 def at_line(path: str | os.PathLike, line: int, msg: str, field: str | None = None) -> SchemaError:
@@ -548,7 +549,9 @@ def _screen_unique_arrow(
             ids = pl.from_arrow(a.indices).to_numpy()
             same &= ids[1:] == ids[:-1]
         else:
-            same &= pl.from_arrow(pa.compute.equal(a.slice(1), a.slice(0, n - 1))).to_numpy()
+            import pyarrow.compute as pc  # lazy: only for a key column stored without a dictionary
+
+            same &= pl.from_arrow(pc.equal(a.slice(1), a.slice(0, n - 1))).to_numpy()
         cols.append(a)
 
     def key_rows(rows: np.ndarray) -> pl.DataFrame:  # the keys of `rows`, as strings

@@ -32,7 +32,7 @@ it would put the credit rules and the columns that depend on them in different p
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import polars as pl
@@ -331,11 +331,38 @@ def _ranking_metrics(hs: pl.DataFrame, spans: pl.DataFrame, judged_only: pl.Data
 HIT_CHUNK_ROWS = 1 << 19  # rows of hits per streamed chunk (issue 19: bounded memory)
 
 
-def _query_chunks(hs: pl.LazyFrame, rows: int):
-    """The hits in chunks of about `rows` rows, each holding whole runs of one qid (a run cut
-    by a chunk's end is carried into the next chunk), streamed: one chunk in memory."""
+def system_hits(hits: pl.DataFrame | pl.LazyFrame, run_id: str, system: str, extra: Sequence[str] = ()):
+    """One (run_id, system)'s hits of rank <= MAX_RANK: the columns the metrics use, then `extra`."""
+    return hits.filter(
+        (pl.col("run_id") == run_id) & (pl.col("system") == system) & (pl.col("rank") <= MAX_RANK)
+    ).select(_HIT_COLS + [c for c in extra if c not in _HIT_COLS])
+
+
+class ReadAhead(NamedTuple):
+    """One system's hits already being read: `key` (run_id, system), `batches` (`read_ahead`)."""
+
+    key: tuple[str, str]
+    batches: Iterator[pl.DataFrame]
+
+
+def read_ahead(hits: pl.LazyFrame, run_id: str, system: str) -> ReadAhead:
+    """Start reading one system's hits (`system_hits`) now, in the background: Polars' streaming
+    engine starts on `collect_batches`, decoding with its own threads while the caller goes on
+    (reading the qrels, ...). Hand it to `hit_metrics(ahead=...)`, which takes its batches
+    instead of starting that system's read itself (issue 19, speed: on a Parquet file of one
+    row group the first batch waits for the whole group to be decoded)."""
+    return ReadAhead((run_id, system), _batches(system_hits(hits, run_id, system)))
+
+
+def _batches(hs: pl.LazyFrame) -> Iterator[pl.DataFrame]:
+    return iter(hs.collect_batches(chunk_size=HIT_CHUNK_ROWS, maintain_order=True))
+
+
+def _query_chunks(batches: Iterable[pl.DataFrame]):
+    """The hits in chunks of whole runs of one qid (a run cut by a batch's end is carried into
+    the next chunk), from streamed batches of about HIT_CHUNK_ROWS rows: one chunk in memory."""
     carry: pl.DataFrame | None = None
-    for b in hs.collect_batches(chunk_size=rows, maintain_order=True):
+    for b in batches:
         if carry is not None and carry.height:
             b = pl.concat([carry, b], how="vertical_relaxed")
         if b.height == 0:
@@ -349,12 +376,17 @@ def _query_chunks(hs: pl.LazyFrame, rows: int):
         yield carry
 
 
-def _ranking_metrics_streamed(hs: pl.LazyFrame, spans: pl.DataFrame, judged_only: pl.DataFrame) -> pl.DataFrame | None:
+def _ranking_metrics_streamed(
+    hs: pl.LazyFrame | Iterable[pl.DataFrame], spans: pl.DataFrame, judged_only: pl.DataFrame
+) -> pl.DataFrame | None:
     """`_ranking_metrics` over the hits in chunks of whole queries (`_query_chunks`): the same
     rows, to the bit (each query's columns depend on its own hits only), at a fraction of the
-    memory. None when a qid's hits are not contiguous (a qid in two chunks): the caller then
-    reads the system's hits whole."""
-    parts = [_ranking_metrics(c, spans, judged_only) for c in _query_chunks(hs, HIT_CHUNK_ROWS)]
+    memory. `hs`: one system's hits (`system_hits`) as a LazyFrame, or its batches already being
+    read (`read_ahead`). None when a qid's hits are not contiguous (a qid in two chunks): the
+    caller then reads the system's hits whole."""
+    if isinstance(hs, pl.LazyFrame):
+        hs = _batches(hs)
+    parts = [_ranking_metrics(c, spans, judged_only) for c in _query_chunks(hs)]
     if not parts:
         return None
     out = pl.concat(parts, how="vertical_relaxed") if len(parts) > 1 else parts[0]
@@ -377,6 +409,7 @@ def hit_metrics(
     systems: list[tuple[str, str]] | None = None,
     check: Callable[[pl.DataFrame, str, str], None] | None = None,
     check_columns: tuple[str, ...] = (),
+    ahead: ReadAhead | None = None,
 ) -> pl.DataFrame:
     """Hit-derived per-ranking columns (RUN_KEYS + HIT_METRIC_COLS) for every ranking with
     at least one hit of rank <= MAX_RANK.
@@ -388,18 +421,18 @@ def hit_metrics(
     `check(system_hits, run_id, system)`: called with each system's hits as they are read
     (rank <= MAX_RANK, the columns the metrics use plus `check_columns`), before any is used:
     `lens-eval score` validates its input there, without a second pass over the file. It
-    raises to refuse the input.
+    raises to refuse the input. `ahead`: a system's read already started (`read_ahead`, on
+    `hits`); its batches are used for that system.
     """
     spans = relevant_spans(qrels) if spans is None else spans
     judged_only = _judged_only(qrels, spans)
     parts = []
     for run_id, system in _system_keys(hits) if systems is None else systems:
-        hs = hits.filter(
-            (pl.col("run_id") == run_id) & (pl.col("system") == system) & (pl.col("rank") <= MAX_RANK)
-        ).select(_HIT_COLS + [c for c in check_columns if c not in _HIT_COLS])
+        hs = system_hits(hits, run_id, system, check_columns)
         m = None
         if isinstance(hs, pl.LazyFrame) and check is None:
-            m = _ranking_metrics_streamed(hs, spans, judged_only)
+            started = ahead is not None and ahead.key == (run_id, system)
+            m = _ranking_metrics_streamed(ahead.batches if started else hs, spans, judged_only)
         if m is None:
             if isinstance(hs, pl.LazyFrame):
                 hs = hs.collect()
