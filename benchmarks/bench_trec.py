@@ -28,7 +28,7 @@ from typing import Any
 
 import polars as pl
 
-from benchmarks.common import BENCH, PY, last_json, out_dir, row, run_proc, sub_env
+from benchmarks.common import BENCH, PY, installed_state, last_json, out_dir, row, run_proc, sub_env
 from benchmarks.workloads import scoring_workload
 
 SIZES = {"smoke": {"queries": 300, "budget_s": None}, "full": {"queries": 48_768, "budget_s": 240.0}}
@@ -145,6 +145,7 @@ def run(size: str = "smoke", repeats: int = 3) -> dict[str, Any]:
         "(parse TREC files, ndcg_cut.10 + recall.50, means), whole process. `lens-eval trec` reads the same "
         "TREC files; `lens-eval score --no-ci` reads the shape's Parquet."
     ]
+    notes.append(installed_state())
     load = [os.getloadavg()[0]]
     med = statistics.median
     for name, f in shapes(cfg["queries"]).items():
