@@ -917,7 +917,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The console script: `main`, then exit. Everything is written by then, so the objects
+    """Every command but `trec` (`lens_cli.entry`): `main`, then exit. Everything is written by then, so the objects
     left are frozen out of the interpreter's final garbage collections, which would otherwise
     walk every object of polars, pyarrow and numpy (~50 ms of each command's wall time)."""
     code = main()

@@ -7,10 +7,11 @@ parse trec_eval's output work unchanged. Without -m: trec_eval's default set (`o
 `lens_core.measures.registry` (trec_eval names such as `ndcg_cut.10`, or `nDCG@10`, `P@5`,
 `AP`, `RR@10`, `Judged@10`).
 
-`python -m lens_cli trec ...` starts here (`entry`, from `lens_cli/__main__.py`) without
-importing `lens_cli.main` (polars, the other commands' parsers): on files the C reader takes,
-the process imports numpy and nothing heavier (issue 19, speed). `lens-eval trec` (the console
-script) goes through `lens_cli.main`, with the same parser and the same one-line errors.
+`lens-eval trec ...` (and `python -m lens_cli trec ...`) starts here (`entry`, from
+`lens_cli.entry`) without importing `lens_cli.main` (polars, the other commands' parsers): on
+files the C reader takes, the process imports numpy and nothing heavier (issue 19, speed).
+`lens_cli.main` registers the same parser, so `main(["trec", ...])` in-process gives the same
+output and the same one-line errors.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def main(argv: list[str]) -> int:
 
 
 def entry() -> None:
-    """`python -m lens_cli trec ...`: `main`, then exit (objects frozen out of the final
+    """`lens-eval trec ...`: `main`, then exit (objects frozen out of the final
     collections, as `lens_cli.main.entry`)."""
     import gc
 

@@ -5,6 +5,7 @@ no polars when the C reader takes the files."""
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -181,10 +182,15 @@ def test_max_line_matches_the_validation_contract():
     assert trec._MAX_LINE == MAX_TREC_LINE
 
 
-def test_the_trec_process_imports_no_polars(tmp_path):
+# `python -m lens_cli` and the console script `lens-eval` (pyproject: lens_cli:entry) start alike
+_CONSOLE_SCRIPT = "import sys; from lens_cli import entry; sys.argv[0] = 'lens-eval'; entry()"
+
+
+@pytest.mark.parametrize("launch", [["-m", "lens_cli"], ["-c", _CONSOLE_SCRIPT]], ids=["python -m", "console script"])
+def test_the_trec_process_imports_no_polars(tmp_path, launch):
     qp, rp = _files(tmp_path, 1, "plain")
     p = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "lens_cli", "trec", "-m", "ndcg_cut.10", str(qp), str(rp)],
+        [sys.executable, "-X", "importtime", *launch, "trec", "-m", "ndcg_cut.10", str(qp), str(rp)],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parents[1],
@@ -202,3 +208,20 @@ def test_without_the_extension_the_polars_readers_give_the_same_values(tmp_path,
     without = load(qp, rp)
     assert isinstance(with_c.run, ScannedRun) and isinstance(without.run, trec.FastRun)
     _same(with_c, without)
+
+
+def test_the_console_script_is_the_shared_entry_and_score_sets_its_allocator():
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    scripts = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["lens-eval"] == "lens_cli:entry"
+    code = (
+        "import os, sys; sys.argv = ['lens-eval', 'score', '--help']; from lens_cli import entry\n"
+        "try:\n    entry()\nexcept SystemExit:\n    pass\n"
+        "print(os.environ.get('_RJEM_MALLOC_CONF'), os.environ.get('OPENBLAS_NUM_THREADS'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("_RJEM_MALLOC_CONF", "OPENBLAS_NUM_THREADS")}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, env=env, check=True)
+    # polars puts its own defaults first (dirty 500 ms, muzzy 1 s); jemalloc takes the last value
+    assert p.stdout.splitlines()[-1].endswith(",dirty_decay_ms:100,muzzy_decay_ms:0 1")

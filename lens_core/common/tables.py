@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -46,7 +47,7 @@ def conform(table: pa.Table | pl.DataFrame, schema: pa.Schema, name: str, keep_e
         col = table.column(f.name)
         if col.type != f.type:
             try:
-                col = col.cast(f.type, safe=True)
+                col = _cast(col, f.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
                 raise SchemaError(f"{name}: column {f.name!r} has type {col.type}, expected {f.type} ({e})") from None
         cols.append(col)
@@ -56,6 +57,25 @@ def conform(table: pa.Table | pl.DataFrame, schema: pa.Schema, name: str, keep_e
             if c not in schema.names:
                 out = out.append_column(c, table.column(c))
     return out
+
+
+def _cast(col: pa.ChunkedArray, to: pa.DataType) -> pa.ChunkedArray:
+    """`col.cast(to, safe=True)`; polars' 64-bit-offset strings to the contract's 32-bit ones
+    without it: Arrow's cast imports pyarrow.compute (~50-70 ms of `lens-eval score`, issue 19
+    speed), and this narrowing only rewrites each chunk's offsets."""
+    if not (pa.types.is_large_string(col.type) and to == pa.string()):
+        return col.cast(to, safe=True)
+    chunks = []
+    for c in col.chunks:
+        validity, offsets, data = c.buffers()
+        if offsets is None:  # a layout without offsets (an empty array): Arrow's own cast
+            return col.cast(to, safe=True)
+        off = np.frombuffer(offsets, dtype=np.int64)[: c.offset + len(c) + 1]
+        if off.size and off[-1] > np.iinfo(np.int32).max:  # 2 GiB of text in one chunk: Arrow says so
+            return col.cast(to, safe=True)
+        off32 = pa.py_buffer(off.astype(np.int32))
+        chunks.append(pa.Array.from_buffers(pa.string(), len(c), [validity, off32, data], c.null_count, c.offset))
+    return pa.chunked_array(chunks, type=pa.string())
 
 
 def write_parquet(

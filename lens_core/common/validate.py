@@ -509,10 +509,18 @@ def _constant(s) -> str | None:
 
 
 def _as_polars(batch: pa.RecordBatch, names: Sequence[str]) -> pl.DataFrame:
-    """Columns `names` of a batch as polars reads the file (dictionary columns decoded)."""
-    cols = [batch.column(n) for n in names]
-    cols = [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in cols]
-    return pl.from_arrow(pa.RecordBatch.from_arrays(cols, names=list(names)))
+    """Columns `names` of a batch as polars reads the file (dictionary columns decoded).
+
+    Arrow to polars through record batches only: polars' conversion of a single Arrow array,
+    and Arrow's own cast and take, import pyarrow.compute (~50-70 ms, holding the GIL, in the
+    middle of `lens-eval score`'s check; issue 19 speed)."""
+    df = pl.from_arrow(batch.select(list(names)))
+    return df.with_columns(pl.col(pl.Categorical).cast(pl.String))
+
+
+def _series(col: pa.Array) -> pl.Series:
+    """One Arrow array as a polars Series (through a record batch: see `_as_polars`)."""
+    return pl.from_arrow(pa.RecordBatch.from_arrays([col], names=["_"])).to_series()
 
 
 def _dictionary_blank(col: pa.Array) -> bool:
@@ -535,7 +543,7 @@ def _screen_unique_arrow(
     rank = batch.column(col)
     if rank.null_count or not (pa.types.is_integer(rank.type) or pa.types.is_floating(rank.type)):
         return False
-    v = pl.from_arrow(rank).to_numpy()  # (pyarrow.to_numpy imports pandas)
+    v = _series(rank).to_numpy()  # (pyarrow.to_numpy imports pandas)
     same = np.ones(max(n - 1, 0), dtype=bool)
     cols = []
     for k in keys:
@@ -546,13 +554,13 @@ def _screen_unique_arrow(
         if a.null_count:
             return False
         if pa.types.is_dictionary(a.type):
-            ids = pl.from_arrow(a.indices).to_numpy()
+            ids = _series(a.indices).to_numpy()
             same &= ids[1:] == ids[:-1]
+            cols.append(_series(a))  # Categorical: the few key rows needed are cast to strings
         else:
-            import pyarrow.compute as pc  # lazy: only for a key column stored without a dictionary
-
-            same &= pl.from_arrow(pc.equal(a.slice(1), a.slice(0, n - 1))).to_numpy()
-        cols.append(a)
+            s = _series(a)
+            same &= (s.slice(1) == s.slice(0, n - 1)).to_numpy()
+            cols.append(s)
 
     def key_rows(rows: np.ndarray) -> pl.DataFrame:  # the keys of `rows`, as strings
         out = {}
@@ -560,8 +568,7 @@ def _screen_unique_arrow(
             if a is None:
                 out[k] = pl.Series(k, [consts[k]] * len(rows), pl.String)
             else:
-                t = a.take(pa.Array.from_buffers(pa.int64(), len(rows), [None, pa.py_buffer(rows.astype(np.int64))]))
-                out[k] = pl.from_arrow(t.cast(t.type.value_type) if pa.types.is_dictionary(t.type) else t)
+                out[k] = a.gather(rows).alias(k)
         return pl.DataFrame(out).cast(pl.String)
 
     if not (same <= (v[1:] > v[:-1])).all():  # within a key, col rises
