@@ -86,6 +86,25 @@ def test_streamed_hit_metrics_equal_the_whole_read(tmp_path, monkeypatch, chunk,
         assert len(calls) > 2  # several chunks really were used
 
 
+def test_chunks_join_batches_up_to_the_chunk_size(tmp_path, monkeypatch):
+    """Small batches from the reader are joined into chunks of about HIT_CHUNK_ROWS rows (each
+    cut at a query boundary): few `_ranking_metrics` calls, the same rows to the bit."""
+    hits, qrels = _case(7)
+    p = tmp_path / "hits.parquet"
+    hits.write_parquet(p, row_group_size=300)
+    whole = M.hit_metrics(hits, qrels)
+    monkeypatch.setattr(M, "HIT_BATCH_ROWS", 97)
+    monkeypatch.setattr(M, "HIT_CHUNK_ROWS", 2000)
+    sizes = []
+    real = M._ranking_metrics
+    monkeypatch.setattr(M, "_ranking_metrics", lambda *a: sizes.append(a[0].height) or real(*a))
+    assert M.hit_metrics(pl.scan_parquet(p), qrels).equals(whole)
+    per_system = hits.filter(pl.col("rank") <= M.MAX_RANK).group_by("system").len()["len"].to_list()
+    assert len(sizes) <= sum(n // 2000 + 1 for n in per_system)  # not one call per 97-row batch
+    # every chunk is full (cut at most one query, < 70 hits, short) but each system's last
+    assert sum(n < 2000 - 70 for n in sizes) <= len(per_system)
+
+
 def test_a_read_started_ahead_gives_the_same_rows(tmp_path, monkeypatch):
     """`read_ahead` (the first system's hits decoded while the caller reads the qrels) hands
     `hit_metrics` its batches for that system only; the rows are those of the plain read, to the
