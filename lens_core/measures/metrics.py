@@ -328,7 +328,7 @@ def _ranking_metrics(hs: pl.DataFrame, spans: pl.DataFrame, judged_only: pl.Data
     return q.drop("_q")
 
 
-HIT_CHUNK_ROWS = 1 << 22  # rows of hits per chunk of whole queries, at most about (issue 19: bounded memory)
+HIT_CHUNK_ROWS = 1 << 20  # rows of hits per chunk of whole queries, about (issue 19: bounded memory)
 HIT_BATCH_ROWS = 1 << 19  # rows per batch of the streaming read; a chunk joins batches without copying them
 
 
@@ -363,9 +363,9 @@ def _query_chunks(batches: Iterable[pl.DataFrame]):
     """The hits in chunks of whole runs of one qid, from streamed batches: batches are joined
     (without copying) until a chunk holds HIT_CHUNK_ROWS rows, then cut at the start of its last
     qid's run, which is carried into the next chunk; the last chunk takes what is left. Each
-    chunk costs a fixed ~25 polars calls (~1 ms each), so fewer, larger chunks are faster (issue
-    19 speed: 48,768 queries x 100 hits in one chunk instead of six, ~0.1 s); memory: at most
-    one chunk's intermediate tables beside the batches."""
+    chunk costs a fixed ~25 polars calls (~1 ms each), so fewer chunks are faster; each chunk's
+    intermediate tables take ~65 MB per million hits beside the batches (peak RSS), so not one
+    chunk for all (48,768 queries x 100 hits: three chunks instead of six; issue 19)."""
     pending: list[pl.DataFrame] = []
     rows = 0
     for b in batches:
