@@ -119,9 +119,12 @@ def test_a_read_started_ahead_gives_the_same_rows(tmp_path, monkeypatch):
         ahead = M.read_ahead(pl.scan_parquet(p), *key)
         got = M.hit_metrics(pl.scan_parquet(p), qrels, systems=systems, ahead=ahead)
         assert got.equals(plain), key
-        assert next(ahead.batches, None) is None or key == ("r", "zz")  # used up by its own system
-    # a read-ahead that no system takes is simply dropped (no error, no effect)
-    assert M.hit_metrics(hits, qrels).equals(plain)
+        assert next(ahead.batches, None) is None  # used up by its own system (zz: has no rows)
+    # a read-ahead of a system not scored is left unread, and changes nothing
+    ahead = M.read_ahead(pl.scan_parquet(p), "r", "b")
+    got = M.hit_metrics(pl.scan_parquet(p), qrels, systems=[("r", "a")], ahead=ahead)
+    assert got.equals(plain.filter(pl.col("system") == "a"))
+    assert next(ahead.batches).height > 0
 
 
 def test_queries_not_contiguous_fall_back_to_the_whole_read(tmp_path, monkeypatch):
@@ -143,10 +146,10 @@ def _spans(qrels: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     return spans, M._judged_only(qrels, spans)
 
 
-def test_score_cli_outputs_are_byte_identical_streamed_or_not(tmp_path, monkeypatch):
-    from lens_cli.main import main
-
-    hits, qrels = _case(5, n_q=200)
+def _score_files(tmp_path, seed: int, n_q: int, **write) -> tuple:
+    """`_case` as the files `lens-eval score` reads: hits with the contract's other columns
+    (a score falling with rank, reason flags, shard), qrels with a source."""
+    hits, qrels = _case(seed, n_q=n_q)
     hp, qp = tmp_path / "hits.parquet", tmp_path / "qrels.parquet"
     hits.with_columns(
         (100.0 - pl.col("rank")).alias("score"),
@@ -154,8 +157,15 @@ def test_score_cli_outputs_are_byte_identical_streamed_or_not(tmp_path, monkeypa
         pl.lit(False).alias("why_struct"),
         pl.lit(False).alias("why_sem"),
         pl.lit(0, pl.Int32).alias("shard"),
-    ).write_parquet(hp, row_group_size=1000)
+    ).write_parquet(hp, **write)
     qrels.filter(pl.col("rel") >= 0).with_columns(pl.lit("test").alias("source")).write_parquet(qp)
+    return hp, qp
+
+
+def test_score_cli_outputs_are_byte_identical_streamed_or_not(tmp_path, monkeypatch):
+    from lens_cli.main import main
+
+    hp, qp = _score_files(tmp_path, 5, n_q=200, row_group_size=1000)
     monkeypatch.setattr(M, "HIT_CHUNK_ROWS", 333)
     a = main(["score", "--hits", str(hp), "--qrels", str(qp), "--out", str(tmp_path / "a"), "--no-ci"])
     monkeypatch.setattr(M, "_ranking_metrics_streamed", lambda *a: None)
@@ -171,16 +181,7 @@ def test_the_score_process_imports_no_pyarrow_compute(tmp_path):
     import sys
     from pathlib import Path
 
-    hits, qrels = _case(6, n_q=50)
-    hp, qp = tmp_path / "hits.parquet", tmp_path / "qrels.parquet"
-    hits.with_columns(
-        (100.0 - pl.col("rank")).alias("score"),
-        pl.lit(True).alias("why_lex"),
-        pl.lit(False).alias("why_struct"),
-        pl.lit(False).alias("why_sem"),
-        pl.lit(0, pl.Int32).alias("shard"),
-    ).write_parquet(hp)
-    qrels.filter(pl.col("rel") >= 0).with_columns(pl.lit("test").alias("source")).write_parquet(qp)
+    hp, qp = _score_files(tmp_path, 6, n_q=50)
     cmd = ["score", "--hits", str(hp), "--qrels", str(qp), "--out", str(tmp_path / "out"), "--no-ci"]
     p = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "lens_cli", *cmd],

@@ -328,7 +328,7 @@ def _ranking_metrics(hs: pl.DataFrame, spans: pl.DataFrame, judged_only: pl.Data
     return q.drop("_q")
 
 
-HIT_CHUNK_ROWS = 1 << 20  # rows of hits per chunk of whole queries, about (issue 19: bounded memory)
+HIT_CHUNK_ROWS = 1 << 20  # rows of hits per chunk of whole queries, about (issue 19: memory and speed)
 HIT_BATCH_ROWS = 1 << 19  # rows per batch of the streaming read; a chunk joins batches without copying them
 
 
