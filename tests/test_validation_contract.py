@@ -558,6 +558,38 @@ def test_parquet_hits_bad_value_is_refused_with_row_and_column(tmp_path, capsys,
     assert err == f"lens-eval: error: {tmp_path / 'hits.parquet'}: row {row} column {column}: {message}", err
 
 
+def test_the_uniqueness_screen_knows_a_key_by_its_value_however_it_is_stored():
+    """`_screen_unique_arrow` hashes a key by value: a qid read as a dictionary in one batch,
+    as plain strings in another and proven constant by statistics in a third is one key, so
+    its run coming back apart sends the file to the exact check (False); distinct keys pass."""
+    import pyarrow as pa
+
+    from lens_core.common.validate import _screen_unique_arrow
+
+    keys = ("run_id", "system", "qid")
+    consts = {"run_id": "r", "system": "s"}
+
+    def batch(qids, ranks, as_dictionary):
+        q = pa.array(qids, pa.string())
+        q = q.dictionary_encode() if as_dictionary else q
+        return pa.RecordBatch.from_arrays([q, pa.array(ranks, pa.int64())], names=["qid", "rank"])
+
+    def screen(*steps):
+        starts, last, dictionaries, out = set(), [None, None], {}, []
+        for b, const_qid in steps:
+            c = {**consts, "qid": const_qid} if const_qid else consts
+            out.append(_screen_unique_arrow(b, c, keys, "rank", starts, last, dictionaries))
+        return out
+
+    dict_ab = (batch(["qA", "qA", "qB"], [1, 2, 1], True), None)
+    plain_c = (batch(["qC", "qC"], [1, 2], False), None)
+    assert screen(dict_ab, plain_c, (batch(["qD"], [1], False), "qD")) == [True, True, True]
+    assert screen(dict_ab, plain_c, (batch(["qA"], [3], False), "qA"))[-1] is False  # constant, seen as a dictionary
+    assert screen(dict_ab, plain_c, (batch(["qA", "qE"], [3, 1], False), None))[-1] is False  # plain
+    assert screen(plain_c, (batch(["qD", "qC"], [1, 5], True), None))[-1] is False  # dictionary, seen plain
+    assert screen(dict_ab, (batch(["qB", "qF"], [2, 1], False), None)) == [True, True]  # qB's run goes on
+
+
 @pytest.mark.parametrize("batch_rows", [1, 2, 5, 1 << 18])
 def test_the_parquet_stream_check_holds_across_batches(tmp_path, batch_rows):
     """`validate.parquet_violation` reads a batch at a time: a clean file passes whatever the
