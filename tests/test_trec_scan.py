@@ -219,9 +219,17 @@ def test_the_console_script_is_the_shared_entry_and_score_sets_its_allocator():
     code = (
         "import os, sys; sys.argv = ['lens-eval', 'score', '--help']; from lens_cli import entry\n"
         "try:\n    entry()\nexcept SystemExit:\n    pass\n"
-        "print(os.environ.get('_RJEM_MALLOC_CONF'), os.environ.get('OPENBLAS_NUM_THREADS'))"
+        "print(os.environ.get('_RJEM_MALLOC_CONF'), os.environ.get('OPENBLAS_NUM_THREADS'), os.environ.get('POLARS_THP'))"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("_RJEM_MALLOC_CONF", "OPENBLAS_NUM_THREADS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("_RJEM_MALLOC_CONF", "OPENBLAS_NUM_THREADS", "POLARS_THP")}
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, env=env, check=True)
-    # polars puts its own defaults first (dirty 500 ms, muzzy 1 s); jemalloc takes the last value
-    assert p.stdout.splitlines()[-1].endswith(",dirty_decay_ms:100,muzzy_decay_ms:0 1")
+    # polars puts its own defaults first (dirty 500 ms, muzzy 1 s; with POLARS_THP=1, its huge
+    # pages settings); jemalloc takes the last value
+    conf, blas, thp = p.stdout.splitlines()[-1].split()
+    assert conf.endswith(",thp:always,metadata_thp:always,dirty_decay_ms:100,muzzy_decay_ms:0,narenas:1"), conf
+    assert (blas, thp) == ("1", "1")
+    # a user's own settings are kept
+    env.update(POLARS_THP="0", _RJEM_MALLOC_CONF="narenas:4")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, env=env, check=True)
+    conf, blas, thp = p.stdout.splitlines()[-1].split()
+    assert conf.endswith("muzzy_decay_ms:1000,narenas:4") and "thp" not in conf and thp == "0", conf
