@@ -30,10 +30,34 @@ def entry() -> None:
     if command in (["trec"], ["score"]):
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if command == ["score"]:
-        os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:100,muzzy_decay_ms:0,narenas:1")
+        os.environ["_RJEM_MALLOC_CONF"] = _score_allocator(os.environ.get("_RJEM_MALLOC_CONF"))
         os.environ.setdefault("POLARS_THP", "1")
     if command == ["trec"]:
         from lens_cli.trec import entry as run  # lazy: trec alone, after the environment is set
     else:
         from lens_cli.main import entry as run  # lazy: polars reads the environment set above at import
     run()
+
+
+SCORE_JEMALLOC = "dirty_decay_ms:100,muzzy_decay_ms:0,narenas:1"  # `entry`: polars' allocator for `score`
+# What polars itself writes into `_RJEM_MALLOC_CONF` when it is imported (its defaults, then its
+# huge pages settings with POLARS_THP=1, then the value it found there): a process launched by
+# a Python process that had imported polars (a notebook, a Dagster step, a benchmark harness)
+# inherits it, and it is not a user's choice.
+_POLARS_JEMALLOC = ("dirty_decay_ms:500,muzzy_decay_ms:1000", ",thp:always,metadata_thp:always")
+
+
+def _score_allocator(inherited: str | None) -> str:
+    """`_RJEM_MALLOC_CONF` for `score`: SCORE_JEMALLOC, unless the environment holds a user's
+    own value, which is kept as it is. Polars' own defaults written there by a parent process
+    are no one's choice: they are dropped, and what a user had set before them comes after
+    SCORE_JEMALLOC (jemalloc takes the last value of each setting)."""
+    if inherited is None:
+        return SCORE_JEMALLOC
+    base, thp = _POLARS_JEMALLOC
+    if not inherited.startswith(base):
+        return inherited
+    rest = inherited[len(base) :]
+    rest = rest[len(thp) :] if rest.startswith(thp) else rest
+    rest = rest.lstrip(",")
+    return f"{SCORE_JEMALLOC},{rest}" if rest else SCORE_JEMALLOC

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lens_cli import _POLARS_JEMALLOC, SCORE_JEMALLOC, _score_allocator
 from lens_core.measures import trec
 from lens_core.measures.registry import parse_measures
 from lens_core.measures.trec import ScannedRun, compute, evaluate_input, load
@@ -233,3 +234,31 @@ def test_the_console_script_is_the_shared_entry_and_score_sets_its_allocator():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, env=env, check=True)
     conf, blas, thp = p.stdout.splitlines()[-1].split()
     assert conf.endswith("muzzy_decay_ms:1000,narenas:4") and "thp" not in conf and thp == "0", conf
+    # launched by a Python process that had imported polars: polars' defaults, which it wrote into
+    # that process's environment, are not a user's choice; the score settings apply (issue 19: the
+    # benchmark harness imports polars, and measured polars' defaults until this was seen)
+    parent = (
+        "import os, subprocess, sys; import polars\n"
+        "env = {k: v for k, v in os.environ.items() if k not in ('POLARS_THP', 'OPENBLAS_NUM_THREADS')}\n"
+        "print(os.environ['_RJEM_MALLOC_CONF']); sys.stdout.flush()\n"
+        "subprocess.run([sys.executable, '-c', sys.argv[1]], env=env, check=True)"
+    )
+    env.pop("POLARS_THP")
+    env.pop("_RJEM_MALLOC_CONF")
+    p = subprocess.run(
+        [sys.executable, "-c", parent, code], capture_output=True, text=True, cwd=repo, env=env, check=True
+    )
+    written, child = p.stdout.splitlines()[0], p.stdout.splitlines()[-1]
+    assert written.startswith(_POLARS_JEMALLOC[0]), written  # what this polars writes: a new version changes it here
+    conf, blas, thp = child.split()
+    assert conf.endswith(",thp:always,metadata_thp:always,dirty_decay_ms:100,muzzy_decay_ms:0,narenas:1"), conf
+
+
+def test_score_keeps_what_a_user_set_before_polars_wrote_its_defaults():
+    base, thp = _POLARS_JEMALLOC
+    assert _score_allocator(None) == SCORE_JEMALLOC
+    assert _score_allocator("narenas:4") == "narenas:4"  # the user's own, whole
+    assert _score_allocator(base) == SCORE_JEMALLOC
+    assert _score_allocator(base + thp) == SCORE_JEMALLOC
+    assert _score_allocator(f"{base}{thp},narenas:4") == f"{SCORE_JEMALLOC},narenas:4"
+    assert _score_allocator(f"{base},dirty_decay_ms:0") == f"{SCORE_JEMALLOC},dirty_decay_ms:0"
