@@ -450,7 +450,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             check.wait()
         raise
     try:
-        ranking, qrels, agg, spans = _score_ranking(args, hits)
+        ranking, qrels, agg, spans, ideal = _score_ranking(args, hits)
     except BaseException:
         if check is not None:
             check.result()
@@ -460,7 +460,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     del hits
     if agg is None:
         agg = _agg_from_keys(ranking, qrels)
-    pq = per_query_metrics(agg, None, qrels, ranking=ranking, spans=spans, measures=())  # the contract's only
+    pq = per_query_metrics(
+        agg, None, qrels, ranking=ranking, spans=spans, measures=(), ideal=ideal
+    )  # the contract's only
     out = Path(args.out)
     report = ""
     with atomic_dir(out) as stage:  # all files or none, never mixed with an earlier set (issue 18)
@@ -518,8 +520,14 @@ class _Background:
 
 def _score_ranking(args: argparse.Namespace, hits: pl.DataFrame | pl.LazyFrame):
     """The score command's inputs other than the hits, and the per-ranking columns:
-    (ranking, qrels, agg or None, relevant spans)."""
-    from lens_core.measures.metrics import MAX_RANK, hit_metrics, read_ahead, relevant_spans  # lazy: start-up
+    (ranking, qrels, agg or None, relevant spans, their ideal DCG)."""
+    from lens_core.measures.metrics import (
+        MAX_RANK,
+        hit_metrics,
+        ideal_dcg,
+        read_ahead,
+        relevant_spans,
+    )  # lazy: start-up
 
     ahead = None
     if isinstance(hits, pl.LazyFrame):  # Parquet: validated whole by cmd_score's check; pairs from statistics
@@ -543,10 +551,13 @@ def _score_ranking(args: argparse.Namespace, hits: pl.DataFrame | pl.LazyFrame):
         if isinstance(hits, pl.LazyFrame):
             systems = _check_file(Path(args.hits), hits, guess)
             hits = scan
+        # computed while the first system's hits are still being decoded (the main thread waits for
+        # them otherwise; issue 19): not after the metrics, where it would add to the wall time
+        ideal = ideal_dcg(spans)
         ranking = hit_metrics(hits, qrels, spans, systems=systems, ahead=ahead)
     except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as e:
         raise CliError(f"{args.hits}: a column does not match the contract's type ({str(e).splitlines()[0]})") from None
-    return ranking, qrels, agg, spans
+    return ranking, qrels, agg, spans, ideal
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:

@@ -477,6 +477,7 @@ def per_query_metrics(
     ranking: pl.DataFrame | None = None,
     spans: pl.DataFrame | None = None,
     measures: Sequence[PipelineMeasure] | None = None,
+    ideal: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Per-query metrics for every (run_id, system, qid) of `agg` (SPEC §4).
 
@@ -485,7 +486,7 @@ def per_query_metrics(
     as failed (scoring 0, `failed` = 1) so nothing is silently dropped.
     `hits` may be a LazyFrame: it is read one system at a time (see `hit_metrics`);
     `ranking` is `hit_metrics(hits, qrels)` and `spans` `relevant_spans(qrels)` when the
-    caller already has them.
+    caller already has them, and `ideal` `ideal_dcg(spans)`.
     Returns the bundle columns (`contracts.PER_QUERY_SCHEMA`) plus diagnostics:
     judged_10 (judged share of the top 10), n_hits_10, judged_hits_10, span_gain_10,
     file_gain_10, failed, within_sla, probes, cpu_ms; then one column per extra measure
@@ -531,7 +532,7 @@ def per_query_metrics(
     spans = relevant_spans(qrels) if spans is None else spans
     if ranking is None:
         ranking = hit_metrics(hits, qrels, spans)
-    ideal = ideal_dcg(spans)
+    ideal = ideal_dcg(spans) if ideal is None else ideal
 
     out = (
         base.lazy()
