@@ -92,6 +92,77 @@ def test_c_reader_gives_the_general_readers_values(tmp_path, style, seed):
     _same(fast, slow)
 
 
+@pytest.mark.parametrize("style", ["plain", "crlf", "comments", "utf8", "reversed", "nolastnl"])
+def test_a_run_read_in_two_parts_gives_the_general_readers_values(tmp_path, monkeypatch, style):
+    """Every run split in two parts (`_SCAN_SPLIT` 0), read at once: the same values as the
+    general reader, whichever line the cut falls after (inside a query's block or between two)."""
+    monkeypatch.setattr(trec, "_SCAN_SPLIT", 0)
+    qp, rp = _files(tmp_path, 5, style)
+    fast, slow = load(qp, rp), load(qp, rp, fast=False)
+    assert isinstance(fast.run, ScannedRun)
+    _same(fast, slow)
+
+
+def _cut_files(tmp_path: Path, before: list[str], after: list[str]) -> tuple[Path, Path]:
+    """A run cut by the C reader right after the lines `before` (it cuts after the first LF at or
+    after the middle byte): the last line of `before` or of `after` is widened (its last field)
+    until the middle byte falls in the last line of `before`; a qrels judging every docno."""
+    before, after = list(before), list(after)
+
+    def widen(lines: list[str]) -> None:
+        lines[-1] = lines[-1].rstrip("\n") + "x\n"
+
+    while True:
+        head, tail = "".join(before), "".join(after)
+        middle = (len(head) + len(tail)) // 2
+        if middle > len(head) - 1:
+            widen(before)
+        elif middle < len(head) - len(before[-1]):
+            widen(after)
+        else:
+            break
+    rp, qp = tmp_path / "run", tmp_path / "qrels"
+    rp.write_text(head + tail)
+    docs = {(ln.split()[0], ln.split()[2]) for ln in before + after if ln.strip() and not ln.startswith("#")}
+    qp.write_text("".join(f"{q} 0 {d} {i % 3}\n" for i, (q, d) in enumerate(sorted(docs))))
+    return qp, rp
+
+
+@pytest.mark.parametrize(
+    "case, before, after, taken",
+    [
+        ("a query cut in two", ["a Q0 d1 1 9 r\n", "a Q0 d2 2 8 r\n"], ["a Q0 d3 3 7 r\n", "b Q0 d1 1 9 r\n"], True),
+        ("between two queries", ["a Q0 d1 1 9 r\n", "a Q0 d2 2 8 r\n"], ["b Q0 d1 1 9 r\n", "b Q0 d3 2 7 r\n"], True),
+        ("a docno twice across the cut", ["a Q0 d1 1 9 r\n", "a Q0 d2 2 8 r\n"], ["a Q0 d1 3 7 r\n"], False),
+        ("a query in two blocks", ["a Q0 d1 1 9 r\n", "b Q0 d2 1 8 r\n"], ["a Q0 d3 1 7 r\n"], False),
+        ("a tie across the cut", ["a Q0 d1 1 9 r\n", "a Q0 d2 2 8 r\n"], ["a Q0 d3 3 8 r\n"], False),
+        ("out of order across the cut", ["a Q0 d1 1 9 r\n", "a Q0 d2 2 8 r\n"], ["a Q0 d3 3 8.5 r\n"], True),
+        ("only comments after the cut", ["a Q0 d1 1 9 r\n", "a Q0 d2 2 8 r\n"], ["# the end\n", "\n"], True),
+    ],
+)
+def test_the_cut_between_the_two_parts_is_invisible(tmp_path, monkeypatch, case, before, after, taken):
+    """At the cut the C reader sees what one pass sees: one query's block cut in two is one block
+    (its docnos checked together, its scores ordered across the cut), a query coming back after
+    the cut is a query in two blocks, a tie across the cut is a tie; what it declines the general
+    reader reads, or refuses naming the line."""
+    monkeypatch.setattr(trec, "_SCAN_SPLIT", 0)
+    qp, rp = _cut_files(tmp_path, before, after)
+    got = trec._read_scanned(qp, rp)
+    assert (got is not None) == taken, case
+    try:
+        slow = load(qp, rp, fast=False)
+    except ValueError as e:  # refused: the default path names the same line
+        assert not taken
+        with pytest.raises(ValueError, match=str(e).split(":")[1]):
+            load(qp, rp)
+        return
+    fast = load(qp, rp)
+    assert isinstance(fast.run, ScannedRun) == taken
+    _same(fast, slow)
+    if taken:  # the runid is the last line's tag, whatever part it is in
+        assert fast.runid == slow.runid
+
+
 def test_scores_parse_as_python_floats(tmp_path):
     qp, rp = tmp_path / "q", tmp_path / "r"
     qp.write_text("".join(f"q{i} 0 d 1\n" for i in range(len(TRICKY))))

@@ -49,6 +49,9 @@ except ImportError:  # pragma: no cover - built without a C compiler
 
 CREDITS = ("doc", "span", "file")
 _MAX_LINE = 1 << 20  # lens_core.common.validate.MAX_TREC_LINE (not imported here: pyarrow)
+# A run of at least this many bytes is read by the C reader in two parts at once, one per thread
+# (each a range of whole lines; joined in file order, every check across the cut); smaller, in one.
+_SCAN_SPLIT = 1 << 24
 _SPAN = r"^(?P<repo>[^:]+):(?P<path>.+):(?P<start_line>\d+)-(?P<end_line>\d+)$"
 
 
@@ -366,7 +369,7 @@ def _read_scanned(qrels_path, run_path) -> tuple[ScannedRun, str] | None:
     polars readers then read them, and the general one names any bad line)."""
     if _trecscan is None:
         return None
-    got = _trecscan.scan(os.fspath(qrels_path), os.fspath(run_path), _MAX_LINE)
+    got = _trecscan.scan(os.fspath(qrels_path), os.fspath(run_path), _MAX_LINE, _SCAN_SPLIT)
     if got is None:
         return None
     qq, q, rel, blocks, _block_q, starts, score, match, runid, ordered = got
