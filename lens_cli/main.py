@@ -425,7 +425,31 @@ def _agg_from_hits(hits: pl.DataFrame, qrels: pl.DataFrame) -> pl.DataFrame:
     return _agg_from_keys(hits.select("run_id", "system", "qid"), qrels)
 
 
+def _first_system_ahead(path: str):
+    """The first (run_id, system) of a Parquet hits file, its hits already being read
+    (`hitread.read_ahead`, the file's own column types), or None (not a Parquet file, no rows,
+    a column missing or unreadable, ...: the schema guard names the problem after). Started
+    before `score` imports pyarrow, the contract and the metrics (~0.1 s on two cores, during
+    which the second core is otherwise idle; issue 19). Nothing of it is used before the schema
+    guard and the file's statistics have vouched for its system."""
+    from lens_core.measures.hitread import read_ahead  # lazy: polars only, before the rest of score
+
+    p = Path(path)
+    if p.suffix != ".parquet" or not p.is_file():
+        return None
+    try:
+        lf = pl.scan_parquet(p)
+        first = lf.select("run_id", "system").head(1).collect()
+        key = first.row(0) if first.height else None
+        if key is None or not all(isinstance(v, str) for v in key):
+            return None
+        return read_ahead(lf, *key)
+    except Exception:  # noqa: BLE001 - whatever it is, the schema guard names it
+        return None
+
+
 def cmd_score(args: argparse.Namespace) -> int:
+    early = [_first_system_ahead(args.hits)]  # first: the decoding runs while the rest is imported
     from lens_core.common.contracts import PER_QUERY_SCHEMA  # lazy: score's start-up: contracts import pyarrow
     from lens_core.common.hashing import atomic_dir  # lazy: score's start-up
     from lens_core.common.tables import write_parquet  # lazy: score's start-up
@@ -450,7 +474,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             check.wait()
         raise
     try:
-        ranking, qrels, agg, spans, ideal = _score_ranking(args, hits)
+        ranking, qrels, agg, spans, ideal = _score_ranking(args, hits, early)
     except BaseException:
         if check is not None:
             check.result()
@@ -518,17 +542,16 @@ class _Background:
             raise self._exc
 
 
-def _score_ranking(args: argparse.Namespace, hits: pl.DataFrame | pl.LazyFrame):
+def _score_ranking(args: argparse.Namespace, hits: pl.DataFrame | pl.LazyFrame, early: list | None = None):
     """The score command's inputs other than the hits, and the per-ranking columns:
-    (ranking, qrels, agg or None, relevant spans, their ideal DCG)."""
-    from lens_core.measures.metrics import (
-        MAX_RANK,
-        hit_metrics,
-        ideal_dcg,
-        read_ahead,
-        relevant_spans,
-    )  # lazy: start-up
+    (ranking, qrels, agg or None, relevant spans, their ideal DCG). `early`: [a system's read
+    started before the schema guard (`_first_system_ahead`) or None], taken out of the list
+    (so no one else holds it): used once the file's statistics list its system, cast to the
+    contract's types; else dropped at once, which stops it."""
+    from lens_core.measures.hitread import MAX_RANK, cast_batches, read_ahead  # lazy: start-up
+    from lens_core.measures.metrics import hit_metrics, ideal_dcg, relevant_spans  # lazy: start-up
 
+    first = early.pop() if early else None
     ahead = None
     if isinstance(hits, pl.LazyFrame):  # Parquet: validated whole by cmd_score's check; pairs from statistics
         schema = hits.collect_schema()
@@ -540,8 +563,12 @@ def _score_ranking(args: argparse.Namespace, hits: pl.DataFrame | pl.LazyFrame):
             .select(pl.col(c).cast(t) for c, t in schema.items())
         )
         guess = _parquet_systems(Path(args.hits))
-        if guess:  # the first system's hits decoded in the background while the qrels are read (speed: issue 19)
+        if guess and first is not None and first.key in guess:  # its system first: one system's hits held at a time
+            ahead = cast_batches(first, schema)
+            guess = [first.key] + [k for k in guess if k != first.key]
+        elif guess:  # the first system's hits decoded in the background while the qrels are read (speed: issue 19)
             ahead = read_ahead(scan, *guess[0])
+    del first  # used through `ahead`, or dropped here (polars stops its read)
     qrels = _read_table(args.qrels, "qrels")
     agg = _read_table(args.agg, "agg") if args.agg else None  # validated before the work, like the others
     try:

@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from lens_core.measures import hitread as H
 from lens_core.measures import metrics as M
 
 
@@ -76,7 +77,7 @@ def test_streamed_hit_metrics_equal_the_whole_read(tmp_path, monkeypatch, chunk,
     p = tmp_path / "hits.parquet"
     hits.write_parquet(p, row_group_size=777)
     whole = M.hit_metrics(hits, qrels)  # a DataFrame: read whole
-    monkeypatch.setattr(M, "HIT_CHUNK_ROWS", chunk)
+    monkeypatch.setattr(H, "HIT_CHUNK_ROWS", chunk)
     calls = []
     real = M._ranking_metrics
     monkeypatch.setattr(M, "_ranking_metrics", lambda *a: calls.append(a[0].height) or real(*a))
@@ -93,13 +94,13 @@ def test_chunks_join_batches_up_to_the_chunk_size(tmp_path, monkeypatch):
     p = tmp_path / "hits.parquet"
     hits.write_parquet(p, row_group_size=300)
     whole = M.hit_metrics(hits, qrels)
-    monkeypatch.setattr(M, "HIT_BATCH_ROWS", 97)
-    monkeypatch.setattr(M, "HIT_CHUNK_ROWS", 2000)
+    monkeypatch.setattr(H, "HIT_BATCH_ROWS", 97)
+    monkeypatch.setattr(H, "HIT_CHUNK_ROWS", 2000)
     sizes = []
     real = M._ranking_metrics
     monkeypatch.setattr(M, "_ranking_metrics", lambda *a: sizes.append(a[0].height) or real(*a))
     assert M.hit_metrics(pl.scan_parquet(p), qrels).equals(whole)
-    per_system = hits.filter(pl.col("rank") <= M.MAX_RANK).group_by("system").len()["len"].to_list()
+    per_system = hits.filter(pl.col("rank") <= H.MAX_RANK).group_by("system").len()["len"].to_list()
     assert len(sizes) <= sum(n // 2000 + 1 for n in per_system)  # not one call per 97-row batch
     # every chunk is full (cut at most one query, < 70 hits, short) but each system's last
     assert sum(n < 2000 - 70 for n in sizes) <= len(per_system)
@@ -112,16 +113,16 @@ def test_a_read_started_ahead_gives_the_same_rows(tmp_path, monkeypatch):
     hits, qrels = _case(4)
     p = tmp_path / "hits.parquet"
     hits.write_parquet(p, row_group_size=500)
-    monkeypatch.setattr(M, "HIT_CHUNK_ROWS", 97)
+    monkeypatch.setattr(H, "HIT_CHUNK_ROWS", 97)
     plain = M.hit_metrics(pl.scan_parquet(p), qrels)
     systems = [("r", "a"), ("r", "b")]
     for key in [("r", "a"), ("r", "b"), ("r", "zz")]:
-        ahead = M.read_ahead(pl.scan_parquet(p), *key)
+        ahead = H.read_ahead(pl.scan_parquet(p), *key)
         got = M.hit_metrics(pl.scan_parquet(p), qrels, systems=systems, ahead=ahead)
         assert got.equals(plain), key
         assert next(ahead.batches, None) is None  # used up by its own system (zz: has no rows)
     # a read-ahead of a system not scored is left unread, and changes nothing
-    ahead = M.read_ahead(pl.scan_parquet(p), "r", "b")
+    ahead = H.read_ahead(pl.scan_parquet(p), "r", "b")
     got = M.hit_metrics(pl.scan_parquet(p), qrels, systems=[("r", "a")], ahead=ahead)
     assert got.equals(plain.filter(pl.col("system") == "a"))
     assert next(ahead.batches).height > 0
@@ -131,9 +132,9 @@ def test_queries_not_contiguous_fall_back_to_the_whole_read(tmp_path, monkeypatc
     hits, qrels = _case(3, n_q=120, shuffled=True)
     p = tmp_path / "hits.parquet"
     hits.write_parquet(p)
-    monkeypatch.setattr(M, "HIT_CHUNK_ROWS", 50)
+    monkeypatch.setattr(H, "HIT_CHUNK_ROWS", 50)
     lf = pl.scan_parquet(p).filter(pl.col("system") == "a")
-    assert M._ranking_metrics_streamed(lf.select(M._HIT_COLS), *_spans(qrels)) is None
+    assert M._ranking_metrics_streamed(lf.select(H.HIT_COLS), *_spans(qrels)) is None
     assert (
         M.hit_metrics(pl.scan_parquet(p), qrels)
         .sort("system", "qid")
@@ -166,12 +167,60 @@ def test_score_cli_outputs_are_byte_identical_streamed_or_not(tmp_path, monkeypa
     from lens_cli.main import main
 
     hp, qp = _score_files(tmp_path, 5, n_q=200, row_group_size=1000)
-    monkeypatch.setattr(M, "HIT_CHUNK_ROWS", 333)
+    monkeypatch.setattr(H, "HIT_CHUNK_ROWS", 333)
     a = main(["score", "--hits", str(hp), "--qrels", str(qp), "--out", str(tmp_path / "a"), "--no-ci"])
     monkeypatch.setattr(M, "_ranking_metrics_streamed", lambda *a: None)
     b = main(["score", "--hits", str(hp), "--qrels", str(qp), "--out", str(tmp_path / "b"), "--no-ci"])
     assert a == b == 0
     assert (tmp_path / "a" / "per_query.parquet").read_bytes() == (tmp_path / "b" / "per_query.parquet").read_bytes()
+
+
+@pytest.mark.parametrize("layout", ["second_system_first", "int64_columns", "one_system"])
+def test_a_read_started_before_the_imports_gives_the_same_files(tmp_path, monkeypatch, layout):
+    """`lens-eval score` starts reading the file's first (run_id, system) before it imports the
+    rest (`_first_system_ahead`): used once the statistics list that system (processed first,
+    its columns cast to the contract's types), the files are those of the command without it,
+    byte for byte, whichever system comes first in the file and whatever its integer types."""
+    import lens_cli.main as C
+
+    hp, qp = _score_files(tmp_path, 8, n_q=120, row_group_size=400)
+    hits = pl.read_parquet(hp)
+    if layout == "second_system_first":  # not the first in sorted order
+        hits = pl.concat([hits.filter(pl.col("system") == "b"), hits.filter(pl.col("system") != "b")])
+    elif layout == "int64_columns":
+        hits = hits.with_columns(pl.col("rank", "start_line", "end_line").cast(pl.Int64))
+    else:
+        hits = hits.filter(pl.col("system") == "a")
+    hits.write_parquet(hp, row_group_size=400)
+    first = tuple(hits.select("run_id", "system").row(0))
+    used = []
+    real_cast = H.cast_batches
+    monkeypatch.setattr(H, "cast_batches", lambda ahead, types: used.append(ahead.key) or real_cast(ahead, types))
+    args = ["score", "--hits", str(hp), "--qrels", str(qp), "--no-ci", "--out"]
+    assert C.main([*args, str(tmp_path / "early")]) == 0
+    assert used == [first]
+    monkeypatch.setattr(C, "_first_system_ahead", lambda path: None)
+    assert C.main([*args, str(tmp_path / "plain")]) == 0
+    assert used == [first]  # not used again: the plain command's own read-ahead
+    early, plain = (tmp_path / d / "per_query.parquet" for d in ("early", "plain"))
+    assert early.read_bytes() == plain.read_bytes()
+
+
+def test_no_early_read_of_what_is_not_a_hits_parquet_file(tmp_path):
+    """Not a Parquet file, a Parquet file without the columns, or without rows: no early read
+    (the schema guard names what is wrong, after); a hits file: its first row's system."""
+    from lens_cli.main import _first_system_ahead
+
+    hp, _ = _score_files(tmp_path, 9, n_q=20)
+    ahead = _first_system_ahead(str(hp))
+    assert ahead is not None and ahead.key == tuple(pl.read_parquet(hp).select("run_id", "system").row(0))
+    assert next(ahead.batches).height > 0
+    (tmp_path / "x.parquet").write_text("not parquet")
+    pl.DataFrame({"a": [1]}).write_parquet(tmp_path / "cols.parquet")
+    pl.read_parquet(hp).head(0).write_parquet(tmp_path / "empty.parquet")
+    (tmp_path / "run.trec").write_text("q Q0 d 1 1.0 r\n")
+    for name in ("x.parquet", "cols.parquet", "empty.parquet", "run.trec", "missing.parquet"):
+        assert _first_system_ahead(str(tmp_path / name)) is None, name
 
 
 def test_the_score_process_imports_no_pyarrow_compute(tmp_path):

@@ -21,8 +21,9 @@ per-query columns after the contract's, computed through the registry (`registry
 `Ranked` table built with span credit, the suite's query set, a missing query scoring 0).
 
 Memory (issue 19): a system's hits read lazily (Parquet) are streamed in chunks of whole
-queries (`_query_chunks`); each query's columns depend on its own hits only, so the rows are
-the same, to the bit, as from one whole read.
+queries (`_query_chunks`; the read itself, and a read started ahead of its use, are
+`lens_core.measures.hitread`'s); each query's columns depend on its own hits only, so the rows
+are the same, to the bit, as from one whole read.
 
 Why this is one module: span credit, the per-ranking columns built from it (whole or streamed)
 and the per-query measures are one chain over the same keys and conventions; the weekly
@@ -32,17 +33,18 @@ it would put the credit rules and the columns that depend on them in different p
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import polars as pl
 
 from lens_core.common.contracts import PER_QUERY_METRICS
+from lens_core.measures import hitread
+from lens_core.measures.hitread import HIT_COLS, ReadAhead, system_hits
 from lens_core.measures.registry import NONPOOL, UNJUDGED, PipelineMeasure, Ranked, extra_measures
 
 RUN_KEYS = ["run_id", "system", "qid"]
 SPAN_KEYS = ["qid", "repo", "path", "start_line", "end_line"]
-MAX_RANK = 50
 
 
 def relevant_spans(qrels: pl.DataFrame) -> pl.DataFrame:
@@ -155,7 +157,6 @@ def ideal_dcg(spans: pl.DataFrame, k: int = 10) -> pl.DataFrame:
     )
 
 
-_HIT_COLS = ["qid", "rank", "repo", "path", "start_line", "end_line", "in_sla"]
 HIT_METRIC_COLS = [
     "dcg_10",
     "ret_rel_50",
@@ -217,7 +218,7 @@ def _judged_only(qrels: pl.DataFrame, spans: pl.DataFrame) -> pl.DataFrame:
 def _ranking_metrics(hs: pl.DataFrame, spans: pl.DataFrame, judged_only: pl.DataFrame) -> pl.DataFrame:
     """Hit-derived columns of one (run_id, system), one row per qid that has hits.
 
-    `hs`: that system's hits with rank <= MAX_RANK (columns `_HIT_COLS`); `spans`: the
+    `hs`: that system's hits with rank <= MAX_RANK (columns `HIT_COLS`); `spans`: the
     relevant spans (`relevant_spans`); `judged_only`: the other judged spans
     (`_judged_only`). The hits are joined once to every judged span; span credit, SLA credit
     (in_sla hits only), file credit (top 10, same file, relevant spans) and the judged count
@@ -328,37 +329,6 @@ def _ranking_metrics(hs: pl.DataFrame, spans: pl.DataFrame, judged_only: pl.Data
     return q.drop("_q")
 
 
-HIT_CHUNK_ROWS = 1 << 20  # rows of hits per chunk of whole queries, about (issue 19: memory and speed)
-HIT_BATCH_ROWS = 1 << 19  # rows per batch of the streaming read; a chunk joins batches without copying them
-
-
-def system_hits(hits: pl.DataFrame | pl.LazyFrame, run_id: str, system: str, extra: Sequence[str] = ()):
-    """One (run_id, system)'s hits of rank <= MAX_RANK: the columns the metrics use, then `extra`."""
-    return hits.filter(
-        (pl.col("run_id") == run_id) & (pl.col("system") == system) & (pl.col("rank") <= MAX_RANK)
-    ).select(_HIT_COLS + [c for c in extra if c not in _HIT_COLS])
-
-
-class ReadAhead(NamedTuple):
-    """One system's hits already being read: `key` (run_id, system), `batches` (`read_ahead`)."""
-
-    key: tuple[str, str]
-    batches: Iterator[pl.DataFrame]
-
-
-def read_ahead(hits: pl.LazyFrame, run_id: str, system: str) -> ReadAhead:
-    """Start reading one system's hits (`system_hits`) now, in the background: Polars' streaming
-    engine starts on `collect_batches`, decoding with its own threads while the caller goes on
-    (reading the qrels, ...). Hand it to `hit_metrics(ahead=...)`, which takes its batches
-    instead of starting that system's read itself (issue 19, speed: on a Parquet file of one
-    row group the first batch waits for the whole group to be decoded)."""
-    return ReadAhead((run_id, system), _batches(system_hits(hits, run_id, system)))
-
-
-def _batches(hs: pl.LazyFrame) -> Iterator[pl.DataFrame]:
-    return iter(hs.collect_batches(chunk_size=min(HIT_BATCH_ROWS, HIT_CHUNK_ROWS), maintain_order=True))
-
-
 def _query_chunks(batches: Iterable[pl.DataFrame]):
     """The hits in chunks of whole runs of one qid, from streamed batches: batches are joined
     (without copying) until a chunk holds HIT_CHUNK_ROWS rows, then cut at the start of its last
@@ -373,7 +343,7 @@ def _query_chunks(batches: Iterable[pl.DataFrame]):
             continue
         pending.append(b)
         rows += b.height
-        if rows < HIT_CHUNK_ROWS:
+        if rows < hitread.HIT_CHUNK_ROWS:
             continue
         df = pl.concat(pending, how="vertical_relaxed") if len(pending) > 1 else pending[0]
         r = df.get_column("qid").rle_id().to_numpy()
@@ -394,7 +364,7 @@ def _ranking_metrics_streamed(
     read (`read_ahead`). None when a qid's hits are not contiguous (a qid in two chunks): the
     caller then reads the system's hits whole."""
     if isinstance(hs, pl.LazyFrame):
-        hs = _batches(hs)
+        hs = hitread.batches(hs)
     parts = [_ranking_metrics(c, spans, judged_only) for c in _query_chunks(hs)]
     if not parts:
         return None
@@ -447,7 +417,7 @@ def hit_metrics(
                 hs = hs.collect()
             if check is not None:
                 check(hs, run_id, system)
-                hs = hs.select(_HIT_COLS)
+                hs = hs.select(HIT_COLS)
             m = _ranking_metrics(hs, spans, judged_only)
         del hs
         parts.append(m.select(pl.lit(run_id).alias("run_id"), pl.lit(system).alias("system"), pl.all()))
