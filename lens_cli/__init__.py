@@ -22,7 +22,11 @@ def entry() -> None:
       faults, ~0.3 s of system time, on 48,768 queries x 100 hits).
     Together, on 48,768 queries x 100 hits (int64 shape, rounds of 10, interleaved): wall -14%
     (paired median), peak RSS 514 MB median (528 max) against 515 (525) without them; huge pages
-    alone cost ~55 MB of peak RSS (567, 585 max), one arena alone saves ~15 MB (issue 19)."""
+    alone cost ~55 MB of peak RSS (567, 585 max), one arena alone saves ~15 MB (issue 19).
+    Across several systems' hits huge pages keep the earlier systems' memory (peak RSS 460 ->
+    760-925 MB on 4-8 systems of 48,768 queries, ~490-510 without them, and no faster): `score`
+    turns them off once it knows the file holds more than one system (`HUGE_PAGES_OURS`)."""
+    global HUGE_PAGES_OURS
     import os
     import sys
 
@@ -31,7 +35,9 @@ def entry() -> None:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if command == ["score"]:
         os.environ["_RJEM_MALLOC_CONF"] = _score_allocator(os.environ.get("_RJEM_MALLOC_CONF"))
-        os.environ.setdefault("POLARS_THP", "1")
+        if "POLARS_THP" not in os.environ:
+            os.environ["POLARS_THP"] = "1"
+            HUGE_PAGES_OURS = True
     if command == ["trec"]:
         from lens_cli.trec import entry as run  # lazy: trec alone, after the environment is set
     else:
@@ -40,6 +46,9 @@ def entry() -> None:
 
 
 SCORE_JEMALLOC = "dirty_decay_ms:100,muzzy_decay_ms:0,narenas:1"  # `entry`: polars' allocator for `score`
+# True once `entry` has asked for huge pages itself (not the user): `score` turns them off again
+# for a file of several systems (`lens_cli.main._huge_pages_off`).
+HUGE_PAGES_OURS = False
 # What polars itself writes into `_RJEM_MALLOC_CONF` when it is imported (its defaults, then its
 # huge pages settings with POLARS_THP=1, then the value it found there): a process launched by
 # a Python process that had imported polars (a notebook, a Dagster step, a benchmark harness)

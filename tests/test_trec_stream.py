@@ -4,6 +4,8 @@ are not contiguous fall back to the whole read; the CLI's outputs are byte-ident
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import polars as pl
 import pytest
@@ -204,6 +206,36 @@ def test_a_read_started_before_the_imports_gives_the_same_files(tmp_path, monkey
     assert used == [first]  # not used again: the plain command's own read-ahead
     early, plain = (tmp_path / d / "per_query.parquet" for d in ("early", "plain"))
     assert early.read_bytes() == plain.read_bytes()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_THP_DISABLE) is Linux's")
+@pytest.mark.parametrize("systems, user_thp, off", [(1, None, 0), (2, None, 1), (2, "1", 0)])
+def test_huge_pages_are_kept_for_one_system_only(tmp_path, systems, user_thp, off):
+    """`lens-eval score` asks for transparent huge pages (`lens_cli.entry`) and turns them off for
+    the rest of the process once the file holds more than one system (they keep the earlier
+    systems' memory); huge pages the user asked for are left alone."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    hp, qp = _score_files(tmp_path, 10, n_q=60)
+    if systems == 1:
+        pl.read_parquet(hp).filter(pl.col("system") == "a").write_parquet(hp)
+    assert pl.read_parquet(hp)["system"].n_unique() == systems
+    args = ["lens-eval", "score", "--hits", str(hp), "--qrels", str(qp), "--out", str(tmp_path / "out"), "--no-ci"]
+    code = (
+        f"import ctypes, sys; sys.argv = {args!r}; from lens_cli import entry\n"
+        "try:\n    entry()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('thp_disabled', ctypes.CDLL(None).prctl(42, 0, 0, 0, 0))"  # PR_GET_THP_DISABLE
+    )
+    env = {k: v for k, v in os.environ.items() if k != "POLARS_THP"}
+    if user_thp:
+        env["POLARS_THP"] = user_thp
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1]
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-1] == f"thp_disabled {off}"
 
 
 def test_no_early_read_of_what_is_not_a_hits_parquet_file(tmp_path):
