@@ -317,20 +317,27 @@ static int fields(const unsigned char *p, size_t n, const unsigned char **f, siz
 
 typedef int (*line_fn)(void *st, const unsigned char *p, size_t n);
 
-/* the file in chunks: every line (without its LF) given to fn; -1 declined, -2 error set */
-static int each_line(const char *path, size_t max_line, line_fn fn, void *st, int *nonempty) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) { PyErr_SetFromErrnoWithFilename(PyExc_OSError, path); return -2; }
-    size_t cap = CHUNK + max_line + 2, have = 0;
-    unsigned char *buf = malloc(cap);
-    if (!buf) { close(fd); PyErr_NoMemory(); return -2; }
-    int rc = 0, eof = 0;
+/* Bytes [lo, hi) of a file (hi: SIZE_MAX, to its end; a range starts at a line's start) in
+ * chunks: every line (without its LF) given to fn. Touches no Python object (the run's parts call
+ * it without the GIL). 0; -1 declined (by fn, or a line over max_line); what fn returned else
+ * (-2); -3 an OS error (*err_no); -4 out of memory. *nonempty: some byte was read. */
+static int read_lines(const char *path, size_t lo, size_t hi, size_t max_line, line_fn fn, void *st, int *nonempty,
+                      int *err_no) {
     *nonempty = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) { *err_no = errno; return -3; }
+    size_t cap = CHUNK + max_line + 2, have = 0, off = lo;
+    unsigned char *buf = malloc(cap);
+    if (!buf) { close(fd); return -4; }
+    int rc = 0, eof = 0;
     while (!eof) {
-        ssize_t got = read(fd, buf + have, cap - have);
-        if (got < 0) { PyErr_SetFromErrnoWithFilename(PyExc_OSError, path); rc = -2; break; }
+        size_t want = cap - have;
+        if (hi != SIZE_MAX && want > hi - off) want = hi - off;
+        ssize_t got = want ? pread(fd, buf + have, want, (off_t)off) : 0;
+        if (got < 0) { *err_no = errno; rc = -3; break; }
         if (got == 0) eof = 1;
         if (got > 0) *nonempty = 1;
+        off += (size_t)got;
         have += (size_t)got;
         size_t pos = 0;
         for (;;) {
@@ -348,7 +355,6 @@ static int each_line(const char *path, size_t max_line, line_fn fn, void *st, in
         if (have - pos > max_line) { rc = -1; break; }
         memmove(buf, buf + pos, have - pos);
         have -= pos;
-        if (eof) break;
     }
     free(buf);
     close(fd);
@@ -602,44 +608,12 @@ static int run_line(void *st, const unsigned char *p, size_t n) {
     return 0;
 }
 
-/* a part's lines, bytes [lo, hi) of the file (hi: SIZE_MAX, to its end), without the GIL:
- * rc 0, -1 declined, -2 out of memory, -3 an OS error (err_no) */
+/* a part's lines (`read_lines`), without the GIL: rc 0, -1 declined, -2 out of memory, -3 an OS
+ * error (err_no) */
 static void read_part(Part *P) {
-    int fd = open(P->path, O_RDONLY);
-    if (fd < 0) { P->rc = -3; P->err_no = errno; return; }
-    size_t cap = CHUNK + P->max_line + 2, have = 0, off = P->lo;
-    unsigned char *buf = malloc(cap);
-    if (!buf) { close(fd); P->rc = -2; return; }
-    int rc = 0, eof = 0;
-    while (!eof) {
-        size_t want = cap - have;
-        if (P->hi != SIZE_MAX && want > P->hi - off) want = P->hi - off;
-        ssize_t got = want ? pread(fd, buf + have, want, (off_t)off) : 0;
-        if (got < 0) { rc = -3; P->err_no = errno; break; }
-        if (got == 0) eof = 1;
-        if (got > 0) P->nonempty = 1;
-        off += (size_t)got;
-        have += (size_t)got;
-        size_t pos = 0;
-        for (;;) {
-            unsigned char *nl = memchr(buf + pos, '\n', have - pos);
-            size_t end;
-            if (nl) end = (size_t)(nl - buf);
-            else if (eof && pos < have) end = have;
-            else break;
-            if (end - pos > P->max_line) { rc = -1; break; }
-            rc = run_line(P, buf + pos, end - pos);
-            if (rc) break;
-            pos = nl ? end + 1 : have;
-        }
-        if (rc) break;
-        if (have - pos > P->max_line) { rc = -1; break; }
-        memmove(buf, buf + pos, have - pos);
-        have -= pos;
-    }
+    int rc = read_lines(P->path, P->lo, P->hi, P->max_line, run_line, P, &P->nonempty, &P->err_no);
+    if (rc == -4) rc = -2;
     if (rc == 0 && P->rows > 0) rc = dups(P->bk1, P->bk2, P->bn, &P->dslot, &P->dsize); /* the last block */
-    free(buf);
-    close(fd);
     P->rc = rc;
 }
 
@@ -807,9 +781,12 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     if (!Q.qmap || !Q.qlist) goto done;
     if (col_init(&Q.q, 1 << 16) || col_init(&Q.rel, 1 << 17) || col_init(&Q.k1, 1 << 17) || col_init(&Q.k2, 1 << 17))
         goto done;
-    int nonempty, rc;
-    rc = each_line(PyBytes_AS_STRING(qpath_o), (size_t)max_line, qrels_line, &Q, &nonempty);
-    if (rc == -2) goto done;
+    int nonempty, rc, err_no = 0;
+    const char *qpath = PyBytes_AS_STRING(qpath_o);
+    rc = read_lines(qpath, 0, SIZE_MAX, (size_t)max_line, qrels_line, &Q, &nonempty, &err_no);
+    if (rc == -3) { errno = err_no; PyErr_SetFromErrnoWithFilename(PyExc_OSError, qpath); goto done; }
+    if (rc == -4) { PyErr_NoMemory(); goto done; }
+    if (rc == -2) goto done; /* qrels_line's error, set */
     if (rc == -1 || !nonempty || Q.rows == 0) { result = declined(); goto done; }
     /* the qrels' keys: a table, duplicates declined */
     size_t size = 16;
