@@ -553,12 +553,13 @@ def _huge_pages_off() -> None:
 
     if not lens_cli.HUGE_PAGES_OURS or not sys.platform.startswith("linux"):
         return
-    try:
-        import ctypes  # lazy: this call only
+    import ctypes  # lazy: this call only
 
-        ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE
-    except (OSError, AttributeError):
-        pass
+    try:
+        prctl = ctypes.CDLL(None).prctl
+    except (OSError, AttributeError):  # no C library to load, or one without prctl: huge pages stay
+        return
+    prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE; a refusal (-1, an old kernel) leaves them on
 
 
 def _score_ranking(args: argparse.Namespace, hits: pl.DataFrame | pl.LazyFrame, early: list | None = None):
